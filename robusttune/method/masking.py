@@ -1,0 +1,47 @@
+"""Choosing which patches to mask, from a CAM ``(N, P)``. Returns boolean masks ``(N, P)`` (True = masked).
+
+Regions: ``object`` (high-CAM patches), ``context`` (low-CAM patches), ``random`` (CAM ignored).
+
+* Threshold form (the paper's): the CAM is normalised by each image's own max (``cam / (max + 1e-8)``,
+  max only, not min-max); object = ``> t``, context = ``<= t``, random = each patch with probability ``t``.
+* Ratio form: exactly ``round(ratio * P)`` patches per image: the top (object) or bottom (context) by
+  CAM, ties broken by patch index (stable sort), or a uniformly random subset (random).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+
+class MaskRegion(StrEnum):
+    OBJECT = "object"
+    CONTEXT = "context"
+    RANDOM = "random"
+
+
+def normalise_cam(cam: Tensor) -> Tensor:
+    return cam / (cam.max(dim=1, keepdim=True).values + 1e-8)
+
+
+def threshold_mask(cam: Tensor, region: MaskRegion | str, threshold: float, generator: torch.Generator) -> Tensor:
+    region = MaskRegion(region)
+    if region is MaskRegion.RANDOM:
+        return torch.rand(cam.shape, generator=generator, device=cam.device) < threshold
+    normalised = normalise_cam(cam)
+    return normalised > threshold if region is MaskRegion.OBJECT else normalised <= threshold
+
+
+def ratio_mask(cam: Tensor, region: MaskRegion | str, ratio: float, generator: torch.Generator) -> Tensor:
+    region = MaskRegion(region)
+    batch, patches = cam.shape
+    count = int(round(ratio * patches))
+    if region is MaskRegion.RANDOM:
+        order = torch.rand(cam.shape, generator=generator, device=cam.device).argsort(dim=1)
+    else:
+        order = torch.sort(cam, dim=1, descending=region is MaskRegion.OBJECT, stable=True).indices
+    mask = torch.zeros(batch, patches, dtype=torch.bool, device=cam.device)
+    mask.scatter_(1, order[:, :count], True)
+    return mask

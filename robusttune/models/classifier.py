@@ -1,0 +1,82 @@
+"""The image classifier that is fine-tuned: a CLIP image tower plus a zero-shot linear head."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robusttune.models.vit import VitPass, check_supported, grid_size, patch_size, vit_forward
+
+
+@dataclass
+class ClassifierPass:
+    features: Tensor  # (N, D) image embedding before L2 normalisation
+    logits: Tensor  # (N, C)
+    vit: VitPass
+
+
+class ImageClassifier(nn.Module):
+    """``logits = head(normalize(visual(x)))`` where the head starts as ``logit_scale.exp() * class_embeddings``.
+
+    This is WiSE-FT's classifier layout; every key of its state dict (tower and head) is interpolated.
+    """
+
+    def __init__(self, visual: nn.Module, head_weight: Tensor, *, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.visual = check_supported(visual)
+        num_classes, dim = head_weight.shape
+        self.head = nn.Linear(dim, num_classes, bias=True)
+        with torch.no_grad():
+            self.head.weight.copy_(head_weight)
+            self.head.bias.zero_()
+        # The preprocessing statistics travel with the model so images are normalised consistently.
+        self.image_mean = tuple(float(m) for m in mean)
+        self.image_std = tuple(float(s) for s in std)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return grid_size(self.visual)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return patch_size(self.visual)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        return vit_forward(self.visual, images).features
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.head(F.normalize(features, dim=-1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def run(
+        self,
+        images: Tensor,
+        *,
+        drop_patches: Tensor | None = None,
+        capture_attention: bool = False,
+        capture_last_ln1: bool = False,
+    ) -> ClassifierPass:
+        """One forward that returns features, logits and the activations a CAM needs."""
+        vit = vit_forward(
+            self.visual, images, drop_patches=drop_patches,
+            capture_attention=capture_attention, capture_last_ln1=capture_last_ln1,
+        )
+        return ClassifierPass(features=vit.features, logits=self.forward_head(vit.features), vit=vit)
+
+
+def frozen_copy(model: ImageClassifier) -> ImageClassifier:
+    """The teacher: an independent copy in eval mode with gradients off."""
+    teacher = copy.deepcopy(model)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher

@@ -1,0 +1,236 @@
+"""The counterfactual fine-tuning loop (no ray/optuna: progress leaves through injected callbacks).
+
+Per step, on a batch ``(x, y)``:
+1. one student forward on the clean images, capturing what the CAM needs; cross-entropy on its logits;
+2. the CAM for the true labels: one ``torch.autograd.grad`` of ``sum(logit[y])`` to the captured
+   activations (no parameter gradients);
+3. a patch mask (object / context / random, threshold or ratio form) and a refill (none / single / multi);
+4. the frozen teacher's features (or logits) on the counterfactual images under ``inference_mode``, the
+   student's on the same images (reusing the clean forward when there is no mask);
+5. ``loss = w_task * CE + w_distill * distill``; AdamW, warm-up + cosine, gradient clipping.
+
+Randomness is a pure function of ``(seed, step)`` (data order per epoch, masks and donors per step), so a
+run resumed from a checkpoint continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robusttune.config import CamMethod, DistillKind, DistillNorm, Refill, Region, TrainConfig, Trainable
+from robusttune.data.sets import TaskData
+from robusttune.method import cam as cam_lib
+from robusttune.method import losses, masking, refill
+from robusttune.models.classifier import ImageClassifier
+from robusttune.training.evaluate import evaluate
+
+Report = Callable[[dict[str, Any]], None]
+SaveCheckpoint = Callable[[dict[str, Any]], None]
+
+_STEP_SALT = 1_000_003
+
+
+@dataclass
+class TrainResult:
+    status: str  # "complete" or "failed"
+    metrics: dict[str, float]  # the last evaluation
+    history: list[dict[str, Any]] = field(default_factory=list)
+    failure: str | None = None
+    steps: int = 0
+
+
+def total_steps(config: TrainConfig, n_train: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    return max(1, math.ceil(config.epochs * steps_per_epoch(config, n_train)))  # type: ignore[operator]
+
+
+def steps_per_epoch(config: TrainConfig, n_train: int) -> int:
+    return max(1, n_train // config.batch_size)
+
+
+def batch_indices(config: TrainConfig, n_train: int, step: int) -> Tensor:
+    """The training indices of ``step``: a fresh seeded permutation per epoch, drop-last batches."""
+    per_epoch = steps_per_epoch(config, n_train)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.seed * _STEP_SALT + 7919 * epoch + 1))
+    size = min(config.batch_size, n_train)
+    return order[position * size : (position + 1) * size]
+
+
+def step_generator(config: TrainConfig, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * _STEP_SALT + step + 17)
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """Linear warm-up then cosine decay to zero (OneCycle-like, as in the official code)."""
+    warmup = int(round(warmup_fraction * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+class StepComputer:
+    """Computes one step's loss; holds no state between steps beyond the models."""
+
+    def __init__(self, config: TrainConfig, student: ImageClassifier, teacher: ImageClassifier):
+        self.config, self.student, self.teacher = config, student, teacher
+
+    def cam(self, clean, labels: Tensor) -> Tensor:
+        score = clean.logits.gather(1, labels[:, None]).sum()
+        if self.config.cam is CamMethod.RELEVANCE:
+            grads = torch.autograd.grad(score, clean.vit.attentions, retain_graph=True)
+            return cam_lib.attention_relevance([a.detach() for a in clean.vit.attentions], list(grads))
+        (grad,) = torch.autograd.grad(score, clean.vit.last_ln1_tokens, retain_graph=True)
+        return cam_lib.grad_cam(clean.vit.last_ln1_tokens.detach(), grad)
+
+    def patch_mask(self, cam: Tensor | None, batch: int, patches: int, g: torch.Generator) -> Tensor:
+        c = self.config
+        region = masking.MaskRegion(c.region.value)
+        scores = cam if cam is not None else torch.zeros(batch, patches)
+        if c.mask_ratio is not None:
+            return masking.ratio_mask(scores, region, c.mask_ratio, g)
+        return masking.threshold_mask(scores, region, c.mask_threshold, g)  # type: ignore[arg-type]
+
+    def counterfactual(self, images: Tensor, mask: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """The counterfactual images and, for refill 'none', the patches to drop from attention."""
+        if self.config.refill is Refill.NONE:
+            return images, mask
+        batch, patches = mask.shape
+        if self.config.refill is Refill.SINGLE:
+            donors = refill.single_donors(batch, g)
+        else:
+            donors = refill.multi_donors(batch, patches, g)
+        return refill.refill(images, mask, donors, self.student.patch_size), None
+
+    def distill_loss(self, student_out, teacher_out) -> Tensor:
+        c = self.config
+        if c.distill is DistillKind.LOGIT:
+            return losses.logit_kd(student_out.logits, teacher_out.logits, temperature=c.kd_temperature)
+        return losses.feature_mse(student_out.features, teacher_out.features, normalise=c.distill_norm is DistillNorm.VARIANCE)
+
+    def loss(self, images: Tensor, labels: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        c = self.config
+        g = step_generator(c, step)
+        clean = self.student.run(images, capture_attention=c.uses_cam and c.cam is CamMethod.RELEVANCE,
+                                 capture_last_ln1=c.uses_cam and c.cam is CamMethod.GRADCAM)
+        task = F.cross_entropy(clean.logits, labels)
+        parts = {"loss_task": float(task.detach())}
+        loss = c.w_task * task
+        if c.w_distill > 0:
+            drop = None
+            if c.region is Region.NONE:
+                cf_images, student_cf = images, clean  # distil on the clean images: reuse the clean forward
+            else:
+                cam = self.cam(clean, labels) if c.uses_cam else None
+                mask = self.patch_mask(cam, images.shape[0], self._patches(), g)
+                parts["mask_fraction"] = float(mask.float().mean())
+                cf_images, drop = self.counterfactual(images, mask, g)
+                student_cf = self.student.run(cf_images, drop_patches=drop)
+            with torch.inference_mode():
+                teacher_cf = self.teacher.run(cf_images, drop_patches=drop)
+            # inference tensors cannot be saved for backward: take plain copies for the loss
+            teacher_cf.features, teacher_cf.logits = teacher_cf.features.clone(), teacher_cf.logits.clone()
+            distill = self.distill_loss(student_cf, teacher_cf)
+            parts["loss_distill"] = float(distill.detach())
+            loss = loss + c.w_distill * distill
+        if c.debug_nan_at_step is not None and step == c.debug_nan_at_step:
+            loss = loss * float("nan")
+        return loss, parts
+
+    def _patches(self) -> int:
+        h, w = self.student.grid_size
+        return h * w
+
+
+def _trainable_parameters(student: ImageClassifier, config: TrainConfig) -> list[torch.nn.Parameter]:
+    if config.trainable is Trainable.HEAD:
+        student.visual.requires_grad_(False)
+        return list(student.head.parameters())
+    student.requires_grad_(True)
+    return list(student.parameters())
+
+
+def train(
+    config: TrainConfig,
+    student: ImageClassifier,
+    teacher: ImageClassifier,
+    task: TaskData,
+    *,
+    report: Report | None = None,
+    save_checkpoint: SaveCheckpoint | None = None,
+    resume: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainResult:
+    """Fine-tune ``student`` in place. Evaluates (and checkpoints) every ``eval_every`` steps, at each epoch
+    end and at the last step; ``report`` receives every evaluation row. A non-finite loss ends the run
+    with ``status='failed'`` (the process and earlier results survive)."""
+    n_train = len(task.train)
+    total = total_steps(config, n_train)
+    per_epoch = steps_per_epoch(config, n_train)
+    student.to(device).train()
+    teacher.to(device).eval()
+    params = _trainable_parameters(student, config)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup_fraction))
+    computer = StepComputer(config, student, teacher)
+    start, history, elapsed_before = 0, [], 0.0
+    if resume is not None:
+        student.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["scheduler"])
+        start, history = int(resume["step"]), json.loads(resume["history"])
+        elapsed_before = float(resume.get("elapsed", 0.0))
+    started = time.perf_counter()
+    micro = config.batch_size // config.accum_steps
+    metrics: dict[str, float] = history[-1]["metrics"] if history else {}
+
+    def evaluation(step: int, loss_parts: dict[str, float]) -> None:
+        nonlocal metrics
+        metrics = evaluate(student, task.eval_sets, batch_size=config.eval_batch_size, device=device)
+        row = {"step": step, "epoch": round(step / per_epoch, 4), "metrics": metrics,
+               "elapsed": round(elapsed_before + time.perf_counter() - started, 3), **loss_parts}
+        history.append(row)
+        if save_checkpoint is not None:
+            save_checkpoint({
+                "model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                "step": step, "history": json.dumps(history), "config": json.dumps(config.to_dict()),
+                "elapsed": row["elapsed"], "torch_rng": torch.get_rng_state(),
+            })
+        if report is not None:
+            report({**row, **metrics})
+
+    if total == 0 or (start == 0 and not history and config.steps == 0):
+        evaluation(0, {})
+        return TrainResult("complete", metrics, history, steps=0)
+    parts: dict[str, float] = {}
+    for step in range(start, total):
+        indices = batch_indices(config, n_train, step)
+        optimizer.zero_grad(set_to_none=True)
+        parts = {}
+        for chunk in indices.split(micro):
+            images, labels = task.train.batch(chunk)
+            loss, parts = computer.loss(images.to(device), labels.to(device), step)
+            if not torch.isfinite(loss):
+                failure = f"non-finite loss ({float(loss)}) at step {step}"
+                if report is not None:
+                    report({"step": step, "epoch": round(step / per_epoch, 4), "status": "failed", "failure": failure})
+                return TrainResult("failed", metrics, history, failure=failure, steps=step)
+            (loss / config.accum_steps).backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        done = step + 1
+        if done == total or done % per_epoch == 0 or (config.eval_every and done % config.eval_every == 0):
+            evaluation(done, {"lr": schedule.get_last_lr()[0], **parts})
+    return TrainResult("complete", metrics, history, steps=total)
