@@ -139,9 +139,8 @@ def build_classifier(
     """The zero-shot classifier (image tower + head) that fine-tuning starts from."""
     mean, std = image_stats(model)
     head = zero_shot_head(model, tokenizer, classnames, templates)
-    visual = model.visual
-    model.visual = torch.nn.Identity()  # detach the tower so the text tower can be freed
-    return ImageClassifier(visual, head, mean=mean, std=std)
+    # The classifier shares the tower's modules; the caller drops the CLIP (and its text tower).
+    return ImageClassifier(model.visual, head, mean=mean, std=std)
 
 
 def imagenet_classnames_and_templates() -> tuple[list[str], list[Callable[[str], str]]]:

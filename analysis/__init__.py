@@ -1,0 +1,8 @@
+"""robusttune.analysis: reads experiment directories and builds tables, Pareto fronts and reports.
+
+Installed as ``robusttune.analysis`` (the folder sits at the top of the repository by design); import it
+as ``from robusttune import analysis``. It never imports torch, ray or optuna, so it runs on a laptop
+that only has pandas and the plotting libraries.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""Training: the fine-tuning loop, evaluation, checkpoints, WiSE-FT curves and the mini world's pre-training."""

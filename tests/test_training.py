@@ -1,0 +1,130 @@
+import pytest
+import torch
+
+from robusttune.config import TrainConfig
+from robusttune.models.classifier import frozen_copy
+from robusttune.training.loop import StepComputer, batch_indices, lr_factor, train
+
+
+def run(prepared, config, **kwargs):
+    student = prepared.classifier()
+    teacher = frozen_copy(student)
+    return student, train(config, student, teacher, prepared.task(), **kwargs)
+
+
+SMALL = dict(steps=6, batch_size=16, eval_every=3, eval_batch_size=128, lr=1e-3)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(region="object", refill="single", mask_threshold=0.3),
+    dict(region="context", refill="multi", mask_ratio=0.5, cam="gradcam"),
+    dict(region="random", refill="none", mask_ratio=0.4, distill="logit"),
+])
+def test_same_seed_gives_identical_metrics(tiny_prepared, variant):
+    config = TrainConfig(**SMALL, **variant)
+    _, first = run(tiny_prepared, config)
+    _, second = run(tiny_prepared, config)
+    assert first.status == "complete" and [r["metrics"] for r in first.history] == [r["metrics"] for r in second.history]
+    assert [r["step"] for r in first.history] == [3, 6]
+    assert 0 < first.history[-1]["mask_fraction"] < 1
+
+
+def test_different_seeds_change_the_run(tiny_prepared):
+    _, a = run(tiny_prepared, TrainConfig(**SMALL, seed=0))
+    _, b = run(tiny_prepared, TrainConfig(**SMALL, seed=1))
+    assert a.history[-1]["loss_distill"] != b.history[-1]["loss_distill"]
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_prepared, tmp_path):
+    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
+
+    config = TrainConfig(**SMALL, region="object", refill="multi", mask_ratio=0.3)
+    full_student, full = run(tiny_prepared, config)
+    saved = []
+
+    def keep_first(state):
+        if not saved:
+            save_checkpoint(tmp_path / "ck.pt", state)
+            saved.append(state["step"])
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(row):
+        if row["step"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(tiny_prepared, config, save_checkpoint=keep_first, report=stop_after_first)
+    resumed_student, resumed = run(tiny_prepared, config, resume=load_checkpoint(tmp_path / "ck.pt"))
+    assert [r["metrics"] for r in resumed.history] == [r["metrics"] for r in full.history]
+    for key, value in full_student.state_dict().items():
+        assert torch.equal(value, resumed_student.state_dict()[key]), key
+
+
+def test_non_finite_loss_ends_the_run_with_a_failed_status(tiny_prepared):
+    rows = []
+    _, result = run(tiny_prepared, TrainConfig(**SMALL, debug_nan_at_step=4), report=rows.append)
+    assert result.status == "failed" and "non-finite loss" in result.failure and "step 4" in result.failure
+    assert rows[-1]["status"] == "failed" and rows[0]["step"] == 3  # the evaluation before the failure is kept
+
+
+def test_vanilla_and_linear_probe_baselines(tiny_prepared):
+    zero_shot = tiny_prepared.classifier()
+    probe, result = run(tiny_prepared, TrainConfig(**SMALL, trainable="head", w_distill=0))
+    assert result.status == "complete"
+    for key, value in zero_shot.state_dict().items():
+        if key.startswith("visual."):
+            assert torch.equal(value, probe.state_dict()[key]), key
+    assert not torch.equal(zero_shot.head.weight, probe.head.weight)
+    _, zs = run(tiny_prepared, TrainConfig(steps=0, region="none", w_distill=0))
+    assert zs.steps == 0 and set(zs.metrics) >= {"id_acc", "id_val_acc", "ood_mean"}
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_prepared):
+    base = dict(SMALL, region="none", w_distill=0.0, steps=2, eval_every=None)
+    one, _ = run(tiny_prepared, TrainConfig(**base))
+    accumulated, _ = run(tiny_prepared, TrainConfig(**base, accum_steps=2))
+    for key, value in one.state_dict().items():
+        torch.testing.assert_close(value, accumulated.state_dict()[key], atol=2e-5, rtol=1e-4)
+
+
+def test_clean_distillation_uses_one_student_forward(tiny_prepared, monkeypatch):
+    student = tiny_prepared.classifier()
+    teacher = frozen_copy(student)
+    calls = []
+    original = student.run
+    monkeypatch.setattr(student, "run", lambda *a, **k: calls.append(k) or original(*a, **k))
+    computer = StepComputer(TrainConfig(region="none", w_distill=1.0), student, teacher)
+    images, labels = tiny_prepared.task().train.batch(torch.arange(8))
+    computer.loss(images, labels, 0)
+    assert len(calls) == 1
+    calls.clear()
+    StepComputer(TrainConfig(region="object"), student, teacher).loss(images, labels, 0)
+    assert len(calls) == 2 and calls[0]["capture_attention"] is True  # clean (with CAM capture) + counterfactual
+
+
+def test_schedule_and_data_order():
+    assert lr_factor(0, 100, 0.1) == pytest.approx(0.1) and lr_factor(10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 0.1) == pytest.approx(0.0, abs=1e-9)
+    config = TrainConfig(batch_size=10, seed=3)
+    epoch = torch.cat([batch_indices(config, 50, s) for s in range(5)])
+    assert sorted(epoch.tolist()) == list(range(50))
+    assert not torch.equal(batch_indices(config, 50, 0), batch_indices(config, 50, 5))
+
+
+def test_cam_on_real_vit_b32_architecture():
+    from robusttune.models.clip import build_classifier, create_clip
+
+    torch.manual_seed(0)
+    clip, tokenizer = create_clip("ViT-B-32", None)
+    student = build_classifier(clip, tokenizer, ["cat", "dog"], ["a photo of a {}."])
+    computer = StepComputer(TrainConfig(region="object", mask_ratio=0.25), student, frozen_copy(student))
+    images, labels = torch.randn(2, 3, 224, 224), torch.tensor([0, 1])
+    clean = student.run(images, capture_attention=True)
+    relevance = computer.cam(clean, labels)
+    assert relevance.shape == (2, 49) and bool(torch.isfinite(relevance).all()) and float(relevance.min()) >= 0
+    assert all(p.grad is None for p in student.parameters())  # the CAM takes no parameter gradients
+    loss, parts = computer.loss(images, labels, 0)
+    loss.backward()
+    assert parts["mask_fraction"] == pytest.approx(12 / 49)
