@@ -55,7 +55,10 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path: Path):
 
 
 def test_uncached_pretrained_tag_fails_fast_with_advice(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    import huggingface_hub.constants
+
+    # an empty machine: no Hugging Face cache, no legacy ~/.cache/clip
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HOME", str(tmp_path))
     started = time.perf_counter()
     with pytest.raises(ModelError, match="pass a local checkpoint file"):
