@@ -339,6 +339,8 @@ class ImageNetTask(Frozen):
     train_dir: str
     val_dir: str
     ood_dirs: dict[OodSet, str] = {}
+    templates: str = Field("openai", pattern="^(openai|simple)$",
+                           description="zero-shot prompts: the 80 OpenAI templates, or 'a photo of a {}.' only")
     val_holdout: int = Field(10000, ge=1, description="train images held out as the ID validation split")
     num_workers: int = Field(4, ge=0)
 

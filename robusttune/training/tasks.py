@@ -36,6 +36,8 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0) -> tuple[ImageClassifier
     clip, tokenizer = create_clip(spec.model, spec.pretrained, allow_download=spec.allow_download)
     transform = imagenet_preprocess(clip)
     classnames, templates = imagenet_classnames_and_templates()
+    if spec.templates == "simple":
+        templates = ["a photo of a {}."]
     classifier = build_classifier(clip, tokenizer, classnames, templates)
     order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed))
     held = set(order[: spec.val_holdout].tolist())

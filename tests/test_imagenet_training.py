@@ -1,0 +1,52 @@
+"""The real-CLIP path end to end: ViT-B-32 (random weights, written to a local checkpoint file by the test)
+fine-tuned on ImageNet-style folders and evaluated on an OOD folder, through ``robusttune train``."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def fill(root, folders, per_folder, size=40):
+    generator = torch.Generator().manual_seed(0)
+    for index, name in enumerate(folders):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(per_folder if index < 3 else 0):
+            pixels = (torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{j}.png")
+
+
+def test_train_vit_b32_on_imagenet_folders(tmp_path):
+    from robusttune.cli import main
+    from robusttune.models.clip import create_clip
+
+    torch.manual_seed(0)
+    clip, _ = create_clip("ViT-B-32", None)
+    weights = tmp_path / "vit_b32_random.pt"
+    torch.save(clip.state_dict(), weights)
+    wnids = [f"n{k:08d}" for k in range(1000)]
+    fill(tmp_path / "train", wnids, per_folder=3)
+    fill(tmp_path / "val", wnids, per_folder=1)
+    fill(tmp_path / "v2", [str(k) for k in range(1000)], per_folder=1)
+    config = {
+        "imagenet": {"model": "ViT-B-32", "pretrained": str(weights), "templates": "simple",
+                     "train_dir": str(tmp_path / "train"), "val_dir": str(tmp_path / "val"),
+                     "ood_dirs": {"imagenet_v2": str(tmp_path / "v2")}, "val_holdout": 2, "num_workers": 0},
+        "steps": 1, "batch_size": 2, "eval_batch_size": 4, "region": "object", "refill": "multi", "mask_ratio": 0.25,
+        "lr": 1e-5,
+    }
+    path = tmp_path / "imagenet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--out", str(out), "--json", "--threads", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 1
+    assert {"id_acc", "id_val_acc", "ood_imagenet_v2", "ood_mean"} <= set(rows[-1])
+    assert 0 < rows[-1]["mask_fraction"] < 1
+    final = torch.load(out / "final.pt", weights_only=True)
+    assert final["model"]["head.weight"].shape == (1000, 512)
