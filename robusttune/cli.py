@@ -36,12 +36,13 @@ def _emit(payload: dict[str, Any], as_json: bool, human: Callable[[], None]) -> 
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    def cell(value: Any) -> str:
+    def cell(column: str, value: Any) -> str:
         if isinstance(value, float):
-            return f"{100 * value:.1f}" if 0.0 <= value <= 1.0 else f"{value:.4g}"
-        return str(value)
+            percent = column.startswith(("id_", "ood_")) or column == "objective"
+            return f"{100 * value:.1f}" if percent else f"{value:.3g}"
+        return "" if value is None else str(value)
 
-    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[cell(c, row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]

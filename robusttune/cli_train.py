@@ -189,6 +189,7 @@ def register(commands, common) -> None:
     wise.add_argument("--out", metavar="FILE", help="also write the rows as JSON lines")
     wise.set_defaults(handler=cmd_wise)
 
-    from robusttune import cli_demo
+    from robusttune import cli_baselines, cli_sweep
 
-    cli_demo.register(commands, common)
+    cli_baselines.register(commands, common)
+    cli_sweep.register(commands, common)

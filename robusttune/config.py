@@ -275,7 +275,7 @@ class TrainConfig(Frozen):
     warmup_fraction: float = Field(0.02, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
     accum_steps: int = Field(1, ge=1)
-    eval_every: int | None = Field(None, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
     eval_batch_size: int = Field(256, ge=1)
     seed: int = 0
     debug_nan_at_step: int | None = Field(None, ge=0, description="test only: make the loss NaN at this step")

@@ -171,8 +171,8 @@ def train(
     resume: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> TrainResult:
-    """Fine-tune ``student`` in place. Evaluates (and checkpoints) every ``eval_every`` steps, at each epoch
-    end and at the last step; ``report`` receives every evaluation row. A non-finite loss ends the run
+    """Fine-tune ``student`` in place. Evaluates (and checkpoints) at each epoch end, or every ``eval_every``
+    steps when that is set, and at the last step; ``report`` receives every evaluation row. A non-finite loss ends the run
     with ``status='failed'`` (the process and earlier results survive)."""
     n_train = len(task.train)
     total = total_steps(config, n_train)
@@ -231,6 +231,7 @@ def train(
         optimizer.step()
         schedule.step()
         done = step + 1
-        if done == total or done % per_epoch == 0 or (config.eval_every and done % config.eval_every == 0):
+        due = done % config.eval_every == 0 if config.eval_every else done % per_epoch == 0
+        if done == total or due:
             evaluation(done, {"lr": schedule.get_last_lr()[0], **parts})
     return TrainResult("complete", metrics, history, steps=total)

@@ -1,8 +1,6 @@
-"""``robusttune demo``: the main job on the embedded mini world.
-
-Until sweeps land, the demo prepares the mini world and runs the baselines side by side: zero-shot,
-vanilla fine-tuning, WiSE-FT (alpha 0.5) of it, feature distillation on clean images, and the paper's
-headline counterfactual variant (object mask, single-donor refill).
+"""``robusttune baselines``: the fixed reference runs on the mini world, side by side: zero-shot, vanilla
+fine-tuning, WiSE-FT (alpha 0.5) of it, feature distillation on clean images, and the paper's headline
+counterfactual variant (object mask, single-donor refill).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ DEMO_RUNS: tuple[tuple[str, dict], ...] = (
 )
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_baselines(args: argparse.Namespace) -> int:
     import torch
 
     from robusttune.cli import _cache_dir, _emit, _table
@@ -30,7 +28,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from robusttune.training.wise import wise_curve
 
     started = time.perf_counter()
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("baselines-%Y%m%d-%H%M%S")
     _check_out_dir(out, resume=False, overwrite=False)
     _set_threads(args.threads)
     cache = _cache_dir(args.cache_dir)
@@ -65,10 +63,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(commands, common) -> None:
-    demo = commands.add_parser("demo", help="run the main job on the embedded mini world and print the table")
-    common(demo)
-    demo.add_argument("--steps", type=int, default=150, metavar="N", help="fine-tuning steps per run (default 150)")
-    demo.add_argument("--seed", type=int, default=0, metavar="S")
-    demo.add_argument("--threads", type=int, metavar="K")
-    demo.add_argument("--out", metavar="DIR", help="where runs go (default: runs/demo-<time>)")
-    demo.set_defaults(handler=cmd_demo)
+    baselines = commands.add_parser("baselines", help="zero-shot, vanilla FT, WiSE-FT and FD reference runs on the mini world")
+    common(baselines)
+    baselines.add_argument("--steps", type=int, default=150, metavar="N", help="fine-tuning steps per run (default 150)")
+    baselines.add_argument("--seed", type=int, default=0, metavar="S")
+    baselines.add_argument("--threads", type=int, metavar="K")
+    baselines.add_argument("--out", metavar="DIR", help="where runs go (default: runs/baselines-<time>)")
+    baselines.set_defaults(handler=cmd_baselines)

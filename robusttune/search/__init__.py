@@ -1,0 +1,1 @@
+"""The search layer: search spaces, the Ray Tune trainable, Optuna searchers and sweeps (the only ray/optuna users)."""

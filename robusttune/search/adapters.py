@@ -1,0 +1,101 @@
+"""Thin adapters between Ray Tune, Optuna and the experiment directory."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from robusttune.experiment import append_record
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIXES = ("id_", "ood_")
+RESULT_KEYS = ("objective", "step", "epoch", "total_steps", "failure", "loss_task", "loss_distill", "mask_fraction", "lr")
+
+
+class RobustOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna FAIL (not COMPLETE) for failed trials, and on restore marks trials that
+    Optuna lists as RUNNING but no restored Tune trial owns (asked just before a crash) as FAIL."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error or (result or {}).get("trial_status") == "failed":
+            result, error = None, True
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.fail_orphans()
+
+    def fail_orphans(self) -> int:
+        import optuna
+
+        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
+        storage = self._ot_study._storage
+        orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if t.number not in live]
+        for trial in orphans:
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        if orphans:
+            log.warning("marked %d Optuna trial(s) left RUNNING by the interruption as FAIL", len(orphans))
+        return len(orphans)
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) or k in RESULT_KEYS}
+
+
+class RecordsCallback(Callback):
+    """Appends every reported evaluation and every trial end to ``records.jsonl`` (driver side)."""
+
+    def __init__(self, experiment: Path, space_yaml: str):
+        self.experiment = Path(experiment)
+        self.space_yaml = space_yaml
+        self._space = None
+
+    def _full_config(self, trial) -> dict[str, Any]:
+        if self._space is None:
+            import yaml
+
+            from robusttune.config import parse
+            from robusttune.search.space import SearchSpace
+
+            self._space = parse(SearchSpace, yaml.safe_load(self.space_yaml), "frozen search space")
+        sampled = {k: v for k, v in trial.config.items() if k in self._space.parameters}
+        try:
+            return self._space.trial_config(sampled, seed=int(trial.config.get("seed", 0))).to_dict()
+        except Exception:
+            return dict(trial.config)
+
+    def _row(self, trial, status: str, result: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"trial_id": trial.trial_id, "status": status, "config": self._full_config(trial),
+                "sampled": dict(trial.config), **_metrics(result), **extra}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        status = "failed" if result.get("trial_status") == "failed" else "running"
+        append_record(self.experiment, self._row(trial, status, result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get("trial_status") == "failed":
+            status = "failed"
+        elif result.get("step", -1) >= result.get("total_steps", float("inf")):
+            status = "complete"
+        else:
+            status = "stopped-early"
+        append_record(self.experiment, self._row(trial, status, result, final=True))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        reason = "trial raised an error"
+        error_file = getattr(trial, "error_file", None)
+        try:
+            if error_file and Path(error_file).is_file():
+                lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+                reason = lines[-1][:500] if lines else reason
+        except OSError:
+            reason = traceback.format_exc(limit=1)[-300:]
+        append_record(self.experiment, self._row(trial, "failed", trial.last_result or {}, failure=reason, final=True))

@@ -1,0 +1,250 @@
+"""Search spaces as YAML: schema, validation, lookup by name or path, and the Optuna define-by-run function.
+
+Schema (every key optional unless marked; unknown keys are rejected with a suggestion):
+
+    name: demo                        # label (defaults to the file name)
+    description: ...
+    task: {world: {...}} | {imagenet: {...}}   # robusttune.config.TaskSpec; default: the built-in mini world
+    objective:
+      metrics: [id_val_acc, ood_mean] # objectives, one direction each (multi-objective: Pareto)
+      directions: [max, max]
+      scalarization: {kind: weighted_sum | chebyshev, weights: [0.5, 0.5]}   # reported as metric 'objective'
+    sampler: {name: tpe | nsga2 | gp | random | grid, seed: 0, options: {...}}  # options go to the Optuna sampler
+    parameters:                       # TrainConfig keys
+      region: {type: categorical, choices: [object, context, random, none]}
+      mask_ratio: {type: float, low: 0.1, high: 0.9, when: {region: [object, context, random]}}
+      w_distill: {type: float, low: 0.1, high: 100, log: true}
+      steps: {type: int, low: 50, high: 150, step: 50}
+    fixed: {batch_size: 64, steps: 150, eval_every: 50}   # TrainConfig keys held constant
+    budget: {trials: 12, concurrency: 1}
+    resources: {cpu: 2, gpu: 0}       # per trial; fractional GPUs allowed
+    scheduler: {name: none | asha, grace_period: 1, reduction_factor: 3}   # in evaluations
+
+``when`` makes a parameter conditional: it is sampled only when an earlier categorical parameter took one of
+the listed values (e.g. the mask ratio only for masking regions); otherwise the TrainConfig default applies.
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from robusttune.config import Frozen, TaskSpec, TrainConfig, load_mapping, parse
+from robusttune.errors import ConfigError
+
+OBJECTIVE_METRIC = "objective"
+KNOWN_METRICS = ("id_acc", "id_val_acc", "ood_mean")
+
+
+class Direction(StrEnum):
+    MAX = "max"
+    MIN = "min"
+
+
+class Scalarization(Frozen):
+    kind: Literal["weighted_sum", "chebyshev"] = "weighted_sum"
+    weights: tuple[float, ...] | None = None
+
+
+class Objective(Frozen):
+    metrics: tuple[str, ...] = ("id_val_acc", "ood_mean")
+    directions: tuple[Direction, ...] = (Direction.MAX, Direction.MAX)
+    scalarization: Scalarization = Scalarization()
+
+    @model_validator(mode="after")
+    def _check(self) -> Objective:
+        if not self.metrics or len(self.metrics) != len(self.directions):
+            raise ValueError("objective.metrics and objective.directions must have the same, non-zero length")
+        for metric in self.metrics:
+            if metric not in KNOWN_METRICS and not metric.startswith("ood_"):
+                raise ValueError(f"unknown objective metric '{metric}' (use id_acc, id_val_acc, ood_mean or ood_<set>)")
+        weights = self.scalarization.weights
+        if weights is not None and (len(weights) != len(self.metrics) or any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError("objective.scalarization.weights must be one non-negative weight per metric, not all zero")
+        return self
+
+    def scalar(self, metrics: dict[str, float]) -> float:
+        """The scalarised objective (higher is better): weighted sum or weighted Chebyshev (worst weighted term)."""
+        weights = self.scalarization.weights or tuple(1.0 / len(self.metrics) for _ in self.metrics)
+        signed = [metrics[m] if d is Direction.MAX else -metrics[m] for m, d in zip(self.metrics, self.directions)]
+        if self.scalarization.kind == "chebyshev":
+            return min(w * v for w, v in zip(weights, signed) if w > 0)
+        return sum(w * v for w, v in zip(weights, signed))
+
+
+class SamplerName(StrEnum):
+    TPE = "tpe"
+    NSGA2 = "nsga2"
+    GP = "gp"
+    RANDOM = "random"
+    GRID = "grid"
+
+
+class Sampler(Frozen):
+    name: SamplerName = SamplerName.TPE
+    seed: int = 0
+    options: dict[str, Any] = {}
+
+
+class Parameter(Frozen):
+    type: Literal["categorical", "float", "int"]
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    grid: tuple[Any, ...] | None = None  # values for the grid sampler (numeric parameters)
+    when: dict[str, tuple[Any, ...]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Parameter:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical parameter takes 'choices', not 'low'/'high'")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"a {self.type} parameter needs low < high, got low={self.low}, high={self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log-scale parameter needs low > 0, got {self.low}")
+            if self.choices is not None:
+                raise ValueError(f"a {self.type} parameter takes 'low'/'high', not 'choices'")
+        return self
+
+
+class Budget(Frozen):
+    trials: int = Field(12, ge=1)
+    concurrency: int = Field(1, ge=1)
+
+
+class Resources(Frozen):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class Scheduler(Frozen):
+    name: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1, description="evaluations before a trial can be stopped")
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class SearchSpace(Frozen):
+    name: str = "space"
+    description: str = ""
+    task: TaskSpec = TaskSpec()
+    objective: Objective = Objective()
+    sampler: Sampler = Sampler()
+    parameters: dict[str, Parameter] = {}
+    fixed: dict[str, Any] = {}
+    budget: Budget = Budget()
+    resources: Resources = Resources()
+    scheduler: Scheduler = Scheduler()
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
+        fields = list(TrainConfig.model_fields)
+        for key in [*self.parameters, *self.fixed]:
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown parameter '{key}'{hint}")
+        overlap = set(self.parameters) & set(self.fixed)
+        if overlap:
+            raise ValueError(f"'{sorted(overlap)[0]}' is both searched and fixed")
+        seen: list[str] = []
+        for name, parameter in self.parameters.items():
+            for parent, values in (parameter.when or {}).items():
+                if parent not in seen:
+                    raise ValueError(f"parameter '{name}' is conditional on '{parent}', which is not a categorical parameter listed before it")
+                parent_choices = self.parameters[parent].choices or ()
+                if self.parameters[parent].type != "categorical" or any(v not in parent_choices for v in values):
+                    raise ValueError(f"parameter '{name}': 'when' values for '{parent}' must be among its choices {list(parent_choices)}")
+            seen.append(name)
+        if self.sampler.name is SamplerName.GRID:
+            for name, parameter in self.parameters.items():
+                if parameter.when:
+                    raise ValueError(f"the grid sampler does not take conditional parameters ('{name}')")
+                if parameter.type != "categorical" and not parameter.grid:
+                    raise ValueError(f"the grid sampler needs 'grid' values for parameter '{name}'")
+        return self
+
+    def trial_config(self, sampled: dict[str, Any], *, seed: int) -> TrainConfig:
+        """The validated TrainConfig of one trial (fixed values, then sampled ones, then the sweep seed)."""
+        return parse(TrainConfig, {**self.fixed, **sampled, "seed": seed}, f"trial config of space '{self.name}'")
+
+    def check_fixed(self) -> None:
+        """Fail early if the fixed values alone are not a valid TrainConfig."""
+        parse(TrainConfig, dict(self.fixed), f"space '{self.name}': fixed")
+
+    def define_by_run(self, trial) -> None:
+        """Suggest every active parameter on an Optuna trial (conditional parameters only when active)."""
+        values: dict[str, Any] = {}
+        for name, p in self.parameters.items():
+            if p.when and any(values.get(parent) not in allowed for parent, allowed in p.when.items()):
+                continue
+            if p.type == "categorical":
+                values[name] = trial.suggest_categorical(name, list(p.choices))
+            elif p.type == "float":
+                values[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+            else:
+                values[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        return None
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {name: list(p.choices if p.type == "categorical" else p.grid) for name, p in self.parameters.items()}
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective.metrics) > 1
+
+
+def builtin_spaces() -> dict[str, Any]:
+    """Built-in spaces shipped with the package: name -> resource."""
+    folder = resources.files("robusttune.search_spaces")
+    return {entry.name.removesuffix(".yaml"): entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def load_space(name_or_path: str) -> tuple[SearchSpace, str]:
+    """A space by built-in name (``demo``) or file path; returns it and its YAML text (for the frozen copy)."""
+    path = Path(name_or_path)
+    builtin = builtin_spaces()
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        data, source, text = load_mapping(path), str(path), path.read_text() if path.is_file() else ""
+    elif name_or_path in builtin:
+        text = builtin[name_or_path].read_text()
+        data, source = yaml.safe_load(text) or {}, f"search space '{name_or_path}'"
+    else:
+        close = difflib.get_close_matches(name_or_path, list(builtin), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown search space '{name_or_path}'{hint}; built-in: {', '.join(sorted(builtin))}, or a YAML file path")
+    data.setdefault("name", path.stem if path.suffix else name_or_path)
+    space = parse(SearchSpace, data, source)
+    space.check_fixed()
+    return space, text
+
+
+def make_sampler(space: SearchSpace, seed: int):
+    """The Optuna sampler the space asks for (multi-objective capable except grid/random, which need none)."""
+    import optuna
+
+    options = dict(space.sampler.options)
+    name = space.sampler.name
+    try:
+        if name is SamplerName.TPE:
+            return optuna.samplers.TPESampler(seed=seed, **options)
+        if name is SamplerName.NSGA2:
+            return optuna.samplers.NSGAIISampler(seed=seed, **options)
+        if name is SamplerName.GP:
+            return optuna.samplers.GPSampler(seed=seed, **options)
+        if name is SamplerName.RANDOM:
+            return optuna.samplers.RandomSampler(seed=seed, **options)
+        return optuna.samplers.GridSampler(space.grid(), seed=seed, **options)
+    except TypeError as error:
+        raise ConfigError(f"space '{space.name}': sampler.options not accepted by the {name.value} sampler: {error}") from None

@@ -1,0 +1,190 @@
+"""Running and resuming sweeps: Ray Tune drives trials, Optuna (multi-objective) suggests them.
+
+The study lives in ``optuna.journal`` inside the experiment directory; Ray Tune's state and trial
+checkpoints under ``tune/``; our own append-only ``records.jsonl`` is written by a driver-side callback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robusttune.errors import RobustTuneError
+from robusttune.experiment import JOURNAL, MANIFEST, SPACE, TUNE_DIR, latest_by_trial, read_manifest
+from robusttune.search.space import SearchSpace, load_space
+
+log = logging.getLogger(__name__)
+
+
+class SweepError(RobustTuneError):
+    """A sweep could not run or be restored (exit code 1)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    trials: int
+    concurrency: int
+    seed: int
+    address: str | None
+    cache_dir: Path
+    max_failures: int = 0
+    no_op: bool = False  # benchmarks only: the trainable skips training
+    verbose: int = 1
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ["robusttune", "torch", "open_clip_torch", "ray", "optuna", "pandas"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except Exception:
+            found[name] = "unknown"
+    return {"python": platform.python_version(), **found}
+
+
+def write_manifest(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions) -> None:
+    from robusttune.cache import atomic_write_json, atomic_write_text
+
+    atomic_write_text(experiment / SPACE, space_text or json.dumps(space.to_dict(), indent=2))
+    atomic_write_json(experiment / MANIFEST, {
+        "format": "robusttune.experiment/1", "name": experiment.name, "space": space.name,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "seed": options.seed,
+        "trials": options.trials, "concurrency": options.concurrency, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(), "cache_dir": str(options.cache_dir), "objective": space.objective.to_dict(),
+        "parameters": list(space.parameters),
+    })
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def _trainable(space_text: str, options: SweepOptions, space: SearchSpace):
+    from ray import tune
+
+    from robusttune.search.trainable import run_trial
+
+    function = functools.partial(run_trial, space_yaml=space_text, cache_dir=str(options.cache_dir), no_op=options.no_op)
+    function.__name__ = "robusttune_trial"  # Tune names trials after it
+    return tune.with_resources(function, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+
+
+def _frozen_space(experiment: Path) -> tuple[SearchSpace, str]:
+    text = (experiment / SPACE).read_text()
+    import yaml
+
+    from robusttune.config import parse
+
+    return parse(SearchSpace, yaml.safe_load(text), str(experiment / SPACE)), text
+
+
+def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions):
+    """Run a new sweep into ``experiment`` (already created and empty). Returns Tune's ResultGrid."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from robusttune.search.adapters import RecordsCallback, RobustOptunaSearch
+    from robusttune.search.space import make_sampler
+
+    write_manifest(experiment, space, space_text, options)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(experiment / JOURNAL)))
+    objective = space.objective
+    searcher = RobustOptunaSearch(
+        space=space.define_by_run, metric=list(objective.metrics) if space.multi_objective else objective.metrics[0],
+        mode=[d.value for d in objective.directions] if space.multi_objective else objective.directions[0].value,
+        sampler=make_sampler(space, options.seed), storage=storage, study_name=experiment.name,
+        points_to_evaluate=None,
+    )
+    seeded = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
+    if space.scheduler.name == "asha":
+        scheduler = ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration",
+                                  grace_period=space.scheduler.grace_period, reduction_factor=space.scheduler.reduction_factor,
+                                  max_t=10_000)
+    else:
+        scheduler = FIFOScheduler()
+    _init_ray(options.address)
+    tuner = tune.Tuner(
+        _trainable(space_text, options, space),
+        param_space={"seed": options.seed},
+        tune_config=tune.TuneConfig(search_alg=seeded, scheduler=scheduler, num_samples=options.trials,
+                                    max_concurrent_trials=options.concurrency, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(experiment.resolve()), verbose=options.verbose,
+            callbacks=[_records_callback(experiment, space_text)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="objective",
+                                                    checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+        ),
+    )
+    return tuner.fit()
+
+
+def _records_callback(experiment: Path, space_text: str):
+    from robusttune.search.adapters import RecordsCallback
+
+    return RecordsCallback(experiment.resolve(), space_text)
+
+
+def resume_sweep(experiment: Path, options: SweepOptions):
+    """Continue an interrupted sweep; refuses (SweepError) rather than silently starting a fresh one."""
+    from ray import tune
+
+    manifest = read_manifest(experiment)
+    space, space_text = _frozen_space(experiment)
+    tune_dir = (experiment / TUNE_DIR).resolve()
+    if not tune_dir.is_dir() or not tune.Tuner.can_restore(str(tune_dir)):
+        raise SweepError(f"{experiment}: no restorable Ray Tune state in {tune_dir}; nothing was changed")
+    known = set(latest_by_trial(experiment))
+    restored = _saved_trial_ids(tune_dir)
+    missing = known - restored
+    if missing:
+        raise SweepError(f"{experiment}: the saved Tune state lacks {len(missing)} recorded trial(s) "
+                         f"(e.g. {sorted(missing)[0]}); refusing to continue as a fresh sweep")
+    _init_ray(options.address)
+    options = SweepOptions(**{**options.__dict__, "seed": manifest.get("seed", options.seed)})
+    try:
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(space_text, options, space),
+                                   resume_unfinished=True, resume_errored=True, restart_errored=False)
+    except Exception as error:
+        raise SweepError(f"{experiment}: Ray Tune could not restore the sweep ({type(error).__name__}: {str(error)[:200]})") from None
+    results = tuner.fit()
+    finished = {r.metrics.get("trial_id") for r in results if r.metrics}
+    if restored - finished - {None}:
+        log.warning("%d restored trial(s) reported nothing after resuming", len(restored - finished))
+    return results
+
+
+def _saved_trial_ids(tune_dir: Path) -> set[str]:
+    """Trial ids in Tune's saved experiment state (read before restoring, so a fresh start is detectable)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return {trial.trial_id for trial in ExperimentAnalysis(str(tune_dir)).trials}
+    except Exception as error:
+        raise SweepError(f"{tune_dir}: cannot read the saved Ray Tune state ({type(error).__name__})") from None

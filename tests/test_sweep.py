@@ -1,0 +1,166 @@
+"""Sweeps through the real path: a local Ray instance, Optuna's journal on disk, our records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args, cache_dir, cwd=None, timeout=600):
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir), "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([sys.executable, "-m", "robusttune.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+
+
+def tiny_space(tiny_world_config, **overrides):
+    space = {
+        "name": "tiny",
+        "task": {"world": tiny_world_config.to_dict()},
+        "objective": {"metrics": ["id_val_acc", "ood_mean"], "directions": ["max", "max"]},
+        "sampler": {"name": "random", "seed": 0},
+        "parameters": {"w_distill": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+                       "region": {"type": "categorical", "choices": ["object", "none"]}},
+        "fixed": {"steps": 4, "batch_size": 16, "eval_every": 2, "eval_batch_size": 128, "lr": 1e-3},
+        "budget": {"trials": 3, "concurrency": 1},
+        "resources": {"cpu": 2},
+    }
+    space.update(overrides)
+    return space
+
+
+def write_space(path: Path, space: dict) -> Path:
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def records(experiment: Path):
+    return [json.loads(line) for line in (experiment / "records.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def nan_grid_experiment(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir):
+    """Two trials from a grid: one whose loss turns NaN at step 3 (test-only flag), one healthy."""
+    root = tmp_path_factory.mktemp("sweeps")
+    space = tiny_space(tiny_world_config, sampler={"name": "grid", "seed": 0},
+                       parameters={"debug_nan_at_step": {"type": "categorical", "choices": [None, 3]}},
+                       budget={"trials": 2, "concurrency": 1})
+    result = cli("sweep", write_space(root / "nan.yaml", space), "--storage", root, "--name", "nan", "--json",
+                 cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "nan", json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_nan_trial_is_recorded_failed_and_the_sweep_finishes(nan_grid_experiment):
+    experiment, summary = nan_grid_experiment
+    assert summary["counts"]["complete"] == 1 and summary["counts"]["failed"] == 1
+    rows = records(experiment)
+    failed = [r for r in rows if r["status"] == "failed" and r.get("final")]
+    assert len(failed) == 1 and "non-finite loss" in failed[0]["failure"] and failed[0]["sampled"]["debug_nan_at_step"] == 3
+    complete = [r for r in rows if r["status"] == "complete" and r.get("final")]
+    assert complete[0]["sampled"]["debug_nan_at_step"] is None and complete[0]["step"] == 4
+    # every reported evaluation is a row, with the full validated config and every metric
+    running = [r for r in rows if r["status"] == "running"]
+    assert {"id_acc", "id_val_acc", "ood_background", "ood_source", "ood_style", "ood_mean", "objective"} <= set(running[0])
+    assert running[0]["config"]["batch_size"] == 16 and running[0]["config"]["region"] == "object"
+    # the study lives in an Optuna journal the dashboard can open, and Optuna agrees about the failure
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="nan", storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))))
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "FAIL"]
+    assert (experiment / "manifest.json").is_file() and (experiment / "space.yaml").is_file()
+    assert summary["pareto"] and summary["pareto"][0]["status"] == "complete"
+
+
+def test_status_reads_files_without_ray(nan_grid_experiment, cache_dir):
+    experiment, _ = nan_grid_experiment
+    result = cli("status", experiment, "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payload["counts"] == {"running": 0, "complete": 1, "stopped-early": 0, "failed": 1}
+    assert len(payload["trials"]) == len({t["trial_id"] for t in payload["trials"]}) == 2
+    assert all({"trial_id", "status", "id_acc", "ood_mean"} <= set(t) for t in payload["trials"] if t["status"] == "complete")
+    code = "import sys, robusttune.cli_sweep as c, pathlib; c._trial_rows(pathlib.Path(sys.argv[1])); print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code, str(experiment)], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_existing_experiment_is_never_overwritten(nan_grid_experiment, cache_dir, tiny_world_config, tmp_path):
+    experiment, _ = nan_grid_experiment
+    before = (experiment / "records.jsonl").read_text()
+    result = cli("sweep", write_space(tmp_path / "s.yaml", tiny_space(tiny_world_config)), "--storage", experiment.parent,
+                 "--name", experiment.name, cache_dir=cache_dir)
+    assert result.returncode == 2 and "experiment already exists" in result.stderr
+    assert (experiment / "records.jsonl").read_text() == before
+
+
+def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+    space = tiny_space(tiny_world_config, fixed={"steps": 40, "batch_size": 16, "eval_every": 10, "eval_batch_size": 128,
+                                                  "lr": 1e-3}, budget={"trials": 4, "concurrency": 1})
+    space_file = write_space(tmp_path / "kill.yaml", space)
+    experiment = tmp_path / "runs" / "kill"
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+    driver = subprocess.Popen([sys.executable, "-m", "robusttune.cli", "sweep", str(space_file), "--storage",
+                               str(tmp_path / "runs"), "--name", "kill"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait for one finished trial and another one mid-way
+            time.sleep(0.5)
+            rows = records(experiment) if (experiment / "records.jsonl").exists() else []
+            done = {r["trial_id"] for r in rows if r.get("final")}
+            in_flight = {r["trial_id"] for r in rows if r["status"] == "running" and r["trial_id"] not in done}
+            if done and in_flight:
+                break
+        else:
+            pytest.fail("the sweep never reached a finished trial plus one in flight")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started, nothing else
+        driver.wait()
+    before = records(experiment)
+    finished_before = {r["trial_id"]: r for r in before if r.get("final")}
+    steps_before = {}
+    for r in before:
+        steps_before.setdefault(r["trial_id"], []).append(r.get("step", 0))
+
+    result = cli("resume", experiment, "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["counts"]["complete"] == 4
+
+    after = records(experiment)
+    status = json.loads(cli("status", experiment, "--json", cache_dir=cache_dir).stdout.strip().splitlines()[-1])
+    ids = [t["trial_id"] for t in status["trials"]]
+    assert len(ids) == len(set(ids)) == 4
+    for trial_id, row in finished_before.items():  # finished work is kept, with the same metrics
+        final = [r for r in after if r["trial_id"] == trial_id and r.get("final")][-1]
+        assert final["id_acc"] == row["id_acc"] and final["ood_mean"] == row["ood_mean"]
+    for trial_id, steps in steps_before.items():  # an in-flight trial lost at most one evaluation interval
+        if trial_id in finished_before:
+            continue
+        resumed_steps = [r["step"] for r in after[len(before):] if r["trial_id"] == trial_id]
+        assert resumed_steps and min(resumed_steps) >= max(steps)
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="kill", storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))))
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def test_resume_refuses_what_it_cannot_restore(tmp_path, cache_dir):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "manifest.json").write_text("{}")
+    (tmp_path / "exp" / "space.yaml").write_text("name: x\n")
+    result = cli("resume", tmp_path / "exp", cache_dir=cache_dir)
+    assert result.returncode == 1 and "no restorable Ray Tune state" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["manifest.json", "space.yaml"]
