@@ -31,15 +31,29 @@ class Frozen(BaseModel):
 ConfigT = TypeVar("ConfigT", bound=Frozen)
 
 
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (``M``, ``M | None``, ``dict[str, M]``), else None."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The field names valid at ``loc`` (a pydantic error location), following nested models."""
     current: Any = model
     for part in loc[:-1]:
-        if isinstance(part, int) or current is None:
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        annotation = getattr(field, "annotation", None)
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            continue  # a dict key or list index: stay on the model the container holds
+        current = _model_in(fields[part].annotation)
+        if current is None:
+            return []
     return list(getattr(current, "model_fields", {}) or [])
 
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 Tokenizer = Callable[[Sequence[str]], Tensor]
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
     known = open_clip.list_models()
     if name not in known:
         import difflib
@@ -64,7 +64,7 @@ def create_clip(name: str, pretrained: str | None, *, allow_download: bool = Fal
     OpenAI weights use QuickGELU: with a local OpenAI file pass the ``-quickgelu`` model name
     (e.g. ``ViT-B-32-quickgelu``); with the ``openai`` tag open_clip sets it automatically.
     """
-    _check_model_name(name)
+    check_model_name(name)
     tokenizer = open_clip.get_tokenizer(name)
     if pretrained is None or pretrained == "none":
         return open_clip.create_model(name, pretrained=None), tokenizer

@@ -158,15 +158,15 @@ class SearchSpace(Frozen):
         overlap = set(self.parameters) & set(self.fixed)
         if overlap:
             raise ValueError(f"'{sorted(overlap)[0]}' is both searched and fixed")
-        seen: list[str] = []
         for name, parameter in self.parameters.items():
+            _check_values(name, parameter)
             for parent, values in (parameter.when or {}).items():
-                if parent not in seen:
-                    raise ValueError(f"parameter '{name}' is conditional on '{parent}', which is not a categorical parameter listed before it")
+                if parent not in self.parameters or self.parameters[parent].type != "categorical":
+                    raise ValueError(f"parameter '{name}' is conditional on '{parent}', which is not a searched categorical parameter")
                 parent_choices = self.parameters[parent].choices or ()
-                if self.parameters[parent].type != "categorical" or any(v not in parent_choices for v in values):
+                if any(v not in parent_choices for v in values):
                     raise ValueError(f"parameter '{name}': 'when' values for '{parent}' must be among its choices {list(parent_choices)}")
-            seen.append(name)
+        self.suggestion_order()  # raises on circular conditions
         if self.sampler.name is SamplerName.GRID:
             for name, parameter in self.parameters.items():
                 if parameter.when:
@@ -183,10 +183,24 @@ class SearchSpace(Frozen):
         """Fail early if the fixed values alone are not a valid TrainConfig."""
         parse(TrainConfig, dict(self.fixed), f"space '{self.name}': fixed")
 
+    def suggestion_order(self) -> list[str]:
+        """Parameters ordered so that every condition's parent comes before the parameters it controls."""
+        order: list[str] = []
+        pending = dict(self.parameters)
+        while pending:
+            ready = [n for n, p in pending.items() if all(parent in order for parent in (p.when or {}))]
+            if not ready:
+                raise ValueError(f"circular 'when' conditions among parameters {sorted(pending)}")
+            for name in ready:
+                order.append(name)
+                pending.pop(name)
+        return order
+
     def define_by_run(self, trial) -> None:
         """Suggest every active parameter on an Optuna trial (conditional parameters only when active)."""
         values: dict[str, Any] = {}
-        for name, p in self.parameters.items():
+        for name in self.suggestion_order():
+            p = self.parameters[name]
             if p.when and any(values.get(parent) not in allowed for parent, allowed in p.when.items()):
                 continue
             if p.type == "categorical":
@@ -203,6 +217,27 @@ class SearchSpace(Frozen):
     @property
     def multi_objective(self) -> bool:
         return len(self.objective.metrics) > 1
+
+
+def _check_values(name: str, parameter: Parameter) -> None:
+    """Every choice, bound and grid value must be a valid value of the TrainConfig field it searches."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    field = TrainConfig.model_fields.get(name)
+    if field is None:
+        return
+    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
+    values = [*(parameter.choices or ()), *(parameter.grid or ())]
+    values += [v for v in (parameter.low, parameter.high) if v is not None]
+    for value in values:
+        if parameter.type == "int" and value is not None:
+            value = int(value)
+        try:
+            adapter.validate_python(value)
+        except ValidationError as error:
+            raise ValueError(f"parameters.{name}: {error.errors()[0]['msg']}, got {value!r}") from None
 
 
 def builtin_spaces() -> dict[str, Any]:
@@ -227,6 +262,10 @@ def load_space(name_or_path: str) -> tuple[SearchSpace, str]:
     data.setdefault("name", path.stem if path.suffix else name_or_path)
     space = parse(SearchSpace, data, source)
     space.check_fixed()
+    if space.task.imagenet is not None:  # folders are checked where trials run (they may live on the workers)
+        from robusttune.models.clip import check_model_name
+
+        check_model_name(space.task.imagenet.model)
     return space, text
 
 

@@ -11,7 +11,7 @@ from robusttune.data.imagenet import ImageFolderSet, imagenet_eval_set, imagenet
 from robusttune.data.sets import DatasetImages, EvalSet, TaskData
 from robusttune.errors import DataError
 from robusttune.models.classifier import ImageClassifier
-from robusttune.models.clip import build_classifier, create_clip, imagenet_classnames_and_templates, imagenet_preprocess
+from robusttune.models.clip import build_classifier, check_model_name, create_clip, imagenet_classnames_and_templates, imagenet_preprocess
 
 
 def build_task(spec: TaskSpec, cache_dir: Path) -> tuple[ImageClassifier, TaskData]:
@@ -30,6 +30,7 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0) -> tuple[ImageClassifier
     ``id_val_acc`` is measured on ``val_holdout`` training images held out (seeded) from training;
     ``id_acc`` on the official validation folder.
     """
+    check_model_name(spec.model)  # cheap; before scanning what may be a million training files
     train_samples = imagenet_samples(Path(spec.train_dir))
     if len(train_samples) <= spec.val_holdout:
         raise DataError(f"{spec.train_dir}: {len(train_samples)} training images cannot spare a validation holdout of {spec.val_holdout}")
