@@ -140,12 +140,14 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, t
     after = records(experiment)
     status = json.loads(cli("status", experiment, "--json", cache_dir=cache_dir).stdout.strip().splitlines()[-1])
     ids = [t["trial_id"] for t in status["trials"]]
-    assert len(ids) == len(set(ids)) == 4
+    assert len(ids) == len(set(ids))  # no trial id twice
+    assert status["counts"]["complete"] == 4 and status["counts"]["running"] == 0
     for trial_id, row in finished_before.items():  # finished work is kept, with the same metrics
         final = [r for r in after if r["trial_id"] == trial_id and r.get("final")][-1]
         assert final["id_acc"] == row["id_acc"] and final["ood_mean"] == row["ood_mean"]
+    lost = {t["trial_id"] for t in status["trials"] if "before Ray Tune saved" in (t.get("failure") or "")}
     for trial_id, steps in steps_before.items():  # an in-flight trial lost at most one evaluation interval
-        if trial_id in finished_before:
+        if trial_id in finished_before or trial_id in lost:
             continue
         resumed_steps = [r["step"] for r in after[len(before):] if r["trial_id"] == trial_id]
         assert resumed_steps and min(resumed_steps) >= max(steps)
@@ -164,3 +166,23 @@ def test_resume_refuses_what_it_cannot_restore(tmp_path, cache_dir):
     result = cli("resume", tmp_path / "exp", cache_dir=cache_dir)
     assert result.returncode == 1 and "no restorable Ray Tune state" in result.stderr
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["manifest.json", "space.yaml"]
+
+
+def test_asha_stops_trials_early_and_records_say_so(tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+    # the default world (shipped weights): learning rates from harmless to destructive give trials that differ
+    space = tiny_space(tiny_world_config, task={}, fixed={"steps": 8, "batch_size": 16, "eval_every": 2,
+                                                          "eval_batch_size": 512, "region": "none", "w_distill": 0.0},
+                       parameters={"lr": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}},
+                       scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+                       budget={"trials": 5, "concurrency": 1})
+    result = cli("sweep", write_space(tmp_path / "asha.yaml", space), "--storage", tmp_path, "--name", "asha", "--json",
+                 cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finals = [r for r in records(tmp_path / "asha") if r.get("final")]
+    assert len(finals) == 5
+    for row in finals:
+        assert (row["status"] == "stopped-early") == (row["step"] < row["total_steps"]), row
+    stopped = [r for r in finals if r["status"] == "stopped-early"]
+    assert stopped, "ASHA stopped no trial in this seeded sweep"
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(row["status"] == "complete" for row in summary["pareto"])  # stopped trials stay off the front

@@ -74,6 +74,9 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Save Tune's experiment state at most every 2 s (default: 10 s or more), so that an interrupted sweep
+    # loses little: a trial started after the last save is re-run from scratch on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
@@ -137,7 +140,8 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(experiment.resolve()), verbose=options.verbose,
             callbacks=[_records_callback(experiment, space_text)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="objective",
+            # the best checkpoint by objective, plus the latest one, which Tune always keeps
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective",
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
@@ -160,12 +164,12 @@ def resume_sweep(experiment: Path, options: SweepOptions):
     tune_dir = (experiment / TUNE_DIR).resolve()
     if not tune_dir.is_dir() or not tune.Tuner.can_restore(str(tune_dir)):
         raise SweepError(f"{experiment}: no restorable Ray Tune state in {tune_dir}; nothing was changed")
-    known = set(latest_by_trial(experiment))
+    recorded = latest_by_trial(experiment)
     restored = _saved_trial_ids(tune_dir)
-    missing = known - restored
-    if missing:
-        raise SweepError(f"{experiment}: the saved Tune state lacks {len(missing)} recorded trial(s) "
-                         f"(e.g. {sorted(missing)[0]}); refusing to continue as a fresh sweep")
+    if recorded and not restored:
+        raise SweepError(f"{experiment}: the saved Tune state has no trials but {len(recorded)} were recorded; "
+                         f"refusing to continue as a fresh sweep")
+    _close_lost_trials(experiment, recorded, restored)
     _init_ray(options.address)
     options = SweepOptions(**{**options.__dict__, "seed": manifest.get("seed", options.seed)})
     try:
@@ -178,6 +182,22 @@ def resume_sweep(experiment: Path, options: SweepOptions):
     if restored - finished - {None}:
         log.warning("%d restored trial(s) reported nothing after resuming", len(restored - finished))
     return results
+
+
+def _close_lost_trials(experiment: Path, recorded: dict[str, dict[str, Any]], restored: set[str]) -> None:
+    """Trials that started after Tune's last state save cannot be resumed: record them as failed (their
+    budget slot is run again by the searcher) so that no trial stays 'running' forever."""
+    from robusttune.experiment import append_record
+
+    for trial_id, row in recorded.items():
+        if trial_id in restored:
+            continue
+        if row.get("final"):
+            log.warning("trial %s finished after Tune's last state save; its result is kept in the records", trial_id)
+            continue
+        append_record(experiment, {"trial_id": trial_id, "status": "failed", "final": True, "config": row.get("config"),
+                                   "sampled": row.get("sampled"), "step": row.get("step"),
+                                   "failure": "interrupted before Ray Tune saved this trial; its budget slot is run again"})
 
 
 def _saved_trial_ids(tune_dir: Path) -> set[str]:
