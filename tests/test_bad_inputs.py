@@ -69,6 +69,7 @@ SPACE_CASES = [
      "unknown open_clip model name 'ViT-B-33' (did you mean 'ViT-B-32'?)"),
     ("missing dataset folder", space_with(task={"imagenet": {"model": "ViT-B-32", "train_dir": "/nonexistent/train", "val_dir": "b"}}),
      "/nonexistent/train: dataset folder not found"),
+    ("world without OOD sets", space_with(**{"task.world.ood_shifts": []}), "ood_shifts must list at least one shift"),
     ("unknown OOD set", space_with(task={"imagenet": {"train_dir": "a", "val_dir": "b", "ood_dirs": {"imagenet_c": "c"}}}),
      "Input should be 'imagenet_v2', 'imagenet_r', 'imagenet_sketch', 'imagenet_a' or 'objectnet'"),
 ]
@@ -135,7 +136,35 @@ def test_cli_level_bad_inputs(tmp_path, cache_dir):
         (["resume", tmp_path / "missing"], "experiment directory not found"),
         (["world", "prepare", "--cache-dir", __file__], "cache directory is a file"),
     ]
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "manifest.json").write_text("{}")
+    cases += [
+        (["sweep", "demo", "--storage", tmp_path / "a_file"], "cannot create the experiment directory"),
+        (["sweep", "demo", "--storage", tmp_path / "runs", "--name", "taken"], "experiment already exists"),
+    ]
     if os.geteuid() != 0:  # root can write anywhere; the permission case only means something for users
         cases.append((["sweep", "demo", "--storage", readonly / "sub"], "cannot create the experiment directory"))
     for args, expected in cases:
         assert_one_line_exit_2(run(args, tmp_path, cache_dir), expected)
+
+
+def test_empty_ood_folder_is_refused_before_the_model_is_built(tmp_path, cache_dir):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k in range(1000):
+            (tmp_path / split / f"n{k:08d}").mkdir(parents=True)
+    for j in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / "n00000000" / f"{j}.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "n00000000" / "a.png")
+    (tmp_path / "sketch").mkdir()
+    for k in range(1000):
+        (tmp_path / "sketch" / f"n{k:08d}").mkdir()
+    config = {"imagenet": {"model": "ViT-B-32", "pretrained": None, "train_dir": str(tmp_path / "train"),
+                           "val_dir": str(tmp_path / "val"), "val_holdout": 1,
+                           "ood_dirs": {"imagenet_sketch": str(tmp_path / "sketch")}}, "steps": 1}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run(["train", "--config", path, "--out", tmp_path / "out"], tmp_path, cache_dir)
+    assert_one_line_exit_2(result, "sketch: no images found")

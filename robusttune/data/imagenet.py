@@ -131,8 +131,23 @@ def objectnet_samples(root: Path) -> list[Sample]:
     return samples
 
 
-def ood_eval_set(name: str, root: Path, transform: Callable, *, num_workers: int = 0) -> EvalSet:
-    """The evaluation set ``ood_<name>`` for one of ``OOD_SETS`` from its folder."""
+@dataclass(frozen=True)
+class OodFolder:
+    """An OOD set's scanned folder: samples, label space and border crop (no model needed yet)."""
+
+    name: str
+    root: Path
+    samples: list[Sample]
+    projection: LogitProjection
+    crop: int = 0
+
+    def eval_set(self, transform: Callable, *, num_workers: int = 0) -> EvalSet:
+        dataset = ImageFolderSet(self.samples, transform, crop_border=self.crop, root=self.root)
+        return EvalSet(f"ood_{self.name}", DatasetImages(dataset, num_workers=num_workers), self.projection)
+
+
+def scan_ood_folder(name: str, root: Path) -> OodFolder:
+    """Scan one of ``OOD_SETS``; fails with a one-line ``DataError`` on a missing, malformed or empty folder."""
     root = Path(root)
     meta = ood_metadata()
     projection = LogitProjection()
@@ -151,8 +166,14 @@ def ood_eval_set(name: str, root: Path, transform: Callable, *, num_workers: int
         crop = 2
     else:
         raise DataError(f"unknown OOD set '{name}'; known: {', '.join(OOD_SETS)}")
-    dataset = ImageFolderSet(samples, transform, crop_border=crop, root=root)
-    return EvalSet(f"ood_{name}", DatasetImages(dataset, num_workers=num_workers), projection)
+    if not samples:
+        raise DataError(f"{root}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return OodFolder(name, root, samples, projection, crop)
+
+
+def ood_eval_set(name: str, root: Path, transform: Callable, *, num_workers: int = 0) -> EvalSet:
+    """The evaluation set ``ood_<name>`` for one of ``OOD_SETS`` from its folder."""
+    return scan_ood_folder(name, root).eval_set(transform, num_workers=num_workers)
 
 
 def imagenet_eval_set(metric: str, root: Path, transform: Callable, *, num_workers: int = 0) -> EvalSet:

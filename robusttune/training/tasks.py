@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from robusttune.config import ImageNetTask, TaskSpec, default_world
-from robusttune.data.imagenet import ImageFolderSet, imagenet_eval_set, imagenet_samples, ood_eval_set
+from robusttune.data.imagenet import ImageFolderSet, imagenet_samples, scan_ood_folder
 from robusttune.data.sets import DatasetImages, EvalSet, TaskData
 from robusttune.errors import DataError
 from robusttune.models.classifier import ImageClassifier
@@ -30,10 +30,13 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0) -> tuple[ImageClassifier
     ``id_val_acc`` is measured on ``val_holdout`` training images held out (seeded) from training;
     ``id_acc`` on the official validation folder.
     """
-    check_model_name(spec.model)  # cheap; before scanning what may be a million training files
+    # Check everything cheap first: the model name, then every folder, before building the model.
+    check_model_name(spec.model)
     train_samples = imagenet_samples(Path(spec.train_dir))
     if len(train_samples) <= spec.val_holdout:
         raise DataError(f"{spec.train_dir}: {len(train_samples)} training images cannot spare a validation holdout of {spec.val_holdout}")
+    val_samples = imagenet_samples(Path(spec.val_dir))
+    ood_folders = [scan_ood_folder(name.value, Path(path)) for name, path in sorted(spec.ood_dirs.items())]
     clip, tokenizer = create_clip(spec.model, spec.pretrained, allow_download=spec.allow_download)
     transform = imagenet_preprocess(clip)
     classnames, templates = imagenet_classnames_and_templates()
@@ -42,15 +45,14 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0) -> tuple[ImageClassifier
     classifier = build_classifier(clip, tokenizer, classnames, templates)
     order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed))
     held = set(order[: spec.val_holdout].tolist())
-    train_root = Path(spec.train_dir)
+    train_root, workers = Path(spec.train_dir), spec.num_workers
     train = ImageFolderSet([s for i, s in enumerate(train_samples) if i not in held], transform, root=train_root)
     holdout = ImageFolderSet([s for i, s in enumerate(train_samples) if i in held], transform, root=train_root)
     eval_sets: list[EvalSet] = [
-        EvalSet("id_val_acc", DatasetImages(holdout, spec.num_workers)),
-        imagenet_eval_set("id_acc", Path(spec.val_dir), transform, num_workers=spec.num_workers),
+        EvalSet("id_val_acc", DatasetImages(holdout, workers)),
+        EvalSet("id_acc", DatasetImages(ImageFolderSet(val_samples, transform, root=Path(spec.val_dir)), workers)),
+        *(folder.eval_set(transform, num_workers=workers) for folder in ood_folders),
     ]
-    eval_sets += [ood_eval_set(name.value, Path(path), transform, num_workers=spec.num_workers)
-                  for name, path in sorted(spec.ood_dirs.items())]
     task = TaskData(train=DatasetImages(train, spec.num_workers), eval_sets=tuple(eval_sets), num_classes=1000,
                     describe=lambda: f"{spec.model} on ImageNet folders")
     return classifier, task
