@@ -278,7 +278,7 @@ class TrainConfig(Frozen):
     w_task: float = Field(1.0, ge=0.0)
     w_distill: float = Field(1.0, ge=0.0)
     distill: DistillKind = DistillKind.FEATURE
-    distill_norm: DistillNorm = DistillNorm.VARIANCE
+    distill_norm: DistillNorm = DistillNorm.VARIANCE  # feature distillation only
     kd_temperature: float = Field(10.0, gt=0.0)
     trainable: Trainable = Trainable.ALL
     lr: float = Field(3e-4, gt=0.0, le=1.0)
@@ -322,8 +322,6 @@ class TrainConfig(Frozen):
             raise ValueError("give mask_threshold or mask_ratio, not both")
         if self.batch_size % self.accum_steps:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accum_steps ({self.accum_steps})")
-        if self.distill is DistillKind.LOGIT and self.distill_norm is not DistillNorm.VARIANCE:
-            pass  # distill_norm only applies to feature distillation
         return self
 
     @property

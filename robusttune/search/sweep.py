@@ -19,7 +19,7 @@ from typing import Any
 
 from robusttune.errors import RobustTuneError
 from robusttune.experiment import JOURNAL, MANIFEST, SPACE, TUNE_DIR, latest_by_trial, read_manifest
-from robusttune.search.space import SearchSpace, load_space
+from robusttune.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from robusttune.search.adapters import RecordsCallback, RobustOptunaSearch
+    from robusttune.search.adapters import RobustOptunaSearch
     from robusttune.search.space import make_sampler
 
     write_manifest(experiment, space, space_text, options)
@@ -122,7 +122,6 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
         space=space.define_by_run, metric=list(objective.metrics) if space.multi_objective else objective.metrics[0],
         mode=[d.value for d in objective.directions] if space.multi_objective else objective.directions[0].value,
         sampler=make_sampler(space, options.seed), storage=storage, study_name=experiment.name,
-        points_to_evaluate=None,
     )
     seeded = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
     if space.scheduler.name == "asha":

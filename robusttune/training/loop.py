@@ -209,7 +209,7 @@ def train(
         if report is not None:
             report({**row, **metrics})
 
-    if total == 0 or (start == 0 and not history and config.steps == 0):
+    if total == 0:
         evaluation(0, {})
         return TrainResult("complete", metrics, history, steps=0)
     parts: dict[str, float] = {}
