@@ -138,7 +138,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     experiment = new_experiment_dir(Path(args.storage), name, overwrite=False)
     print(f"sweeping '{space.name}': {options.trials} trials, {options.concurrency} at a time -> {experiment}", flush=True)
     run_sweep(experiment, space, text, options)
-    return _finish(experiment, space, args, time.perf_counter() - started)
+    code = _finish(experiment, space, args, time.perf_counter() - started)
+    from robusttune.analysis.report import write_report
+
+    report = write_report(experiment)
+    if not args.json:
+        print(f"report: {report['files'].get('index.html')} (pareto.png, trials.csv, front.csv beside it)")
+    return code
 
 
 def register(commands, common) -> None:
@@ -174,3 +180,34 @@ def register(commands, common) -> None:
     demo.add_argument("--storage", default="runs", metavar="DIR", help="where experiments go (default: ./runs)")
     demo.add_argument("--seed", type=int, metavar="S")
     demo.set_defaults(handler=cmd_demo)
+    register_report(commands)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from robusttune.analysis.report import FORMATS, write_report
+    from robusttune.cli import _emit
+    from robusttune.experiment import check_experiment
+
+    experiment = check_experiment(Path(args.experiment))
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"--format must be a comma-separated subset of {','.join(FORMATS)}, got {args.format!r}")
+    summary = write_report(experiment, Path(args.out) if args.out else None, formats)
+
+    def human() -> None:
+        for name, path in summary["files"].items():
+            print(f"{name:<16} {path}")
+        print(f"report written in {summary['seconds']:.1f} s")
+
+    _emit({k: v for k, v in summary.items() if k != "hypervolume_over_trials"}, args.json, human)
+    return 0
+
+
+def register_report(commands) -> None:
+    report = commands.add_parser("report", help="write the Pareto-front report of an experiment (HTML, PNG, CSV)")
+    report.add_argument("experiment", metavar="EXPDIR")
+    report.add_argument("--out", metavar="DIR", help="output folder (default: EXPDIR/report)")
+    report.add_argument("--format", default="html,png,csv", metavar="LIST", help="any of html,png,csv (default: all)")
+    report.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    report.set_defaults(handler=cmd_report)

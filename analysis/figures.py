@@ -1,0 +1,123 @@
+"""The report's charts, each drawn twice with the same content: matplotlib (PNG) and plotly (HTML).
+
+Trials are coloured by masking region and shaped by refill; the Pareto front is a step line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from robusttune.analysis import pareto
+
+REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
+REFILL_MARKERS = {"single": ("o", "circle"), "multi": ("s", "square"), "none": ("^", "triangle-up"), "-": ("D", "diamond")}
+
+
+def _style(row) -> tuple[str, str, str]:
+    region = str(row.get("param.region", "none") or "none")
+    refill = row.get("param.refill")
+    refill = "-" if refill is None or (isinstance(refill, float) and pd.isna(refill)) else str(refill)
+    return region, refill, f"{region} / {refill}"
+
+
+def front_points(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    done = frame[(frame["status"] == "complete")].dropna(subset=[x, y])
+    keep = pareto.non_dominated(done[[x, y]].to_numpy().tolist())
+    return done.iloc[keep].sort_values(x)
+
+
+def _step_xy(front: pd.DataFrame, x: str, y: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for _, row in front.sort_values(x, ascending=False).iterrows():
+        if xs:
+            xs.append(row[x])
+            ys.append(ys[-1])
+        xs.append(row[x])
+        ys.append(row[y])
+    return xs, ys
+
+
+def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "ood_mean", title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    oods = [c for c in frame.columns if c.startswith("ood_") and c != "ood_mean" and not c.startswith("ood_mean")]
+    panels = [y, *sorted(oods)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    done = frame[frame["status"] == "complete"]
+    for ax, metric in zip(axes[0], panels):
+        seen = set()
+        for _, row in done.dropna(subset=[x, metric]).iterrows():
+            region, refill, label = _style(row)
+            ax.scatter(100 * row[x], 100 * row[metric], c=REGION_COLOURS.get(region, "k"), marker=REFILL_MARKERS.get(refill, ("o",))[0],
+                       s=46, alpha=0.85, edgecolors="white", linewidths=0.5, label=None if label in seen else label)
+            seen.add(label)
+        front = front_points(frame, x, metric)
+        if not front.empty:
+            xs, ys = _step_xy(front, x, metric)
+            ax.plot([100 * v for v in xs], [100 * v for v in ys], color="black", lw=1.2, label="Pareto front")
+        ax.set_xlabel(f"{x} (%)")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(alpha=0.3)
+        ax.set_title(metric)
+    axes[0][0].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def hypervolume_png(curve: list[float], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3)
+    ax.set_xlabel("complete trials")
+    ax.set_ylabel("hypervolume")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    done = frame[frame["status"] == "complete"].dropna(subset=[x, y])
+    groups: dict[str, list] = {}
+    for _, row in done.iterrows():
+        groups.setdefault(_style(row)[2], []).append(row)
+    for label, rows in groups.items():
+        region, refill, _ = _style(rows[0])
+        params = [c for c in done.columns if c.startswith("param.")]
+        text = ["<br>".join([f"trial {r['trial_id']}", *(f"{p[6:]}: {r[p]}" for p in params)]) for r in rows]
+        fig.add_trace(go.Scatter(x=[100 * r[x] for r in rows], y=[100 * r[y] for r in rows], mode="markers", name=label,
+                                 text=text, hoverinfo="text+x+y",
+                                 marker={"color": REGION_COLOURS.get(region, "black"), "size": 9,
+                                         "symbol": REFILL_MARKERS.get(refill, ("o", "circle"))[1]}))
+    front = front_points(frame, x, y)
+    if not front.empty:
+        xs, ys = _step_xy(front, x, y)
+        fig.add_trace(go.Scatter(x=[100 * v for v in xs], y=[100 * v for v in ys], mode="lines", name="Pareto front",
+                                 line={"color": "black", "width": 1.5}))
+    fig.update_layout(xaxis_title=f"{x} (%)", yaxis_title=f"{y} (%)", height=460, margin={"t": 30})
+    return fig
+
+
+def hypervolume_plotly(curve: list[float]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve, mode="lines+markers", name="hypervolume"))
+    fig.update_layout(xaxis_title="complete trials", yaxis_title="hypervolume", height=340, margin={"t": 30})
+    return fig

@@ -1,0 +1,156 @@
+"""``robusttune report``: an experiment directory -> ``index.html`` (self-contained), PNGs and CSVs.
+
+The HTML inlines plotly.js and every figure's data, so it opens offline; every string that came from the
+experiment (trial ids, configs, failure messages) is HTML-escaped, and figure JSON is embedded so that it
+cannot close its script element.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robusttune.analysis import figures, pareto, results
+
+FORMATS = ("html", "png", "csv")
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{100 * float(value):.1f}"
+
+
+def summarise(frame: pd.DataFrame, records_time: tuple[float, float] | None, *, x: str = "id_acc", y: str = "ood_mean") -> dict[str, Any]:
+    """The numbers at the top of the report (also returned by ``robusttune report --json``)."""
+    counts = {s: int((frame["status"] == s).sum()) for s in ("complete", "stopped-early", "failed", "running")} if not frame.empty else {}
+    done = frame[frame["status"] == "complete"].dropna(subset=[x, y]) if not frame.empty else frame
+    summary: dict[str, Any] = {"counts": counts, "trials": int(len(frame))}
+    if records_time:
+        summary["wall_seconds"] = round(records_time[1] - records_time[0], 1)
+    if done.empty:
+        return summary
+    points = done[[x, y]].to_numpy().tolist()
+    reference = pareto.worst_point(points)
+    front = figures.front_points(frame, x, y)
+    best_id, best_ood = done.loc[done[x].idxmax()], done.loc[done[y].idxmax()]
+    summary |= {
+        "best_id": {"trial_id": best_id["trial_id"], x: float(best_id[x]), y: float(best_id[y])},
+        "best_ood": {"trial_id": best_ood["trial_id"], x: float(best_ood[x]), y: float(best_ood[y])},
+        "front_size": int(len(front)),
+        "hypervolume": pareto.hypervolume_2d(points, reference),
+        "reference_point": {"kind": "worst observed among complete trials", x: reference[0], y: reference[1]},
+        "hypervolume_over_trials": pareto.hypervolume_over_trials(points, reference),
+    }
+    return summary
+
+
+def _table_html(frame: pd.DataFrame, columns: list[str], *, percent: set[str]) -> str:
+    head = "".join(f"<th>{html.escape(c.removeprefix('param.'))}</th>" for c in columns)
+    body = []
+    for _, row in frame.iterrows():
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            text = _pct(value) if c in percent else ("" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value))
+            cells.append(f"<td>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _figure_script(index: int, figure) -> str:
+    payload = figure.to_json().replace("<", "\\u003c")  # no markup can appear inside the script element
+    return f'<div class="plot" id="plot-{index}"></div><script type="application/json" id="fig-{index}">{payload}</script>'
+
+
+PAGE_SCRIPT = """
+window.addEventListener('error', function (e) { document.body.dataset.errors = (document.body.dataset.errors || '') + e.message + ';'; });
+(function () {
+  var jobs = [];
+  document.querySelectorAll('script[type="application/json"][id^="fig-"]').forEach(function (node) {
+    var fig = JSON.parse(node.textContent);
+    var target = document.getElementById('plot-' + node.id.slice(4));
+    jobs.push(Plotly.newPlot(target, fig.data, fig.layout, {responsive: true, displaylogo: false}));
+  });
+  Promise.all(jobs).then(function () { document.body.dataset.plots = 'ready'; },
+                         function (err) { document.body.dataset.errors = String(err); });
+})();
+"""
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f4f4f4}.cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:10px 14px}
+.card b{display:block;font-size:1.4em}.note{color:#666;font-size:0.85em}
+"""
+
+
+def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
+    """Write the report files; returns the summary and the paths written."""
+    experiment = Path(experiment)
+    out = Path(out) if out else experiment / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    frame = results.trials(experiment)
+    times = [r.get("time") for r in results._rows(experiment) if r.get("time")]
+    summary = summarise(frame, (min(times), max(times)) if times else None)
+    front = figures.front_points(frame, "id_acc", "ood_mean") if summary.get("front_size") else frame.iloc[0:0]
+    written: dict[str, str] = {}
+    if "csv" in formats:
+        written["trials.csv"] = str(results.export(frame, out / "trials.csv"))
+        written["front.csv"] = str(results.export(front, out / "front.csv"))
+    curve = summary.get("hypervolume_over_trials", [])
+    if "png" in formats and not frame.empty:
+        written["pareto.png"] = str(figures.pareto_png(frame, out / "pareto.png", title=experiment.name))
+        written["hypervolume.png"] = str(figures.hypervolume_png(curve, out / "hypervolume.png"))
+    if "html" in formats:
+        written["index.html"] = str(_write_html(experiment, out / "index.html", frame, front, summary, curve))
+    summary["files"] = written
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float]) -> Path:
+    import plotly.offline
+
+    metrics = results.metric_columns(frame) if not frame.empty else []
+    params = results.parameters(frame) if not frame.empty else []
+    percent = set(metrics) | {"objective"}
+    counts = summary.get("counts", {})
+    cards = [("trials", str(summary.get("trials", 0))), *((k, str(v)) for k, v in counts.items())]
+    if "best_id" in summary:
+        cards += [("best ID (%)", _pct(summary["best_id"]["id_acc"])), ("best OOD mean (%)", _pct(summary["best_ood"]["ood_mean"])),
+                  ("Pareto front", str(summary["front_size"])), ("hypervolume", f"{summary['hypervolume']:.5f}")]
+    if "wall_seconds" in summary:
+        cards.append(("wall time (s)", f"{summary['wall_seconds']:.0f}"))
+    card_html = "".join(f'<div class="card" data-key="{html.escape(k)}">{html.escape(k)}<b>{html.escape(v)}</b></div>' for k, v in cards)
+    parts = [f"<h1>robusttune report: {html.escape(experiment.name)}</h1>", f'<div class="cards">{card_html}</div>']
+    if "reference_point" in summary:
+        ref = summary["reference_point"]
+        parts.append(f'<p class="note">Hypervolume over (id_acc, ood_mean) with reference point ({_pct(ref["id_acc"])}, '
+                     f'{_pct(ref["ood_mean"])}): the {html.escape(ref["kind"])}. Stopped-early and failed trials are kept out of fronts.</p>')
+    parts.append("<h2>Pareto-optimal trials</h2>")
+    parts.append(_table_html(front, ["trial_id", *metrics, *params], percent=percent) if not front.empty else "<p>No complete trial yet.</p>")
+    figs = []
+    if not frame.empty:
+        parts.append("<h2>ID vs OOD</h2>")
+        oods = [c for c in metrics if c.startswith("ood_")]
+        for metric in oods:
+            figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric))
+            parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))
+        if curve:
+            figs.append(figures.hypervolume_plotly(curve))
+            parts.append("<h2>Hypervolume after each complete trial</h2>" + _figure_script(len(figs) - 1, figs[-1]))
+        parts.append("<h2>All trials</h2>" + _table_html(frame, ["trial_id", "status", "step", *metrics, "objective", *params], percent=percent))
+        bad = frame[frame["status"].isin(["failed", "stopped-early"])]
+        if not bad.empty:
+            parts.append("<h2>Failed and stopped trials</h2>" + _table_html(bad, ["trial_id", "status", "step", "failure", *params], percent=set()))
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>robusttune report: {html.escape(experiment.name)}</title>"
+            f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>{''.join(parts)}"
+            f"<script>{PAGE_SCRIPT}</script></body></html>")
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,88 @@
+"""An experiment directory as pandas tables (reads ``records.jsonl`` only; no torch, ray or optuna).
+
+* ``evaluations(exp)``: one row per reported evaluation (the last report wins when a resumed trial re-reported
+  a step);
+* ``trials(exp)``: one row per trial: its status, failure, searched parameters, the final evaluation's metrics
+  and, prefixed ``best_``, the evaluation with the best scalar objective.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+META_COLUMNS = ("trial_id", "status", "step", "epoch", "time")
+
+
+def _rows(experiment: Path) -> list[dict]:
+    path = Path(experiment) / "records.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no records (is this a robusttune experiment?)")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line after a crash
+            continue
+        if isinstance(row, dict) and "trial_id" in row:
+            rows.append(row)
+    return rows
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    ood = sorted(c for c in frame.columns if c.startswith("ood_") and c != "ood_mean")
+    first = [c for c in ("id_val_acc", "id_acc") if c in frame.columns]
+    return first + ood + (["ood_mean"] if "ood_mean" in frame.columns else [])
+
+
+def evaluations(experiment: Path) -> pd.DataFrame:
+    """Every reported evaluation, deduplicated by ``(trial_id, step)`` (keep the last)."""
+    rows = [r for r in _rows(experiment) if not r.get("final") and r.get("status") != "failed" and "step" in r]
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("config", "sampled")} |
+                          {f"param.{k}": v for k, v in (r.get("sampled") or {}).items() if k != "seed"} for r in rows])
+    if frame.empty:
+        return frame
+    return frame.drop_duplicates(["trial_id", "step"], keep="last").reset_index(drop=True)
+
+
+def trials(experiment: Path) -> pd.DataFrame:
+    """One row per trial: ``trial_id``, ``status``, ``failure``, parameters, final metrics, ``best_*`` metrics,
+    ``order`` (when the trial ended, for hypervolume-over-trials)."""
+    rows = _rows(experiment)
+    latest: dict[str, dict] = {}
+    for index, row in enumerate(rows):
+        merged = {**latest.get(row["trial_id"], {}), **row}
+        merged["_index"] = index
+        latest[row["trial_id"]] = merged
+    evals = evaluations(experiment)
+    records = []
+    for trial_id, row in latest.items():
+        record = {"trial_id": trial_id, "status": row.get("status", "running"), "failure": row.get("failure"),
+                  "step": row.get("step"), "total_steps": row.get("total_steps"), "order": row["_index"]}
+        record |= {f"param.{k}": v for k, v in (row.get("sampled") or {}).items() if k != "seed"}
+        record |= {k: v for k, v in row.items() if k.startswith(("id_", "ood_")) or k == "objective"}
+        mine = evals[evals["trial_id"] == trial_id] if not evals.empty else evals
+        if not mine.empty and "objective" in mine:
+            best = mine.loc[mine["objective"].idxmax()]
+            record |= {f"best_{k}": best[k] for k in [*metric_columns(mine), "objective", "step"] if k in best}
+        records.append(record)
+    frame = pd.DataFrame(records)
+    if not frame.empty:
+        frame = frame.sort_values("order").reset_index(drop=True)
+    return frame
+
+
+def parameters(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("param.")]
+
+
+def export(frame: pd.DataFrame, path: Path) -> Path:
+    """Write CSV or Parquet by the file's suffix."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
