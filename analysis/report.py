@@ -55,7 +55,12 @@ def _table_html(frame: pd.DataFrame, columns: list[str], *, percent: set[str]) -
         cells = []
         for c in columns:
             value = row.get(c)
-            text = _pct(value) if c in percent else ("" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value))
+            if c in percent:
+                text = _pct(value)
+            elif value is None or (isinstance(value, float) and pd.isna(value)):
+                text = ""
+            else:
+                text = f"{value:.3g}" if isinstance(value, float) else str(value)
             cells.append(f"<td>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -138,7 +143,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     figs = []
     if not frame.empty:
         parts.append("<h2>ID vs OOD</h2>")
-        oods = [c for c in metrics if c.startswith("ood_")]
+        oods = ["ood_mean", *(c for c in metrics if c.startswith("ood_") and c != "ood_mean")] if "ood_mean" in metrics else []
         for metric in oods:
             figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric))
             parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))
