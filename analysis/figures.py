@@ -39,7 +39,19 @@ def _step_xy(front: pd.DataFrame, x: str, y: str) -> tuple[list[float], list[flo
     return xs, ys
 
 
-def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "ood_mean", title: str = "") -> Path:
+def _references(refs: pd.DataFrame | None):
+    """(zero-shot row, vanilla-FT row, {source: WiSE curve}) from the experiment's baseline rows."""
+    if refs is None or refs.empty or "kind" not in refs:
+        return None, None, {}
+    base = refs[refs["kind"] == "baseline"]
+    pick = lambda method: base[base["method"] == method].iloc[-1] if (base["method"] == method).any() else None  # noqa: E731
+    wise = refs[refs["kind"] == "wise"]
+    curves = {source: group.drop_duplicates("alpha", keep="last").sort_values("alpha") for source, group in wise.groupby("source")}
+    return pick("zero-shot"), pick("vanilla-ft"), curves
+
+
+def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "ood_mean", title: str = "",
+               refs: pd.DataFrame | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,6 +72,17 @@ def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "
         if not front.empty:
             xs, ys = _step_xy(front, x, metric)
             ax.plot([100 * v for v in xs], [100 * v for v in ys], color="black", lw=1.2, label="Pareto front")
+        zero_shot, vanilla, curves = _references(refs)
+        for source, curve in curves.items():
+            main = source == "vanilla-ft"
+            ax.plot(100 * curve[x], 100 * curve[metric], color="#9467bd" if main else "#c5b0d5", lw=1.6 if main else 0.8,
+                    ls="-" if main else "--", label=("WiSE-FT of vanilla FT" if main else ("WiSE-FT of Pareto trials" if "wise_trials" not in seen else None)))
+            if not main:
+                seen.add("wise_trials")
+        if zero_shot is not None:
+            ax.scatter(100 * zero_shot[x], 100 * zero_shot[metric], marker="*", s=220, c="gold", edgecolors="black", label="zero-shot", zorder=5)
+        if vanilla is not None:
+            ax.scatter(100 * vanilla[x], 100 * vanilla[metric], marker="D", s=80, c="black", label="vanilla FT", zorder=5)
         ax.set_xlabel(f"{x} (%)")
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
@@ -90,7 +113,7 @@ def hypervolume_png(curve: list[float], path: Path) -> Path:
     return path
 
 
-def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str):
+def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | None = None):
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -111,6 +134,20 @@ def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str):
         xs, ys = _step_xy(front, x, y)
         fig.add_trace(go.Scatter(x=[100 * v for v in xs], y=[100 * v for v in ys], mode="lines", name="Pareto front",
                                  line={"color": "black", "width": 1.5}))
+    zero_shot, vanilla, curves = _references(refs)
+    for source, curve in curves.items():
+        main = source == "vanilla-ft"
+        fig.add_trace(go.Scatter(x=100 * curve[x], y=100 * curve[y], mode="lines+markers",
+                                 name="WiSE-FT of vanilla FT" if main else f"WiSE-FT of {source}",
+                                 text=[f"alpha {a:.1f}" for a in curve["alpha"]], hoverinfo="text+x+y",
+                                 line={"color": "#9467bd" if main else "#c5b0d5", "width": 2 if main else 1, "dash": "solid" if main else "dash"},
+                                 marker={"size": 4}, showlegend=main or source == next(iter(curves))))
+    if zero_shot is not None:
+        fig.add_trace(go.Scatter(x=[100 * zero_shot[x]], y=[100 * zero_shot[y]], mode="markers", name="zero-shot",
+                                 marker={"symbol": "star", "size": 16, "color": "gold", "line": {"color": "black", "width": 1}}))
+    if vanilla is not None:
+        fig.add_trace(go.Scatter(x=[100 * vanilla[x]], y=[100 * vanilla[y]], mode="markers", name="vanilla FT",
+                                 marker={"symbol": "diamond", "size": 11, "color": "black"}))
     fig.update_layout(xaxis_title=f"{x} (%)", yaxis_title=f"{y} (%)", height=460, margin={"t": 30})
     return fig
 

@@ -24,7 +24,8 @@ def _pct(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{100 * float(value):.1f}"
 
 
-def summarise(frame: pd.DataFrame, records_time: tuple[float, float] | None, *, x: str = "id_acc", y: str = "ood_mean") -> dict[str, Any]:
+def summarise(frame: pd.DataFrame, records_time: tuple[float, float] | None, *, x: str = "id_acc", y: str = "ood_mean",
+              refs: pd.DataFrame | None = None) -> dict[str, Any]:
     """The numbers at the top of the report (also returned by ``robusttune report --json``)."""
     counts = {s: int((frame["status"] == s).sum()) for s in ("complete", "stopped-early", "failed", "running")} if not frame.empty else {}
     done = frame[frame["status"] == "complete"].dropna(subset=[x, y]) if not frame.empty else frame
@@ -34,7 +35,10 @@ def summarise(frame: pd.DataFrame, records_time: tuple[float, float] | None, *, 
     if done.empty:
         return summary
     points = done[[x, y]].to_numpy().tolist()
-    reference = pareto.worst_point(points)
+    zero_shot, vanilla, curves = figures._references(refs)
+    # The worst observed point, not the zero-shot one: on robust fine-tuning few trials beat zero-shot on OOD,
+    # so a zero-shot reference often leaves a volume of zero and says nothing about the search.
+    reference, kind = pareto.worst_point(points), "worst observed among complete trials"
     front = figures.front_points(frame, x, y)
     best_id, best_ood = done.loc[done[x].idxmax()], done.loc[done[y].idxmax()]
     summary |= {
@@ -42,9 +46,25 @@ def summarise(frame: pd.DataFrame, records_time: tuple[float, float] | None, *, 
         "best_ood": {"trial_id": best_ood["trial_id"], x: float(best_ood[x]), y: float(best_ood[y])},
         "front_size": int(len(front)),
         "hypervolume": pareto.hypervolume_2d(points, reference),
-        "reference_point": {"kind": "worst observed among complete trials", x: reference[0], y: reference[1]},
+        "reference_point": {"kind": kind, x: reference[0], y: reference[1]},
         "hypervolume_over_trials": pareto.hypervolume_over_trials(points, reference),
     }
+    if zero_shot is not None:
+        summary["zero_shot"] = {x: float(zero_shot[x]), y: float(zero_shot[y])}
+    if vanilla is not None:
+        summary["vanilla_ft"] = {x: float(vanilla[x]), y: float(vanilla[y])}
+    curve = curves.get("vanilla-ft")
+    if curve is not None and not curve.empty:
+        margins = {row["trial_id"]: results.wise_ood_at(curve, row[x], x=x, y=y) for _, row in front.iterrows()}
+        summary["margin_over_wise"] = {k: (None if v != v else float(front.set_index("trial_id").loc[k, y] - v)) for k, v in margins.items()}
+        half = curve[curve["alpha"].round(2) == 0.5]
+        if not half.empty:
+            floor = float(half.iloc[0][x])
+            eligible = done[done[x] >= floor]
+            summary["wise_alpha_0.5"] = {x: floor, y: float(half.iloc[0][y])}
+            if not eligible.empty:
+                best = eligible.loc[eligible[y].idxmax()]
+                summary["best_ood_at_id_of_wise_0.5"] = {"trial_id": best["trial_id"], x: float(best[x]), y: float(best[y])}
     return summary
 
 
@@ -101,8 +121,9 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     frame = results.trials(experiment)
+    refs = results.baselines(experiment)
     times = [r.get("time") for r in results._rows(experiment) if r.get("time")]
-    summary = summarise(frame, (min(times), max(times)) if times else None)
+    summary = summarise(frame, (min(times), max(times)) if times else None, refs=refs)
     front = figures.front_points(frame, "id_acc", "ood_mean") if summary.get("front_size") else frame.iloc[0:0]
     written: dict[str, str] = {}
     if "csv" in formats:
@@ -110,16 +131,17 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
         written["front.csv"] = str(results.export(front, out / "front.csv"))
     curve = summary.get("hypervolume_over_trials", [])
     if "png" in formats and not frame.empty:
-        written["pareto.png"] = str(figures.pareto_png(frame, out / "pareto.png", title=experiment.name))
+        written["pareto.png"] = str(figures.pareto_png(frame, out / "pareto.png", title=experiment.name, refs=refs))
         written["hypervolume.png"] = str(figures.hypervolume_png(curve, out / "hypervolume.png"))
     if "html" in formats:
-        written["index.html"] = str(_write_html(experiment, out / "index.html", frame, front, summary, curve))
+        written["index.html"] = str(_write_html(experiment, out / "index.html", frame, front, summary, curve, refs))
     summary["files"] = written
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
 
 
-def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float]) -> Path:
+def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float],
+                refs: pd.DataFrame | None = None) -> Path:
     import plotly.offline
 
     metrics = results.metric_columns(frame) if not frame.empty else []
@@ -138,14 +160,24 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         ref = summary["reference_point"]
         parts.append(f'<p class="note">Hypervolume over (id_acc, ood_mean) with reference point ({_pct(ref["id_acc"])}, '
                      f'{_pct(ref["ood_mean"])}): the {html.escape(ref["kind"])}. Stopped-early and failed trials are kept out of fronts.</p>')
+    if "vanilla_ft" in summary:
+        zs, ft = summary["zero_shot"], summary["vanilla_ft"]
+        parts.append(f'<p class="note">Zero-shot: ID {_pct(zs["id_acc"])}, OOD mean {_pct(zs["ood_mean"])}. Vanilla fine-tuning: '
+                     f'ID {_pct(ft["id_acc"])}, OOD mean {_pct(ft["ood_mean"])}. "above WiSE-FT" is how far a trial\'s OOD mean lies '
+                     f'above the WiSE-FT curve of vanilla FT at the same ID accuracy (points, blank outside the curve\'s ID range).</p>')
     parts.append("<h2>Pareto-optimal trials</h2>")
-    parts.append(_table_html(front, ["trial_id", *metrics, *params], percent=percent) if not front.empty else "<p>No complete trial yet.</p>")
+    if not front.empty:
+        margins = summary.get("margin_over_wise", {})
+        shown = front.assign(above_wise=[margins.get(t) for t in front["trial_id"]])
+        parts.append(_table_html(shown, ["trial_id", *metrics, *(["above_wise"] if margins else []), *params], percent=percent | {"above_wise"}))
+    else:
+        parts.append("<p>No complete trial yet.</p>")
     figs = []
     if not frame.empty:
         parts.append("<h2>ID vs OOD</h2>")
         oods = ["ood_mean", *(c for c in metrics if c.startswith("ood_") and c != "ood_mean")] if "ood_mean" in metrics else []
         for metric in oods:
-            figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric))
+            figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric, refs=refs))
             parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))
         if curve:
             figs.append(figures.hypervolume_plotly(curve))

@@ -74,6 +74,36 @@ def trials(experiment: Path) -> pd.DataFrame:
     return frame
 
 
+def baselines(experiment: Path) -> pd.DataFrame:
+    """The experiment's reference rows: ``kind`` baseline (``method`` zero-shot / vanilla-ft) and ``kind`` wise
+    (``source`` vanilla-ft or a trial id, ``alpha``)."""
+    path = Path(experiment) / "records.jsonl"
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("kind") in ("baseline", "wise"):
+            rows.append({k: v for k, v in row.items() if k != "config"})
+    return pd.DataFrame(rows)
+
+
+def wise_ood_at(curve: pd.DataFrame, id_value: float, *, x: str = "id_acc", y: str = "ood_mean") -> float:
+    """The WiSE-FT curve's OOD accuracy at a given ID accuracy (linear between alphas; NaN outside its range).
+
+    Where the curve is not monotone in ID, the best OOD among the crossing segments is used (the curve's upper
+    envelope), so margins above it are never flattered."""
+    points = curve.sort_values("alpha")[[x, y]].to_numpy()
+    best = float("nan")
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        low, high = min(x0, x1), max(x0, x1)
+        if low <= id_value <= high:
+            value = y0 if high == low else y0 + (y1 - y0) * (id_value - x0) / (x1 - x0)
+            best = value if best != best else max(best, value)
+    return best
+
+
 def parameters(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith("param.")]
 

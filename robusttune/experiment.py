@@ -5,7 +5,9 @@
         space.yaml         the search space exactly as validated (frozen copy)
         optuna.journal     the Optuna study (JournalFileBackend; ``optuna-dashboard`` opens it)
         records.jsonl      append-only: one row per reported evaluation and one per trial end
-        tune/              Ray Tune state and per-trial checkpoints (the last and the best are kept)
+        checkpoints/<trial>/  latest.pt (every evaluation) and best.pt (best objective), replaced atomically
+        baselines/         the vanilla fine-tuning baseline's weights
+        tune/              Ray Tune's experiment state
 
 A ``records.jsonl`` row: ``trial_id``, ``status`` (running / complete / stopped-early / failed), ``config`` (the
 full trial config), ``step``, ``epoch``, every metric (``id_acc``, ``id_val_acc``, ``ood_<set>``, ``ood_mean``,

@@ -41,8 +41,10 @@ def write_space(path: Path, space: dict) -> Path:
     return path
 
 
-def records(experiment: Path):
-    return [json.loads(line) for line in (experiment / "records.jsonl").read_text().splitlines() if line.strip()]
+def records(experiment: Path, *, trials_only: bool = True):
+    """Rows of records.jsonl; by default only trial rows (not the baseline/WiSE-FT rows, which have no trial_id)."""
+    rows = [json.loads(line) for line in (experiment / "records.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if "trial_id" in r] if trials_only else rows
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +64,12 @@ def test_a_nan_trial_is_recorded_failed_and_the_sweep_finishes(nan_grid_experime
     experiment, summary = nan_grid_experiment
     assert summary["counts"]["complete"] == 1 and summary["counts"]["failed"] == 1
     rows = records(experiment)
-    failed = [r for r in rows if r["status"] == "failed" and r.get("final")]
+    failed = [r for r in rows if r.get("status") == "failed" and r.get("final")]
     assert len(failed) == 1 and "non-finite loss" in failed[0]["failure"] and failed[0]["sampled"]["debug_nan_at_step"] == 3
-    complete = [r for r in rows if r["status"] == "complete" and r.get("final")]
+    complete = [r for r in rows if r.get("status") == "complete" and r.get("final")]
     assert complete[0]["sampled"]["debug_nan_at_step"] is None and complete[0]["step"] == 4
     # every reported evaluation is a row, with the full validated config and every metric
-    running = [r for r in rows if r["status"] == "running"]
+    running = [r for r in rows if r.get("status") == "running"]
     assert {"id_acc", "id_val_acc", "ood_background", "ood_source", "ood_style", "ood_mean", "objective"} <= set(running[0])
     assert running[0]["config"]["batch_size"] == 16 and running[0]["config"]["region"] == "object"
     # the study lives in an Optuna journal the dashboard can open, and Optuna agrees about the failure
@@ -79,6 +81,16 @@ def test_a_nan_trial_is_recorded_failed_and_the_sweep_finishes(nan_grid_experime
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "FAIL"]
     assert (experiment / "manifest.json").is_file() and (experiment / "space.yaml").is_file()
+    # WiSE-FT baselines ran once: zero-shot, vanilla FT, and alpha grids for vanilla FT and the Pareto trial
+    everything = records(experiment, trials_only=False)
+    methods = sorted(r["method"] for r in everything if r.get("kind") == "baseline")
+    assert methods == ["vanilla-ft", "zero-shot"]
+    wise = [r for r in everything if r.get("kind") == "wise"]
+    sources = {r["source"] for r in wise}
+    assert sources == {"vanilla-ft", complete[0]["trial_id"]}
+    assert sorted(r["alpha"] for r in wise if r["source"] == "vanilla-ft") == [round(0.1 * i, 1) for i in range(11)]
+    at_one = next(r for r in wise if r["source"] == complete[0]["trial_id"] and r["alpha"] == 1.0)
+    assert at_one["id_acc"] == pytest.approx(complete[0]["id_acc"])  # alpha 1 is the trial's own final weights
     assert summary["pareto"] and summary["pareto"][0]["status"] == "complete"
 
 
@@ -117,8 +129,8 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, t
         while time.time() < deadline:  # wait for one finished trial and another one mid-way
             time.sleep(0.5)
             rows = records(experiment) if (experiment / "records.jsonl").exists() else []
-            done = {r["trial_id"] for r in rows if r.get("final")}
-            in_flight = {r["trial_id"] for r in rows if r["status"] == "running" and r["trial_id"] not in done}
+            done = {r["trial_id"] for r in rows if r.get("final") and "trial_id" in r}
+            in_flight = {r["trial_id"] for r in rows if r.get("status") == "running" and r["trial_id"] not in done}
             if done and in_flight:
                 break
         else:
@@ -182,7 +194,7 @@ def test_asha_stops_trials_early_and_records_say_so(tmp_path, tiny_world_config,
     assert len(finals) == 5
     for row in finals:
         assert (row["status"] == "stopped-early") == (row["step"] < row["total_steps"]), row
-    stopped = [r for r in finals if r["status"] == "stopped-early"]
+    stopped = [r for r in finals if r.get("status") == "stopped-early"]
     assert stopped, "ASHA stopped no trial in this seeded sweep"
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(row["status"] == "complete" for row in summary["pareto"])  # stopped trials stay off the front

@@ -39,6 +39,7 @@ class SweepOptions:
     cache_dir: Path
     max_failures: int = 0
     no_op: bool = False  # benchmarks only: the trainable skips training
+    baselines: bool = True  # zero-shot / vanilla FT / WiSE-FT rows after the sweep
     verbose: int = 1
 
 
@@ -83,12 +84,13 @@ def _init_ray(address: str | None) -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def _trainable(space_text: str, options: SweepOptions, space: SearchSpace):
+def _trainable(experiment: Path, space_text: str, options: SweepOptions, space: SearchSpace):
     from ray import tune
 
     from robusttune.search.trainable import run_trial
 
-    function = functools.partial(run_trial, space_yaml=space_text, cache_dir=str(options.cache_dir), no_op=options.no_op)
+    function = functools.partial(run_trial, space_yaml=space_text, cache_dir=str(options.cache_dir),
+                                 experiment=str(experiment.resolve()), no_op=options.no_op)
     function.__name__ = "robusttune_trial"  # Tune names trials after it
     return tune.with_resources(function, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
 
@@ -125,27 +127,41 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
     )
     seeded = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
     if space.scheduler.name == "asha":
-        scheduler = ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration",
+        scheduler = ASHAScheduler(metric="objective", mode="max", time_attr="evaluation",
                                   grace_period=space.scheduler.grace_period, reduction_factor=space.scheduler.reduction_factor,
                                   max_t=10_000)
     else:
         scheduler = FIFOScheduler()
     _init_ray(options.address)
     tuner = tune.Tuner(
-        _trainable(space_text, options, space),
+        _trainable(experiment, space_text, options, space),
         param_space={"seed": options.seed},
         tune_config=tune.TuneConfig(search_alg=seeded, scheduler=scheduler, num_samples=options.trials,
                                     max_concurrent_trials=options.concurrency, reuse_actors=True),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(experiment.resolve()), verbose=options.verbose,
             callbacks=[_records_callback(experiment, space_text)],
-            # the best checkpoint by objective, plus the latest one, which Tune always keeps
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective",
-                                                    checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )
-    return tuner.fit()
+    results = tuner.fit()
+    _baselines(experiment, space, space_text, options)
+    return results
+
+
+def _baselines(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions) -> None:
+    """Zero-shot, vanilla FT and WiSE-FT curves (vanilla FT's and each Pareto trial's), once per experiment."""
+    if options.no_op or not options.baselines:
+        return
+    from robusttune.analysis.pareto import non_dominated
+    from robusttune.search.baselines import run_baselines
+
+    metrics = list(space.objective.metrics)
+    complete = [(tid, row) for tid, row in latest_by_trial(experiment).items()
+                if row.get("status") == "complete" and all(m in row for m in metrics)]
+    front = [complete[i][0] for i in non_dominated([[row[m] for m in metrics] for _, row in complete])]
+    log.info("WiSE-FT baselines: zero-shot, vanilla FT and %d Pareto trial(s)", len(front))
+    run_baselines(experiment, space_text, options.cache_dir, front, cpu=space.resources.cpu, gpu=space.resources.gpu)
 
 
 def _records_callback(experiment: Path, space_text: str):
@@ -172,14 +188,12 @@ def resume_sweep(experiment: Path, options: SweepOptions):
     _init_ray(options.address)
     options = SweepOptions(**{**options.__dict__, "seed": manifest.get("seed", options.seed)})
     try:
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(space_text, options, space),
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(experiment, space_text, options, space),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
     except Exception as error:
         raise SweepError(f"{experiment}: Ray Tune could not restore the sweep ({type(error).__name__}: {str(error)[:200]})") from None
     results = tuner.fit()
-    finished = {r.metrics.get("trial_id") for r in results if r.metrics}
-    if restored - finished - {None}:
-        log.warning("%d restored trial(s) reported nothing after resuming", len(restored - finished))
+    _baselines(experiment, space, space_text, options)
     return results
 
 

@@ -1,22 +1,24 @@
 """The Ray Tune function trainable: one trial = one run of the engine's loop, reported to Tune.
 
 It validates the flat trial config at this process edge, sets torch's threads to the CPUs Ray gave the
-trial, resumes from ``ray.tune.get_checkpoint()``, and on every evaluation calls ``ray.tune.report`` with
-all metrics, the scalar objective, the step, the epoch and a checkpoint. It keeps no state between trials
+trial, resumes from the trial's own latest checkpoint (see ``trial_checkpoints``), and on every evaluation
+calls ``ray.tune.report`` with all metrics, the scalar objective, the step and the epoch. It keeps no state between trials
 (actors are reused). A non-finite loss is reported as ``trial_status: failed`` and the trial ends normally,
 so the sweep goes on.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ray import tune
 
+from robusttune.cache import atomic_write_json
 from robusttune.config import parse
 
 SEED_KEY = "seed"
@@ -32,7 +34,16 @@ def trial_threads() -> int:
     return max(1, int(cpus))
 
 
-def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, no_op: bool = False) -> None:
+def trial_checkpoints(experiment: str | Path, trial_id: str) -> Path:
+    """``<experiment>/checkpoints/<trial_id>/``: ``latest.pt`` (every evaluation) and ``best.pt`` (best objective).
+
+    We keep these ourselves instead of handing checkpoints to Tune: Tune deletes checkpoints it no longer
+    ranks while its saved experiment state may still point at them, so a restore after ``kill -9`` could
+    find its checkpoint gone. Ours are replaced atomically and found again by trial id."""
+    return Path(experiment) / "checkpoints" / trial_id
+
+
+def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experiment: str, no_op: bool = False) -> None:
     import torch
 
     from robusttune.models.classifier import frozen_copy
@@ -52,26 +63,42 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, no_op:
     student, task = build_task(space.task, Path(cache_dir))
     teacher = frozen_copy(student)
     total = total_steps(train_config, len(task.train))
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder) / "checkpoint.pt")
-    pending: dict[str, Any] = {}
+    folder = trial_checkpoints(experiment, tune.get_context().get_trial_id())
+    latest, best, best_meta = folder / "latest.pt", folder / "best.pt", folder / "best.json"
+    resume = load_checkpoint(latest) if latest.is_file() else None
+    best_objective = json.loads(best_meta.read_text())["objective"] if best_meta.is_file() else float("-inf")
     last: dict[str, float] = {}
+    evaluations = len(json.loads(resume["history"])) if resume else 0
+
+    def save(state: dict[str, Any]) -> None:
+        nonlocal best_objective
+        save_checkpoint(latest, state)
+        history = json.loads(state["history"])
+        objective = space.objective.scalar(history[-1]["metrics"])
+        if objective > best_objective:
+            best_objective = objective
+            shutil.copyfile(latest, best.with_suffix(".tmp"))
+            os.replace(best.with_suffix(".tmp"), best)
+            atomic_write_json(best_meta, {"objective": objective, "step": state["step"]})
 
     def report(row: dict[str, Any]) -> None:
+        nonlocal evaluations
         if row.get("status") == "failed":
-            tune.report({**last, "step": row["step"], "epoch": row["epoch"], "total_steps": total,
+            tune.report({**last, "step": row["step"], "epoch": row["epoch"], "total_steps": total, "evaluation": evaluations,
                          "trial_status": "failed", "failure": row["failure"]})
             return
+        evaluations += 1
         metrics = row["metrics"]
         last.update(metrics)
-        payload = {**metrics, "objective": space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
-                   "total_steps": total, "trial_status": "complete" if row["step"] >= total else "running"}
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(Path(folder) / "checkpoint.pt", pending.pop("state"))
-            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(folder))
+        # 'evaluation' (not Tune's iteration counter, which restarts on resume) is the scheduler's time axis
+        tune.report({**metrics, "objective": space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
+                     "evaluation": evaluations, "total_steps": total,
+                     "trial_status": "complete" if row["step"] >= total else "running"})
 
-    train(train_config, student, teacher, task, report=report, save_checkpoint=lambda state: pending.update(state=state),
-          resume=resume)
+    if resume is not None and int(resume["step"]) >= total:
+        # Finished before an interruption that Tune's saved state did not see: report the result again.
+        final = json.loads(resume["history"])[-1]
+        evaluations -= 1
+        report({**final, "metrics": final["metrics"]})
+        return
+    train(train_config, student, teacher, task, report=report, save_checkpoint=save, resume=resume)
