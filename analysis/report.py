@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from robusttune.analysis import figures, pareto, results
+from robusttune.analysis import effects, figures, pareto, results
 
 FORMATS = ("html", "png", "csv")
 
@@ -130,18 +130,31 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
         written["trials.csv"] = str(results.export(frame, out / "trials.csv"))
         written["front.csv"] = str(results.export(front, out / "front.csv"))
     curve = summary.get("hypervolume_over_trials", [])
+    params = results.parameters(frame) if not frame.empty else []
+    effects_path = None
+    if not frame.empty and ("png" in formats or "html" in formats):
+        effects_path = effects.effects_png(frame, params, out / "effects.png")
     if "png" in formats and not frame.empty:
         written["pareto.png"] = str(figures.pareto_png(frame, out / "pareto.png", title=experiment.name, refs=refs))
         written["hypervolume.png"] = str(figures.hypervolume_png(curve, out / "hypervolume.png"))
+        if effects_path:
+            written["effects.png"] = str(effects_path)
+    importance = effects.importance(frame, params, ["id_val_acc", "ood_mean"]) if not frame.empty and "id_val_acc" in frame else pd.DataFrame()
+    summary["importance"] = importance.round(4).to_dict() if not importance.empty else {}
     if "html" in formats:
-        written["index.html"] = str(_write_html(experiment, out / "index.html", frame, front, summary, curve, refs))
+        written["index.html"] = str(_write_html(experiment, out / "index.html", frame, front, summary, curve, refs,
+                                                effects_path=effects_path, importance=importance))
+        if effects_path and "png" not in formats:
+            effects_path.unlink()
     summary["files"] = written
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
 
 
 def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float],
-                refs: pd.DataFrame | None = None) -> Path:
+                refs: pd.DataFrame | None = None, *, effects_path: Path | None = None, importance: pd.DataFrame | None = None) -> Path:
+    import base64
+
     import plotly.offline
 
     metrics = results.metric_columns(frame) if not frame.empty else []
@@ -182,6 +195,14 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         if curve:
             figs.append(figures.hypervolume_plotly(curve))
             parts.append("<h2>Hypervolume after each complete trial</h2>" + _figure_script(len(figs) - 1, figs[-1]))
+        if effects_path is not None:
+            encoded = base64.b64encode(Path(effects_path).read_bytes()).decode()
+            parts.append(f'<h2>Parameter effects</h2><img alt="OOD mean against each numeric parameter" '
+                         f'src="data:image/png;base64,{encoded}" style="max-width:100%">')
+        if importance is not None and not importance.empty:
+            shown = importance.reset_index().rename(columns={"index": "parameter"})
+            parts.append("<h2>Parameter importance</h2>" + _table_html(shown, ["parameter", *importance.columns], percent=set(importance.columns))
+                         + f'<p class="note">{html.escape(effects.__doc__.split(chr(10) + chr(10))[1].replace(chr(10), " "))}</p>')
         parts.append("<h2>All trials</h2>" + _table_html(frame, ["trial_id", "status", "step", *metrics, "objective", *params], percent=percent))
         bad = frame[frame["status"].isin(["failed", "stopped-early"])]
         if not bad.empty:
