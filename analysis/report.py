@@ -203,6 +203,12 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
             shown = importance.reset_index().rename(columns={"index": "parameter"})
             parts.append("<h2>Parameter importance</h2>" + _table_html(shown, ["parameter", *importance.columns], percent=set(importance.columns))
                          + f'<p class="note">{html.escape(effects.__doc__.split(chr(10) + chr(10))[1].replace(chr(10), " "))}</p>')
+        for name, title in (("gallery_best_ood.png", "best OOD trial"), ("gallery_best_joint.png", "best joint (scalar objective) trial")):
+            gallery = path.parent / name
+            if gallery.is_file():
+                encoded = base64.b64encode(gallery.read_bytes()).decode()
+                parts.append(f"<h2>Counterfactual gallery: {html.escape(title)}</h2>"
+                             f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}" style="max-width:100%">')
         parts.append("<h2>All trials</h2>" + _table_html(frame, ["trial_id", "status", "step", *metrics, "objective", *params], percent=percent))
         bad = frame[frame["status"].isin(["failed", "stopped-early"])]
         if not bad.empty:

@@ -193,7 +193,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ConfigError(f"--format must be a comma-separated subset of {','.join(FORMATS)}, got {args.format!r}")
-    summary = write_report(experiment, Path(args.out) if args.out else None, formats)
+    out = Path(args.out) if args.out else experiment / "report"
+    galleries = {}
+    if not args.no_gallery and ("png" in formats or "html" in formats):
+        from robusttune.cli import _cache_dir
+        from robusttune.gallery import write_galleries
+
+        out.mkdir(parents=True, exist_ok=True)
+        galleries = write_galleries(experiment, out, cache_dir=_cache_dir(getattr(args, "cache_dir", None)))
+    summary = write_report(experiment, out, formats)
+    summary["files"].update(galleries if "png" in formats else {})
 
     def human() -> None:
         for name, path in summary["files"].items():
@@ -209,5 +218,7 @@ def register_report(commands) -> None:
     report.add_argument("experiment", metavar="EXPDIR")
     report.add_argument("--out", metavar="DIR", help="output folder (default: EXPDIR/report)")
     report.add_argument("--format", default="html,png,csv", metavar="LIST", help="any of html,png,csv (default: all)")
+    report.add_argument("--no-gallery", action="store_true", help="skip the counterfactual gallery (needs torch and the checkpoints)")
+    report.add_argument("--cache-dir", metavar="DIR", help="cache directory (for the gallery's data)")
     report.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     report.set_defaults(handler=cmd_report)

@@ -198,3 +198,14 @@ def test_asha_stops_trials_early_and_records_say_so(tmp_path, tiny_world_config,
     assert stopped, "ASHA stopped no trial in this seeded sweep"
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(row["status"] == "complete" for row in summary["pareto"])  # stopped trials stay off the front
+
+
+def test_report_on_a_real_sweep_has_baselines_and_gallery(nan_grid_experiment, cache_dir):
+    experiment, _ = nan_grid_experiment
+    result = cli("report", experiment, "--json", "--cache-dir", cache_dir, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"index.html", "pareto.png", "trials.csv", "front.csv", "gallery_best_ood.png"} <= set(summary["files"])
+    assert summary["front_size"] == 1 and "vanilla_ft" in summary and "zero_shot" in summary
+    page = (experiment / "report" / "index.html").read_text()
+    assert "Counterfactual gallery" in page and "WiSE-FT of vanilla FT" in page
