@@ -50,8 +50,19 @@ def _references(refs: pd.DataFrame | None):
     return pick("zero-shot"), pick("vanilla-ft"), curves
 
 
+LOGIT_TICKS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def _logit(values):
+    import numpy as np
+
+    clipped = np.clip(np.asarray(values, dtype=float), 1e-4, 1 - 1e-4)
+    return np.log(clipped / (1 - clipped))
+
+
 def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "ood_mean", title: str = "",
-               refs: pd.DataFrame | None = None) -> Path:
+               refs: pd.DataFrame | None = None, logit: bool = False) -> Path:
+    """With ``logit``, both axes are logit-scaled (as in the WiSE-FT paper), labelled in %."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,27 +73,36 @@ def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
     done = frame[frame["status"] == "complete"]
     for ax, metric in zip(axes[0], panels):
+        if logit:
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_xscale("logit")
+            ax.set_yscale("logit")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}"))
+                axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         seen = set()
+        k = 1.0 if logit else 100.0  # the logit scale takes fractions
         for _, row in done.dropna(subset=[x, metric]).iterrows():
             region, refill, label = _style(row)
-            ax.scatter(100 * row[x], 100 * row[metric], c=REGION_COLOURS.get(region, "k"), marker=REFILL_MARKERS.get(refill, ("o",))[0],
+            ax.scatter(k * row[x], k * row[metric], c=REGION_COLOURS.get(region, "k"), marker=REFILL_MARKERS.get(refill, ("o",))[0],
                        s=46, alpha=0.85, edgecolors="white", linewidths=0.5, label=None if label in seen else label)
             seen.add(label)
         front = front_points(frame, x, metric)
         if not front.empty:
             xs, ys = _step_xy(front, x, metric)
-            ax.plot([100 * v for v in xs], [100 * v for v in ys], color="black", lw=1.2, label="Pareto front")
+            ax.plot([k * v for v in xs], [k * v for v in ys], color="black", lw=1.2, label="Pareto front")
         zero_shot, vanilla, curves = _references(refs)
         for source, curve in curves.items():
             main = source == "vanilla-ft"
-            ax.plot(100 * curve[x], 100 * curve[metric], color="#9467bd" if main else "#c5b0d5", lw=1.6 if main else 0.8,
+            ax.plot(k * curve[x], k * curve[metric], color="#9467bd" if main else "#c5b0d5", lw=1.6 if main else 0.8,
                     ls="-" if main else "--", label=("WiSE-FT of vanilla FT" if main else ("WiSE-FT of Pareto trials" if "wise_trials" not in seen else None)))
             if not main:
                 seen.add("wise_trials")
         if zero_shot is not None:
-            ax.scatter(100 * zero_shot[x], 100 * zero_shot[metric], marker="*", s=220, c="gold", edgecolors="black", label="zero-shot", zorder=5)
+            ax.scatter(k * zero_shot[x], k * zero_shot[metric], marker="*", s=220, c="gold", edgecolors="black", label="zero-shot", zorder=5)
         if vanilla is not None:
-            ax.scatter(100 * vanilla[x], 100 * vanilla[metric], marker="D", s=80, c="black", label="vanilla FT", zorder=5)
+            ax.scatter(k * vanilla[x], k * vanilla[metric], marker="D", s=80, c="black", label="vanilla FT", zorder=5)
         ax.set_xlabel(f"{x} (%)")
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
@@ -113,8 +133,11 @@ def hypervolume_png(curve: list[float], path: Path) -> Path:
     return path
 
 
-def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | None = None):
+def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | None = None, logit: bool = False):
     import plotly.graph_objects as go
+
+    def t(values):  # percent, or logit of the fraction with ticks labelled in percent
+        return list(_logit(values)) if logit else [100 * float(v) for v in values]
 
     fig = go.Figure()
     done = frame[frame["status"] == "complete"].dropna(subset=[x, y])
@@ -125,30 +148,35 @@ def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | N
         region, refill, _ = _style(rows[0])
         params = [c for c in done.columns if c.startswith("param.")]
         text = ["<br>".join([f"trial {r['trial_id']}", *(f"{p[6:]}: {r[p]}" for p in params)]) for r in rows]
-        fig.add_trace(go.Scatter(x=[100 * r[x] for r in rows], y=[100 * r[y] for r in rows], mode="markers", name=label,
+        fig.add_trace(go.Scatter(x=t([r[x] for r in rows]), y=t([r[y] for r in rows]), mode="markers", name=label,
                                  text=text, hoverinfo="text+x+y",
                                  marker={"color": REGION_COLOURS.get(region, "black"), "size": 9,
                                          "symbol": REFILL_MARKERS.get(refill, ("o", "circle"))[1]}))
     front = front_points(frame, x, y)
     if not front.empty:
         xs, ys = _step_xy(front, x, y)
-        fig.add_trace(go.Scatter(x=[100 * v for v in xs], y=[100 * v for v in ys], mode="lines", name="Pareto front",
+        fig.add_trace(go.Scatter(x=t(xs), y=t(ys), mode="lines", name="Pareto front",
                                  line={"color": "black", "width": 1.5}))
     zero_shot, vanilla, curves = _references(refs)
     for source, curve in curves.items():
         main = source == "vanilla-ft"
-        fig.add_trace(go.Scatter(x=100 * curve[x], y=100 * curve[y], mode="lines+markers",
+        fig.add_trace(go.Scatter(x=t(curve[x]), y=t(curve[y]), mode="lines+markers",
                                  name="WiSE-FT of vanilla FT" if main else f"WiSE-FT of {source}",
                                  text=[f"alpha {a:.1f}" for a in curve["alpha"]], hoverinfo="text+x+y",
                                  line={"color": "#9467bd" if main else "#c5b0d5", "width": 2 if main else 1, "dash": "solid" if main else "dash"},
                                  marker={"size": 4}, showlegend=main or source == next(iter(curves))))
     if zero_shot is not None:
-        fig.add_trace(go.Scatter(x=[100 * zero_shot[x]], y=[100 * zero_shot[y]], mode="markers", name="zero-shot",
+        fig.add_trace(go.Scatter(x=t([zero_shot[x]]), y=t([zero_shot[y]]), mode="markers", name="zero-shot",
                                  marker={"symbol": "star", "size": 16, "color": "gold", "line": {"color": "black", "width": 1}}))
     if vanilla is not None:
-        fig.add_trace(go.Scatter(x=[100 * vanilla[x]], y=[100 * vanilla[y]], mode="markers", name="vanilla FT",
+        fig.add_trace(go.Scatter(x=t([vanilla[x]]), y=t([vanilla[y]]), mode="markers", name="vanilla FT",
                                  marker={"symbol": "diamond", "size": 11, "color": "black"}))
-    fig.update_layout(xaxis_title=f"{x} (%)", yaxis_title=f"{y} (%)", height=460, margin={"t": 30})
+    fig.update_layout(xaxis_title=f"{x} (%)" + (", logit scale" if logit else ""),
+                      yaxis_title=f"{y} (%)" + (", logit scale" if logit else ""), height=460, margin={"t": 30})
+    if logit:
+        ticks = {"tickvals": list(_logit(LOGIT_TICKS)), "ticktext": [f"{100 * v:g}" for v in LOGIT_TICKS]}
+        fig.update_xaxes(**ticks)
+        fig.update_yaxes(**ticks)
     return fig
 
 

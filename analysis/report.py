@@ -114,7 +114,8 @@ th{background:#f4f4f4}.cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1
 """
 
 
-def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
+def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS, *,
+                 logit_axes: bool = False) -> dict[str, Any]:
     """Write the report files; returns the summary and the paths written."""
     experiment = Path(experiment)
     out = Path(out) if out else experiment / "report"
@@ -135,7 +136,8 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     if not frame.empty and ("png" in formats or "html" in formats):
         effects_path = effects.effects_png(frame, params, out / "effects.png")
     if "png" in formats and not frame.empty:
-        written["pareto.png"] = str(figures.pareto_png(frame, out / "pareto.png", title=experiment.name, refs=refs))
+        written["pareto.png"] = str(figures.pareto_png(frame, out / "pareto.png", title=experiment.name, refs=refs,
+                                                                 logit=logit_axes))
         written["hypervolume.png"] = str(figures.hypervolume_png(curve, out / "hypervolume.png"))
         if effects_path:
             written["effects.png"] = str(effects_path)
@@ -143,7 +145,7 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     summary["importance"] = importance.round(4).to_dict() if not importance.empty else {}
     if "html" in formats:
         written["index.html"] = str(_write_html(experiment, out / "index.html", frame, front, summary, curve, refs,
-                                                effects_path=effects_path, importance=importance))
+                                                effects_path=effects_path, importance=importance, logit_axes=logit_axes))
         if effects_path and "png" not in formats:
             effects_path.unlink()
     summary["files"] = written
@@ -152,7 +154,8 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
 
 
 def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float],
-                refs: pd.DataFrame | None = None, *, effects_path: Path | None = None, importance: pd.DataFrame | None = None) -> Path:
+                refs: pd.DataFrame | None = None, *, effects_path: Path | None = None, importance: pd.DataFrame | None = None,
+                logit_axes: bool = False) -> Path:
     import base64
 
     import plotly.offline
@@ -190,7 +193,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         parts.append("<h2>ID vs OOD</h2>")
         oods = ["ood_mean", *(c for c in metrics if c.startswith("ood_") and c != "ood_mean")] if "ood_mean" in metrics else []
         for metric in oods:
-            figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric, refs=refs))
+            figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric, refs=refs, logit=logit_axes))
             parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))
         if curve:
             figs.append(figures.hypervolume_plotly(curve))

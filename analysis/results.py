@@ -64,8 +64,9 @@ def trials(experiment: Path) -> pd.DataFrame:
         record |= {f"param.{k}": v for k, v in (row.get("sampled") or {}).items() if k != "seed"}
         record |= {k: v for k, v in row.items() if k.startswith(("id_", "ood_")) or k == "objective"}
         mine = evals[evals["trial_id"] == trial_id] if not evals.empty else evals
-        if not mine.empty and "objective" in mine:
-            best = mine.loc[mine["objective"].idxmax()]
+        scored = mine["objective"].dropna() if not mine.empty and "objective" in mine else pd.Series(dtype=float)
+        if not scored.empty:
+            best = mine.loc[scored.idxmax()]
             record |= {f"best_{k}": best[k] for k in [*metric_columns(mine), "objective", "step"] if k in best}
         records.append(record)
     frame = pd.DataFrame(records)

@@ -201,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         galleries = write_galleries(experiment, out, cache_dir=_cache_dir(getattr(args, "cache_dir", None)))
-    summary = write_report(experiment, out, formats)
+    summary = write_report(experiment, out, formats, logit_axes=args.logit_axes)
     summary["files"].update(galleries if "png" in formats else {})
 
     def human() -> None:
@@ -218,6 +218,7 @@ def register_report(commands) -> None:
     report.add_argument("experiment", metavar="EXPDIR")
     report.add_argument("--out", metavar="DIR", help="output folder (default: EXPDIR/report)")
     report.add_argument("--format", default="html,png,csv", metavar="LIST", help="any of html,png,csv (default: all)")
+    report.add_argument("--logit-axes", action="store_true", help="logit-scaled accuracy axes, as in the WiSE-FT paper")
     report.add_argument("--no-gallery", action="store_true", help="skip the counterfactual gallery (needs torch and the checkpoints)")
     report.add_argument("--cache-dir", metavar="DIR", help="cache directory (for the gallery's data)")
     report.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")

@@ -33,6 +33,9 @@ def make_experiment(root: Path, n_trials: int = 12) -> Path:
         if status == "failed":
             final["failure"] = f"non-finite loss {HOSTILE}"
         rows.append(final)
+    # a trial still running (the report must work on a live experiment's snapshot)
+    rows.append({"trial_id": "live", "status": "running", "step": 50, "sampled": {"region": "object"}, "id_acc": 0.99,
+                 "ood_mean": 0.99, "time": 2000})
     (experiment / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return experiment
 
@@ -47,13 +50,14 @@ def test_report_files_and_front_match_brute_force(tmp_path):
     trials = pd.read_csv(out / "trials.csv")
     front = pd.read_csv(out / "front.csv")
     assert {"trial_id", "status", "id_acc", "ood_mean", "param.region", "param.w_distill"} <= set(trials.columns)
-    assert len(trials) == 12 and set(front.columns) == set(trials.columns)
+    assert len(trials) == 13 and set(front.columns) == set(trials.columns)
+    assert "live" not in set(front["trial_id"])  # running trials stay off the front, even when they look best
     complete = trials[trials["status"] == "complete"]
     brute = [r.trial_id for r in complete.itertuples()
              if not any((o.id_acc >= r.id_acc and o.ood_mean >= r.ood_mean) and (o.id_acc > r.id_acc or o.ood_mean > r.ood_mean)
                         for o in complete.itertuples())]
     assert sorted(front["trial_id"]) == sorted(brute)
-    assert "failed" not in set(front["status"]) and summary["counts"] == {"complete": 10, "stopped-early": 1, "failed": 1, "running": 0}
+    assert "failed" not in set(front["status"]) and summary["counts"] == {"complete": 10, "stopped-early": 1, "failed": 1, "running": 1}
     page = (out / "index.html").read_text()
     assert "<script>alert(" not in page and "&lt;script&gt;alert(" in page
     assert "<script src" not in page and "<link" not in page  # nothing is loaded from the network
@@ -107,3 +111,20 @@ def test_report_renders_in_a_real_browser(tmp_path):
     image = Image.open(shot).convert("L")
     low, high = image.getextrema()
     assert high - low > 100 and len(set(image.resize((64, 64)).getdata())) > 20  # not a blank page
+
+
+def test_logit_axes_option(tmp_path):
+    import math
+
+    from robusttune.analysis.report import write_report
+
+    experiment = make_experiment(tmp_path)
+    write_report(experiment, tmp_path / "logit", ("html", "png"), logit_axes=True)
+    page = (tmp_path / "logit" / "index.html").read_text()
+    assert "logit scale" in page
+    from robusttune.analysis import figures, results
+
+    fig = figures.pareto_plotly(results.trials(experiment), x="id_acc", y="ood_mean", logit=True)
+    ticks = dict(zip(fig.layout.xaxis.ticktext, fig.layout.xaxis.tickvals))
+    assert ticks["90"] == pytest.approx(math.log(0.9 / 0.1))  # the 90% tick sits at logit(0.9)
+    assert (tmp_path / "logit" / "pareto.png").is_file() and not (tmp_path / "logit" / "trials.csv").exists()
