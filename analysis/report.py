@@ -175,7 +175,8 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     if "reference_point" in summary:
         ref = summary["reference_point"]
         parts.append(f'<p class="note">Hypervolume over (id_acc, ood_mean) with reference point ({_pct(ref["id_acc"])}, '
-                     f'{_pct(ref["ood_mean"])}): the {html.escape(ref["kind"])}. Stopped-early and failed trials are kept out of fronts.</p>')
+                     f'{_pct(ref["ood_mean"])}): the {html.escape(ref["kind"])}. Fronts here use ID test accuracy (id_acc); the search itself selected on the ID '
+                     f'validation split. Stopped-early, failed and running trials are kept out of fronts.</p>')
     if "vanilla_ft" in summary:
         zs, ft = summary["zero_shot"], summary["vanilla_ft"]
         parts.append(f'<p class="note">Zero-shot: ID {_pct(zs["id_acc"])}, OOD mean {_pct(zs["ood_mean"])}. Vanilla fine-tuning: '

@@ -140,7 +140,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_sweep(experiment, space, text, options)
     code = _finish(experiment, space, args, time.perf_counter() - started)
     from robusttune.analysis.report import write_report
+    from robusttune.gallery import write_galleries
 
+    (experiment / "report").mkdir(exist_ok=True)
+    write_galleries(experiment, experiment / "report", cache_dir=_cache_dir(args.cache_dir))
     report = write_report(experiment)
     if not args.json:
         print(f"report: {report['files'].get('index.html')} (pareto.png, trials.csv, front.csv beside it)")
