@@ -8,7 +8,6 @@ cannot close its script element.
 from __future__ import annotations
 
 import html
-import json
 import time
 from pathlib import Path
 from typing import Any
