@@ -184,6 +184,7 @@ def register(commands, common) -> None:
     demo.add_argument("--seed", type=int, metavar="S")
     demo.set_defaults(handler=cmd_demo)
     register_report(commands)
+    register_launch(commands)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -226,3 +227,34 @@ def register_report(commands) -> None:
     report.add_argument("--cache-dir", metavar="DIR", help="cache directory (for the gallery's data)")
     report.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     report.set_defaults(handler=cmd_report)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from robusttune.launch import check_cluster_file, execute, plan, render
+    from robusttune.search.space import load_space
+
+    space, _ = load_space(args.space)  # fail here, not on the cluster, on a bad space
+    cluster = Path(args.cluster)
+    check_cluster_file(cluster)
+    if not args.storage.startswith("/"):
+        raise ConfigError(f"--storage must be an absolute path mounted on every node (shared storage), got {args.storage!r}")
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    steps = plan(args.space, cluster, name=name, storage=args.storage, token_auth=args.token_auth)
+    lines = render(steps, token_auth=args.token_auth)
+    if args.dry_run:
+        print("\n".join(lines))
+        return 0
+    execute(steps, token_auth=args.token_auth)
+    print("\n".join(line for line in lines[lines.index("# follow it"):]))
+    return 0
+
+
+def register_launch(commands) -> None:
+    launch = commands.add_parser("launch", help="bring up a Ray cluster (cluster.yaml) and submit a sweep to it")
+    launch.add_argument("space", metavar="SPACE", help="built-in space name or a YAML file (in the working directory)")
+    launch.add_argument("--cluster", required=True, metavar="FILE", help="Ray cluster-launcher config (see cluster.yaml)")
+    launch.add_argument("--storage", required=True, metavar="DIR", help="shared folder mounted on every node, e.g. /mnt/efs/runs")
+    launch.add_argument("--name", help="experiment and job name (default: <space>-<time>)")
+    launch.add_argument("--token-auth", action="store_true", help="the cluster uses Ray token authentication (RAY_AUTH_MODE=token)")
+    launch.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    launch.set_defaults(handler=cmd_launch)
