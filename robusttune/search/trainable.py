@@ -63,6 +63,9 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     student, task = build_task(space.task, Path(cache_dir))
     teacher = frozen_copy(student)
     total = total_steps(train_config, len(task.train))
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran it (cluster tests, post-mortems)
     folder = trial_checkpoints(experiment, tune.get_context().get_trial_id())
     latest, best, best_meta = folder / "latest.pt", folder / "best.pt", folder / "best.json"
     resume = load_checkpoint(latest) if latest.is_file() else None
@@ -92,7 +95,7 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
         last.update(metrics)
         # 'evaluation' (not Tune's iteration counter, which restarts on resume) is the scheduler's time axis
         tune.report({**metrics, "objective": space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
-                     "evaluation": evaluations, "total_steps": total,
+                     "evaluation": evaluations, "total_steps": total, "node_id": node_id,
                      "trial_status": "complete" if row["step"] >= total else "running"})
 
     if resume is not None and int(resume["step"]) >= total:

@@ -1,0 +1,133 @@
+"""A real autoscaling cluster on this machine: Ray's fake multinode provider, a head with 0 CPUs, workers of 1 CPU.
+
+The test starts its own Ray head (and stops only that one): the sweep's 1-CPU trials make the autoscaler launch
+worker nodes, the trials run on them, and the idle workers are released after the sweep.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+FAKE_CLUSTER = {
+    "cluster_name": "robusttune-fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 0.2,
+    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                 "disable_launch_config_check": True},
+    "auth": {}, "docker": {},
+    # the head's type must be named like the node `ray start --head` registers
+    "available_node_types": {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+                             "worker": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2}},
+    "head_node_type": "ray.head.default", "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+    "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+    "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+}
+
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` CLI of this interpreter
+
+NODES = """
+import json, ray
+ray.init(logging_level="ERROR")  # RAY_ADDRESS names our head
+print("NODES=" + json.dumps([{"id": n["NodeID"], "alive": n["Alive"], "cpu": n["Resources"].get("CPU", 0)} for n in ray.nodes()]), flush=True)
+"""
+
+
+def _ours(marker: str) -> list[int]:
+    """PIDs of our cluster's processes: those whose command line names its own temp dir, and their descendants
+    (Ray's agents rename themselves). Never anyone else's Ray."""
+    parents, roots = {}, []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                parents[int(entry)] = int(stream.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                if marker.encode() in stream.read():
+                    roots.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    found = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                changed = True
+    return sorted(found)
+
+
+@pytest.fixture()
+def fake_cluster(tmp_path):
+    import signal
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="rtfake", dir="/tmp")  # short: Ray puts sockets in it
+    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "disabled",
+           "RAY_ADDRESS": "127.0.0.1:6379"}  # 'auto' would look in the default temp dir
+    config = tmp_path / "fake.yaml"
+    config.write_text(yaml.safe_dump(FAKE_CLUSTER))
+    start = subprocess.run([*RAY, "start", "--head", "--num-cpus=0", f"--autoscaling-config={config}", f"--temp-dir={temp_dir}",
+                            "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        yield env
+    finally:  # stop only the processes of the cluster this test started
+        ours = _ours(temp_dir)  # collected before killing: orphans get re-parented
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in ours + _ours(temp_dir):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
+        assert not [pid for pid in ours if os.path.exists(f"/proc/{pid}")] and not _ours(temp_dir)
+
+
+def all_nodes(env) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", NODES], env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("NODES=")]
+    assert lines, out.stdout[-1000:] + out.stderr[-2000:]
+    return json.loads(lines[-1].removeprefix("NODES="))
+
+
+def alive_workers(env) -> list[str]:
+    return [n["id"] for n in all_nodes(env) if n["alive"] and n["cpu"] > 0]
+
+
+def test_sweep_scales_workers_up_and_back_down(fake_cluster, tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+    env = {**fake_cluster, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+    assert alive_workers(env) == []  # starts from zero workers
+    space = {"name": "fake", "task": {"world": tiny_world_config.to_dict()}, "sampler": {"name": "random", "seed": 0},
+             "parameters": {"w_distill": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
+             "fixed": {"steps": 4, "batch_size": 16, "eval_every": 2, "eval_batch_size": 128, "lr": 1e-3},
+             "budget": {"trials": 4, "concurrency": 2}, "resources": {"cpu": 1}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    started = time.time()
+    sweep = subprocess.run([sys.executable, "-m", "robusttune.cli", "sweep", str(tmp_path / "space.yaml"), "--address",
+                            env["RAY_ADDRESS"],
+                            "--storage", str(tmp_path / "runs"), "--name", "fake", "--json"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    summary = json.loads(sweep.stdout.strip().splitlines()[-1])
+    assert summary["counts"]["complete"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "fake" / "records.jsonl").read_text().splitlines()]
+    used = {r["node_id"] for r in rows if r.get("node_id")}
+    workers_after = alive_workers(env)
+    assert used, "trials reported no node ids"
+    # the head has 0 CPUs, so every 1-CPU trial ran on a worker the autoscaler launched
+    head = [n["id"] for n in all_nodes(env) if n["cpu"] == 0]
+    assert not used & set(head)
+    print(f"scaled up and ran 4 trials in {time.time() - started:.0f} s on {len(used)} worker node(s); alive now: {len(workers_after)}")
+    deadline = time.time() + 120
+    while alive_workers(env) and time.time() < deadline:  # idle workers are released (idle_timeout 12 s)
+        time.sleep(3)
+    assert alive_workers(env) == [], "idle workers were not released"
+    print(f"back to 0 workers {time.time() - started:.0f} s after the sweep started")
