@@ -131,3 +131,45 @@ def test_sweep_scales_workers_up_and_back_down(fake_cluster, tmp_path, tiny_worl
         time.sleep(3)
     assert alive_workers(env) == [], "idle workers were not released"
     print(f"back to 0 workers {time.time() - started:.0f} s after the sweep started")
+
+
+def test_a_killed_worker_node_costs_at_most_one_evaluation(fake_cluster, tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+    import signal
+
+    env = {**fake_cluster, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+    space = {"name": "node-failure", "task": {"world": tiny_world_config.to_dict()}, "sampler": {"name": "random", "seed": 0},
+             "parameters": {"w_distill": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
+             "fixed": {"steps": 240, "batch_size": 16, "eval_every": 20, "eval_batch_size": 128, "lr": 1e-3},
+             "budget": {"trials": 1, "concurrency": 1}, "resources": {"cpu": 1}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    records = tmp_path / "runs" / "nf" / "records.jsonl"
+    sweep = subprocess.Popen([sys.executable, "-m", "robusttune.cli", "sweep", str(tmp_path / "space.yaml"), "--address",
+                              env["RAY_ADDRESS"], "--storage", str(tmp_path / "runs"), "--name", "nf", "--max-failures", "2",
+                              "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, victim = time.time() + 240, None
+        while time.time() < deadline and victim is None:  # wait until the trial has reported twice
+            time.sleep(0.5)
+            rows = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else []
+            running = [r for r in rows if r.get("status") == "running" and r.get("node_id")]
+            if len(running) >= 2:
+                victim = running[-1]
+        assert victim is not None, "the trial never reported"
+        raylets = _ours("--node_id=" + victim["node_id"])  # that node's raylet and its workers
+        assert raylets, "no raylet found for the trial's node"
+        for pid in raylets:
+            os.kill(pid, signal.SIGKILL)  # the worker node dies mid-trial
+        out, err = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, err[-3000:]
+    rows = [json.loads(line) for line in records.read_text().splitlines() if '"trial_id"' in line]
+    assert any(r.get("retry") for r in rows), "the records do not show the retry"
+    final = [r for r in rows if r.get("final")][-1]
+    assert final["status"] == "complete" and final["step"] == 240
+    after = [r for r in rows if r.get("node_id") and r["node_id"] != victim["node_id"] and rows.index(r) > rows.index(victim)]
+    assert after, "the retry did not run on another node"
+    assert min(r["step"] for r in after) <= victim["step"] + 20  # resumed from the last checkpoint, not from scratch
+    assert min(r["step"] for r in after) > 20  # ...which means it did not restart at step 0
+    print(f"node killed at step {victim['step']}; the retry's first evaluation was step {min(r['step'] for r in after)}")

@@ -89,6 +89,11 @@ class RecordsCallback(Callback):
             status = "stopped-early"
         append_record(self.experiment, self._row(trial, status, result, final=True))
 
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """A trial crashed (e.g. its node died) and Tune retries it: it resumes from its own latest checkpoint."""
+        append_record(self.experiment, self._row(trial, "running", trial.last_result or {}, retry=True,
+                                                 failure="trial crashed (node lost?); retried from its last checkpoint"))
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         reason = "trial raised an error"
         error_file = getattr(trial, "error_file", None)
