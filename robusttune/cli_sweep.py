@@ -230,7 +230,7 @@ def register_report(commands) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from robusttune.launch import check_cluster_file, execute, plan, render
+    from robusttune.search.launch import check_cluster_file, execute, plan, render
     from robusttune.search.space import load_space
 
     space, _ = load_space(args.space)  # fail here, not on the cluster, on a bad space
