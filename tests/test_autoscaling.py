@@ -33,7 +33,8 @@ RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` CLI of this int
 NODES = """
 import json, ray
 ray.init(logging_level="ERROR")  # RAY_ADDRESS names our head
-print("NODES=" + json.dumps([{"id": n["NodeID"], "alive": n["Alive"], "cpu": n["Resources"].get("CPU", 0)} for n in ray.nodes()]), flush=True)
+print("NODES=" + json.dumps([{"id": n["NodeID"], "alive": n["Alive"], "cpu": n["Resources"].get("CPU", 0),
+                              "head": "node:__internal_head__" in n["Resources"]} for n in ray.nodes()]), flush=True)
 """
 
 
@@ -122,8 +123,10 @@ def test_sweep_scales_workers_up_and_back_down(fake_cluster, tmp_path, tiny_worl
     used = {r["node_id"] for r in rows if r.get("node_id")}
     workers_after = alive_workers(env)
     assert used, "trials reported no node ids"
-    # the head has 0 CPUs, so every 1-CPU trial ran on a worker the autoscaler launched
-    head = [n["id"] for n in all_nodes(env) if n["cpu"] == 0]
+    # the head has 0 CPUs, so every 1-CPU trial ran on a worker the autoscaler launched (a released worker is
+    # listed dead with no resources: tell the head by its marker resource, not by its CPU count)
+    head = [n["id"] for n in all_nodes(env) if n["head"]]
+    assert len(head) == 1
     assert not used & set(head)
     print(f"scaled up and ran 4 trials in {time.time() - started:.0f} s on {len(used)} worker node(s); alive now: {len(workers_after)}")
     deadline = time.time() + 120
