@@ -41,3 +41,66 @@ def hypervolume_over_trials(points: Sequence[Sequence[float]], reference: Sequen
 
 def worst_point(points: Sequence[Sequence[float]]) -> tuple[float, ...]:
     return tuple(float(v) for v in np.min(np.asarray(points, dtype=float), axis=0))
+
+
+def nondominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
+    """Non-dominated sorting (maximisation): the first front, then the front of what is left, and so on."""
+    remaining, fronts = list(range(len(points))), []
+    while remaining:
+        front = [remaining[i] for i in non_dominated([points[j] for j in remaining])]
+        fronts.append(front)
+        remaining = [i for i in remaining if i not in front]
+    return fronts
+
+
+def _normalised(points: Sequence[Sequence[float]]) -> np.ndarray:
+    """Each objective scaled to [0, 1] over ``points`` (a constant objective becomes 0)."""
+    array = np.asarray(points, dtype=float).reshape(len(points), -1)
+    low, span = array.min(axis=0), np.ptp(array, axis=0)
+    return (array - low) / np.where(span > 0, span, 1.0)
+
+
+def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II crowding distance of each point within its set: the extremes of every objective get infinity."""
+    array, n = _normalised(points), len(points)
+    distance = np.zeros(n)
+    if n <= 2:
+        return [float("inf")] * n
+    for column in array.T:
+        order = np.argsort(column, kind="stable")
+        distance[order[0]] = distance[order[-1]] = float("inf")
+        distance[order[1:-1]] += column[order[2:]] - column[order[:-2]]
+    return [float(d) for d in distance]
+
+
+def eps_net_order(points: Sequence[Sequence[float]]) -> list[int]:
+    """Farthest-first order of a set (the epsilon-net selection of MO-ASHA): start from the best point of the first
+    objective, then repeatedly take the point farthest (normalised Euclidean) from those already taken."""
+    array = _normalised(points)
+    if not len(array):
+        return []
+    order = [int(np.argmax(array[:, 0]))]  # argmax takes the first of ties: earlier points win
+    nearest = np.linalg.norm(array - array[order[0]], axis=1)
+    while len(order) < len(array):
+        nearest[order] = -1.0
+        chosen = int(np.argmax(nearest))
+        order.append(chosen)
+        nearest = np.minimum(nearest, np.linalg.norm(array - array[chosen], axis=1))
+    return order
+
+
+def multi_objective_ranking(points: Sequence[Sequence[float]], tie_break: str = "eps_net") -> list[int]:
+    """Indices of ``points`` best first: by non-dominated front, then within a front by ``tie_break``
+    (``eps_net``: farthest-first; ``crowding``: larger crowding distance first). Remaining ties keep input order."""
+    if tie_break not in ("eps_net", "crowding"):
+        raise ValueError(f"unknown tie_break '{tie_break}' (use eps_net or crowding)")
+    ranking: list[int] = []
+    for front in nondominated_fronts(points):
+        members = [points[i] for i in front]
+        if tie_break == "crowding":
+            distance = crowding_distance(members)
+            local = sorted(range(len(front)), key=lambda k: -distance[k])  # stable: input order on ties
+        else:
+            local = eps_net_order(members)
+        ranking.extend(front[k] for k in local)
+    return ranking

@@ -189,7 +189,8 @@ def register(commands, common) -> None:
     wise.add_argument("--out", metavar="FILE", help="also write the rows as JSON lines")
     wise.set_defaults(handler=cmd_wise)
 
-    from robusttune import cli_baselines, cli_sweep
+    from robusttune import cli_baselines, cli_bench, cli_sweep
 
     cli_baselines.register(commands, common)
     cli_sweep.register(commands, common)
+    cli_bench.register(commands, common)

@@ -15,7 +15,8 @@ from robusttune.experiment import append_record
 log = logging.getLogger(__name__)
 
 METRIC_PREFIXES = ("id_", "ood_")
-RESULT_KEYS = ("objective", "step", "epoch", "evaluation", "total_steps", "node_id", "failure", "loss_task", "loss_distill", "mask_fraction", "lr")
+RESULT_KEYS = ("objective", "step", "epoch", "evaluation", "total_steps", "node_id", "failure", "loss_task", "loss_distill",
+               "mask_fraction", "lr", "time_total_s")
 
 
 class RobustOptunaSearch(OptunaSearch):

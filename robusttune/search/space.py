@@ -18,7 +18,8 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
     fixed: {batch_size: 64, steps: 150, eval_every: 50}   # TrainConfig keys held constant
     budget: {trials: 12, concurrency: 1}
     resources: {cpu: 2, gpu: 0}       # per trial; fractional GPUs allowed
-    scheduler: {name: none | asha, grace_period: 1, reduction_factor: 3}   # in evaluations
+    scheduler: {name: none | asha | mo_asha, grace_period: 1, reduction_factor: 3, max_t: 6, tie_break: eps_net}
+                                      # in evaluations; asha: the scalar objective; mo_asha: the objectives
 
 ``when`` makes a parameter conditional: it is sampled only when an earlier categorical parameter took one of
 the listed values (e.g. the mask ratio only for masking regions); otherwise the TrainConfig default applies.
@@ -130,9 +131,20 @@ class Resources(Frozen):
 
 
 class Scheduler(Frozen):
-    name: Literal["none", "asha"] = "none"
+    """Early stopping. ``asha``: Ray's ASHA on the scalar objective; ``mo_asha``: multi-objective ASHA on the
+    objective metrics (robusttune.search.mo_asha). Times are in evaluations."""
+
+    name: Literal["none", "asha", "mo_asha"] = "none"
     grace_period: int = Field(1, ge=1, description="evaluations before a trial can be stopped")
     reduction_factor: float = Field(3.0, gt=1)
+    max_t: int | None = Field(None, ge=1, description="stop every trial at this many evaluations (default: its own length)")
+    tie_break: Literal["eps_net", "crowding"] = "eps_net"
+
+    @model_validator(mode="after")
+    def _check(self) -> Scheduler:
+        if self.max_t is not None and self.max_t <= self.grace_period:
+            raise ValueError(f"scheduler.max_t ({self.max_t}) must be larger than grace_period ({self.grace_period})")
+        return self
 
 
 class SearchSpace(Frozen):

@@ -40,6 +40,9 @@ class SweepOptions:
     max_failures: int = 0
     no_op: bool = False  # benchmarks only: the trainable skips training
     baselines: bool = True  # zero-shot / vanilla FT / WiSE-FT rows after the sweep
+    replay_table: str | None = None  # a tabulated benchmark: trials look their curves up (robusttune.search.replay)
+    replay_pace: float = 0.0  # seconds a replayed evaluation waits (tests interrupt replays mid-search)
+    max_evaluations: int | None = None  # stop the search once its trials have reported this many evaluations
     verbose: int = 1
 
 
@@ -65,7 +68,8 @@ def write_manifest(experiment: Path, space: SearchSpace, space_text: str, option
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "seed": options.seed,
         "trials": options.trials, "concurrency": options.concurrency, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(), "cache_dir": str(options.cache_dir), "objective": space.objective.to_dict(),
-        "parameters": list(space.parameters),
+        "parameters": list(space.parameters), "replay_table": options.replay_table,
+        "max_evaluations": options.max_evaluations,
     })
 
 
@@ -89,8 +93,14 @@ def _trainable(experiment: Path, space_text: str, options: SweepOptions, space: 
 
     from robusttune.search.trainable import run_trial
 
-    function = functools.partial(run_trial, space_yaml=space_text, cache_dir=str(options.cache_dir),
-                                 experiment=str(experiment.resolve()), no_op=options.no_op)
+    if options.replay_table:
+        from robusttune.search.replay import replay_trial
+
+        function = functools.partial(replay_trial, table=str(Path(options.replay_table).resolve()), space_yaml=space_text,
+                                     experiment=str(experiment.resolve()), pace=options.replay_pace)
+    else:
+        function = functools.partial(run_trial, space_yaml=space_text, cache_dir=str(options.cache_dir),
+                                     experiment=str(experiment.resolve()), no_op=options.no_op)
     function.__name__ = "robusttune_trial"  # Tune names trials after it
     return tune.with_resources(function, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
 
@@ -110,7 +120,6 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from robusttune.search.adapters import RobustOptunaSearch
@@ -126,12 +135,7 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
         sampler=make_sampler(space, options.seed), storage=storage, study_name=experiment.name,
     )
     seeded = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
-    if space.scheduler.name == "asha":
-        scheduler = ASHAScheduler(metric="objective", mode="max", time_attr="evaluation",
-                                  grace_period=space.scheduler.grace_period, reduction_factor=space.scheduler.reduction_factor,
-                                  max_t=10_000)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = make_scheduler(space, experiment)
     _init_ray(options.address)
     tuner = tune.Tuner(
         _trainable(experiment, space_text, options, space),
@@ -141,7 +145,7 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(experiment.resolve()), verbose=options.verbose,
             callbacks=[_records_callback(experiment, space_text)],
-            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures), stop=_stopper(options),
         ),
     )
     results = tuner.fit()
@@ -149,9 +153,36 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
     return results
 
 
+def _stopper(options: SweepOptions):
+    if options.max_evaluations is None:
+        return None
+    from robusttune.search.replay import EvaluationBudget
+
+    return EvaluationBudget(options.max_evaluations)
+
+
+def make_scheduler(space: SearchSpace, experiment: Path):
+    """The space's early-stopping scheduler; MO-ASHA keeps its rungs in the experiment directory."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from robusttune.search.mo_asha import STATE_FILE, MultiObjectiveASHA
+
+    config = space.scheduler
+    max_t = config.max_t or 10_000  # default: never cut a trial short of its own length
+    if config.name == "asha":
+        return ASHAScheduler(metric="objective", mode="max", time_attr="evaluation", grace_period=config.grace_period,
+                             reduction_factor=config.reduction_factor, max_t=max_t)
+    if config.name == "mo_asha":
+        return MultiObjectiveASHA(list(space.objective.metrics), [d.value for d in space.objective.directions],
+                                  time_attr="evaluation", grace_period=config.grace_period,
+                                  reduction_factor=config.reduction_factor, max_t=max_t, tie_break=config.tie_break,
+                                  state_file=experiment.resolve() / STATE_FILE)
+    return FIFOScheduler()
+
+
 def _baselines(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions) -> None:
     """Zero-shot, vanilla FT and WiSE-FT curves (vanilla FT's and each Pareto trial's), once per experiment."""
-    if options.no_op or not options.baselines:
+    if options.no_op or options.replay_table or not options.baselines:
         return
     from robusttune.analysis.pareto import non_dominated
     from robusttune.search.baselines import run_baselines
@@ -186,7 +217,8 @@ def resume_sweep(experiment: Path, options: SweepOptions):
                          f"refusing to continue as a fresh sweep")
     _close_lost_trials(experiment, recorded, restored)
     _init_ray(options.address)
-    options = SweepOptions(**{**options.__dict__, "seed": manifest.get("seed", options.seed)})
+    options = SweepOptions(**{**options.__dict__, "seed": manifest.get("seed", options.seed),
+                              "replay_table": manifest.get("replay_table")})
     try:
         tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(experiment, space_text, options, space),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)

@@ -1,0 +1,167 @@
+"""Replaying searches against a tabulated benchmark through the real sweep path.
+
+A replay is an ordinary sweep (Ray Tune + the Optuna sampler + the scheduler + records) whose trainable looks
+the sampled config up in the table instead of training: it reports the grid point's stored learning curve one
+evaluation at a time, with the curve's wall-clock seconds as simulated time (``sim_time_s``). Continuous samples
+go to the nearest grid value (log scale where the parameter is), categorical ones must be in the grid.
+
+Budget: evaluations (one evaluation interval of one trial), counted over the whole search; the search stops once
+it has used ``max_evaluations``. Trials run one at a time, so a replay is deterministic for a given seed and the
+order of the records is the order in which the budget was spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from robusttune.config import parse
+from robusttune.search.space import SearchSpace
+from robusttune.search.table import Table, read_table
+
+PAPER_LR, PAPER_W_DISTILL = 3e-4, 1.0  # the paper's grid: its strategies x thresholds at one lr and weight
+
+_TABLES: dict[str, Table] = {}
+
+
+def _table(path: str) -> Table:
+    if path not in _TABLES:  # actors are reused: read the file once per process
+        _TABLES[path] = read_table(path)
+    return _TABLES[path]
+
+
+def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experiment: str, pace: float = 0.0) -> None:
+    """Ray Tune trainable: report the stored curve of the grid point nearest to ``config``."""
+    from robusttune.cache import atomic_write_json
+    from robusttune.search.trainable import trial_checkpoints
+
+    stored = _table(table)
+    space = parse(SearchSpace, yaml.safe_load(space_yaml), "frozen search space")
+    point = stored.point_of({**space.fixed, **{k: v for k, v in config.items() if k in space.parameters}})
+    curve = stored.curves.get(point, [])
+    total = int(stored.frame["step"].max())
+    progress = trial_checkpoints(experiment, tune.get_context().get_trial_id()) / "replay.json"
+    start = json.loads(progress.read_text())["evaluation"] if progress.is_file() else 0  # resumed after a crash
+    metrics = stored.meta["metrics"]
+    for row in curve[start:]:
+        if pace:
+            time.sleep(pace)  # lets tests interrupt a replay mid-search
+        values = {m: float(row[m]) for m in metrics if m in row and not _missing(row[m])}
+        atomic_write_json(progress, {"evaluation": int(row["evaluation"])})
+        tune.report({**values, "objective": space.objective.scalar(values), "step": int(row["step"]),
+                     "epoch": float(row["epoch"]), "evaluation": int(row["evaluation"]), "total_steps": total,
+                     "sim_time_s": float(row["time_s"]), "table_point": point,
+                     "trial_status": "complete" if int(row["step"]) >= total else "running"})
+    if len(curve) < stored.evaluations:
+        tune.report({"step": int(curve[-1]["step"]) if curve else 0, "evaluation": len(curve), "total_steps": total,
+                     "trial_status": "failed", "failure": f"grid point {point} has no full curve in the table"})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+class EvaluationBudget(tune.Stopper):
+    """Stops the whole search once its trials have reported ``limit`` evaluations in total."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = int(limit), 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if "evaluation" in result and result.get("trial_status") != "failed":
+            self.used += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.used >= self.limit
+
+
+# ---------------------------------------------------------------------------------------------- arms
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One search strategy of the benchmark: an Optuna sampler (or the paper's grid) and a scheduler."""
+
+    name: str
+    sampler: str  # random | tpe | nsga2 | gp | paper_grid
+    scheduler: str = "none"  # none | asha | mo_asha
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    @classmethod
+    def parse(cls, sampler: str, scheduler: str, *, grace_period: int = 1, reduction_factor: float = 3.0) -> Arm:
+        return cls(f"{sampler}+{scheduler}" if scheduler != "none" else sampler, sampler, scheduler, grace_period,
+                   reduction_factor)
+
+
+def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[SearchSpace, str]:
+    """The table's space as ``arm`` searches it, one trial at a time."""
+    data = table.space.to_dict()
+    if arm.sampler == "paper_grid":
+        missing = [k for k in ("region", "refill", "mask_threshold", "lr", "w_distill") if k not in table.grid]
+        if missing:
+            raise ValueError(f"the paper's grid needs the table to search {missing}")
+        parameters = {k: v for k, v in data["parameters"].items() if k in ("region", "refill", "mask_threshold")}
+        data["fixed"] = {**data["fixed"], "lr": _nearest(table.grid["lr"], PAPER_LR),
+                         "w_distill": _nearest(table.grid["w_distill"], PAPER_W_DISTILL)}
+        data["parameters"] = {k: {**v, "when": None} for k, v in parameters.items()}
+        sampler = {"name": "grid", "seed": seed}
+        trials = math.prod(len(table.grid[k]) for k in parameters)
+    else:
+        sampler = {"name": arm.sampler, "seed": seed}
+    data.update(sampler=sampler, budget={"trials": trials, "concurrency": 1}, resources={"cpu": 1, "gpu": 0},
+                scheduler={"name": arm.scheduler, "grace_period": arm.grace_period,
+                           "reduction_factor": arm.reduction_factor})
+    text = yaml.safe_dump(data, sort_keys=False)
+    return parse(SearchSpace, data, f"replay space ({arm.name})"), text
+
+
+def _nearest(values: list[float], target: float) -> float:
+    return min(values, key=lambda v: abs(math.log(v) - math.log(target)))
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def table_reference(table: Table) -> tuple[list[float], float]:
+    """The reference point (the worst final value of each objective over the whole table) and the table's
+    hypervolume over it: what a search is measured against."""
+    from robusttune.analysis.pareto import hypervolume_2d, worst_point
+
+    finals = [values for _, values in table.final_points()]
+    reference = list(worst_point(finals))
+    return reference, hypervolume_2d(finals, reference)
+
+
+def hypervolume_by_budget(experiment: Path, metrics: list[str], reference: list[float]) -> list[tuple[int, float]]:
+    """(evaluations used, hypervolume of the trials complete by then) after each completion, in record order.
+    Stopped-early and failed trials never count, as in the reports."""
+    from robusttune.analysis.pareto import hypervolume_2d
+    from robusttune.experiment import read_records
+
+    used, finished, curve = 0, [], []
+    for row in read_records(experiment):
+        if not row.get("final"):
+            if "evaluation" in row and row.get("status") != "failed":
+                used += 1
+            continue
+        if row.get("status") == "complete" and all(m in row for m in metrics):
+            finished.append([float(row[m]) for m in metrics])
+            curve.append((used, hypervolume_2d(finished, reference)))
+    return curve
+
+
+def hypervolume_at(curve: list[tuple[int, float]], budget: int) -> float:
+    return max([hv for used, hv in curve if used <= budget], default=0.0)
+
+
+def budget_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((used for used, hv in curve if hv >= target), None)
