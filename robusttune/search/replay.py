@@ -69,18 +69,28 @@ def _missing(value: Any) -> bool:
 
 
 class EvaluationBudget(tune.Stopper):
-    """Stops the whole search once its trials have reported ``limit`` evaluations in total."""
+    """Stops the whole search once its trials have reported ``limit`` evaluations in total. Tune restores the
+    copy it pickled at the start, so on a resume the count is rebuilt from the experiment's records."""
 
-    def __init__(self, limit: int):
-        self.limit, self.used = int(limit), 0
+    def __init__(self, limit: int, experiment: str | Path | None = None):
+        self.limit, self.experiment, self.seen = int(limit), experiment, set()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.experiment:
+            from robusttune.experiment import read_records
+
+            self.seen = {(r["trial_id"], r["evaluation"]) for r in read_records(Path(self.experiment))
+                         if not r.get("final") and "evaluation" in r and r.get("status") != "failed" and "trial_id" in r}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        # Tune repeats a function trainable's last result when it returns: count each evaluation once
         if "evaluation" in result and result.get("trial_status") != "failed":
-            self.used += 1
+            self.seen.add((trial_id, result["evaluation"]))
         return False
 
     def stop_all(self) -> bool:
-        return self.used >= self.limit
+        return len(self.seen) >= self.limit
 
 
 # ---------------------------------------------------------------------------------------------- arms
@@ -131,13 +141,18 @@ def _nearest(values: list[float], target: float) -> float:
 # ------------------------------------------------------------------------------------------ measuring
 
 
+REFERENCE_MARGIN = 0.01  # one accuracy point below the table's worst, so that no complete trial adds zero volume
+
+
 def table_reference(table: Table) -> tuple[list[float], float]:
-    """The reference point (the worst final value of each objective over the whole table) and the table's
-    hypervolume over it: what a search is measured against."""
+    """The reference point (the worst final value of each objective over the whole table, less one accuracy
+    point) and the table's hypervolume over it: what a search is measured against."""
     from robusttune.analysis.pareto import hypervolume_2d, worst_point
 
     finals = [values for _, values in table.final_points()]
-    reference = list(worst_point(finals))
+    if not finals:
+        raise ValueError("the table has no full learning curve")
+    reference = [v - REFERENCE_MARGIN for v in worst_point(finals)]
     return reference, hypervolume_2d(finals, reference)
 
 
@@ -165,3 +180,54 @@ def hypervolume_at(curve: list[tuple[int, float]], budget: int) -> float:
 
 def budget_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((used for used, hv in curve if hv >= target), None)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def resolve_table(name_or_path: str) -> Path:
+    """A table file, or the name of a built-in space whose table ships with robusttune (``mini_full``)."""
+    from importlib import resources
+
+    from robusttune.errors import ConfigError
+
+    path = Path(name_or_path)
+    if path.suffix == ".parquet" or path.exists():
+        return path
+    shipped = resources.files("robusttune.search_spaces") / f"{name_or_path}.parquet"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise ConfigError(f"no table '{name_or_path}': give a .parquet file (from `robusttune bench tabulate`) or a space "
+                      f"with a shipped table (mini_full)")
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    arm: str
+    seed: int
+    curve: list[tuple[int, float]]  # (evaluations used, hypervolume) after each completed trial
+    used: int  # evaluations the search spent
+    trials: int
+    seconds: float
+    experiment: Path
+
+
+def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, storage: Path, *,
+               pace: float = 0.0, name: str | None = None) -> ReplayRun:
+    """One search of ``arm`` against the table, ``max_evaluations`` at most, as an experiment in ``storage``."""
+    from robusttune.experiment import latest_by_trial, new_experiment_dir, read_records
+    from robusttune.search.sweep import SweepOptions, run_sweep
+
+    table = read_table(table_path)
+    space, text = replay_space(table, arm, seed, trials=max_evaluations)
+    experiment = new_experiment_dir(storage, name or f"{arm.name}-seed{seed}", overwrite=False)
+    options = SweepOptions(trials=space.budget.trials, concurrency=1, seed=seed, address=None,
+                           cache_dir=storage, replay_table=str(Path(table_path).resolve()), replay_pace=pace,
+                           max_evaluations=max_evaluations, verbose=0)
+    started = time.perf_counter()
+    run_sweep(experiment, space, text, options)
+    seconds = time.perf_counter() - started
+    reference, _ = table_reference(table)
+    curve = hypervolume_by_budget(experiment, list(space.objective.metrics), reference)
+    used = sum(1 for r in read_records(experiment) if not r.get("final") and "evaluation" in r and r.get("status") != "failed")
+    return ReplayRun(arm.name, seed, curve, used, len(latest_by_trial(experiment)), seconds, experiment)

@@ -141,11 +141,12 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
         _trainable(experiment, space_text, options, space),
         param_space={"seed": options.seed},
         tune_config=tune.TuneConfig(search_alg=seeded, scheduler=scheduler, num_samples=options.trials,
-                                    max_concurrent_trials=options.concurrency, reuse_actors=True),
+                                    reuse_actors=True),  # the ConcurrencyLimiter bounds concurrent trials
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(experiment.resolve()), verbose=options.verbose,
             callbacks=[_records_callback(experiment, space_text)],
-            failure_config=tune.FailureConfig(max_failures=options.max_failures), stop=_stopper(options),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            stop=_stopper(options, experiment),
         ),
     )
     results = tuner.fit()
@@ -153,12 +154,12 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
     return results
 
 
-def _stopper(options: SweepOptions):
+def _stopper(options: SweepOptions, experiment: Path):
     if options.max_evaluations is None:
         return None
     from robusttune.search.replay import EvaluationBudget
 
-    return EvaluationBudget(options.max_evaluations)
+    return EvaluationBudget(options.max_evaluations, experiment.resolve())
 
 
 def make_scheduler(space: SearchSpace, experiment: Path):
