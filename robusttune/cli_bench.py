@@ -78,16 +78,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from robusttune.search.table import read_table
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # replays are many short searches: no progress tables
-    path = resolve_table(args.table)
-    table = read_table(path)
     seeds = _seeds(args.seeds)
-    full_grid = len(table.curves) * table.evaluations  # the compute of training every grid point in full
     if not 0 < args.budget <= 10:
         raise ConfigError(f"--budget is a fraction of the full grid's compute in (0, 10], got {args.budget}")
     if args.pace < 0:
         raise ConfigError(f"--pace must be >= 0, got {args.pace}")
     if args.sampler == "paper_grid" and args.scheduler != "none":
         raise ConfigError("the paper's grid runs every config in full: use --scheduler none")
+    path = resolve_table(args.table)
+    table = read_table(path)
+    full_grid = len(table.curves) * table.evaluations  # the compute of training every grid point in full
     arm = Arm.parse(args.sampler, args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor)
     budget = max(1, round(args.budget * full_grid))
     _, table_hv = table_reference(table)

@@ -7,6 +7,7 @@
         records.jsonl      append-only: one row per reported evaluation and one per trial end
         checkpoints/<trial>/  latest.pt (every evaluation) and best.pt (best objective), replaced atomically
         baselines/         the vanilla fine-tuning baseline's weights
+        scheduler.json     MO-ASHA's rungs and decisions (reloaded on resume)
         tune/              Ray Tune's experiment state
 
 A ``records.jsonl`` row: ``trial_id``, ``status`` (running / complete / stopped-early / failed), ``config`` (the

@@ -172,3 +172,23 @@ def test_empty_ood_folder_is_refused_before_the_model_is_built(tmp_path, cache_d
     path.write_text(yaml.safe_dump(config))
     result = run(["train", "--config", path, "--out", tmp_path / "out"], tmp_path, cache_dir)
     assert_one_line_exit_2(result, "sketch: no images found")
+
+
+def test_bench_bad_inputs(tmp_path, cache_dir):
+    import pandas as pd
+
+    pd.DataFrame({"x": [1, 2]}).to_parquet(tmp_path / "plain.parquet")
+    (tmp_path / "nogrid.yaml").write_text(yaml.safe_dump({"parameters": {"lr": {"type": "float", "low": 1e-4, "high": 1e-3}}}))
+    cases = [
+        (["bench", "replay", "nope"], "no table 'nope'"),
+        (["bench", "replay", tmp_path / "missing.parquet"], "missing.parquet: no such table file"),
+        (["bench", "replay", tmp_path / "plain.parquet"], "not a robusttune table"),
+        (["bench", "replay", "mini_full", "--budget", "0"], "--budget is a fraction of the full grid's compute"),
+        (["bench", "replay", "mini_full", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
+        (["bench", "replay", "mini_full", "--sampler", "paper_grid"], "the paper's grid runs every config in full"),
+        (["bench", "tabulate", "demo", "--out", tmp_path / "t.parquet"], "tabulate does not take conditional parameters"),
+        (["bench", "tabulate", tmp_path / "nogrid.yaml", "--out", tmp_path / "t.parquet"], "needs 'grid' values"),
+    ]
+    for args, expected in cases:
+        assert_one_line_exit_2(run(args, tmp_path, cache_dir), expected)
+    assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "runs").exists()
