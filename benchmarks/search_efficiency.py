@@ -30,11 +30,11 @@ ARMS = [("random", "none"), ("random", "asha"), ("tpe", "none"), ("tpe", "mo_ash
         ("paper_grid", "none")]
 
 
-def default_arm() -> tuple[str, str]:
+def demo_scheduler():
     from robusttune.search.space import load_space
 
     space, _ = load_space("demo")
-    return space.sampler.name.value, space.scheduler.name
+    return space.sampler.name.value, space.scheduler
 
 
 def summarise(name, runs, budget, target, full_grid, random_mean):
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
     parser.add_argument("--budget", type=float, default=0.25, help="compare hypervolumes at this fraction of the full grid's compute")
     parser.add_argument("--horizon", type=float, default=1.0, help="each search runs to this fraction (default 1.0)")
+    parser.add_argument("--grace-period", type=int, help="schedulers' grace period in evaluations (default: demo.yaml's)")
+    parser.add_argument("--reduction-factor", type=float, help="schedulers' reduction factor (default: demo.yaml's)")
     parser.add_argument("--quick", action="store_true", help="3 seeds, horizon 0.5: a few minutes on 2 cores")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -78,14 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     full_grid = len(table.curves) * table.evaluations
     budget, horizon = round(args.budget * full_grid), round(max(args.horizon, args.budget) * full_grid)
     _, table_hv = table_reference(table)
-    default = Arm.parse(*default_arm())
+    demo_sampler, demo_scheduler_config = demo_scheduler()
+    grace = args.grace_period or demo_scheduler_config.grace_period
+    eta = args.reduction_factor or demo_scheduler_config.reduction_factor
+    default = Arm.parse(demo_sampler, demo_scheduler_config.name, grace_period=grace, reduction_factor=eta)
     arms_to_run = ARMS + ([] if (default.sampler, default.scheduler) in ARMS else [(default.sampler, default.scheduler)])
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)  # startup not counted
     runs: dict[str, list] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as storage:
         for sampler, scheduler in arms_to_run:
-            arm = Arm.parse(sampler, scheduler)
+            arm = Arm.parse(sampler, scheduler, grace_period=grace, reduction_factor=eta)
             seeds = range(args.seeds)
             runs[arm.name] = [run_replay(path, arm, seed, horizon, Path(storage)) for seed in seeds]
             print(f"  {arm.name}: {args.seeds} searches in {sum(r.seconds for r in runs[arm.name]):.0f} s", file=sys.stderr,
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"table {path.name}: {len(table.curves)} grid points x {table.evaluations} evaluations = {full_grid} "
           f"(the full grid's compute); tabulated in {table.meta.get('tabulate_seconds')} s; table hypervolume {table_hv:.6f}")
+    print(f"schedulers: grace period {grace}, reduction factor {eta:g} (evaluations)")
     print(f"hypervolume at {args.budget:.0%} of the grid's compute ({budget} evaluations), {args.seeds} seeds; "
           f"budget to reach 95% of the table's hypervolume (searches run to {horizon / full_grid:.0%})")
     header = f"{'arm':<16}{'HV mean':>10}{'std':>9}{'min':>9}{'max':>9}{'x random':>10}{'to 95% (median)':>17}{'worst':>8}{'trials':>8}"
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"default_arm": default.name, "hv_ratio_vs_random": chosen["hv_ratio_vs_random"],
                           "budget_fraction_to_95pct": chosen["budget_fraction_to_95pct"],
+                          "grace_period": grace, "reduction_factor": eta,
                           "budget_fraction": args.budget, "horizon_fraction": horizon / full_grid, "seeds": args.seeds,
                           "table": str(path), "table_hypervolume": table_hv, "full_grid_evaluations": full_grid,
                           "tabulate_seconds": table.meta.get("tabulate_seconds"), "replay_seconds": round(seconds, 1),
