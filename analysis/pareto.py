@@ -17,9 +17,19 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
+def _domination_matrix(points: Sequence[Sequence[float]]) -> np.ndarray:
+    """``[i, j]``: point i dominates point j (vectorised ``dominates``; NaN never dominates nor is dominated)."""
+    array = np.asarray(points, dtype=float).reshape(len(points), -1)
+    at_least = (array[:, None, :] >= array[None, :, :]).all(axis=-1)
+    better = (array[:, None, :] > array[None, :, :]).any(axis=-1)
+    return at_least & better
+
+
 def non_dominated(points: Sequence[Sequence[float]]) -> list[int]:
     """Indices of the points no other point dominates. Exact duplicates are all kept (ties)."""
-    return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+    if not len(points):
+        return []
+    return [int(i) for i in np.flatnonzero(~_domination_matrix(points).any(axis=0))]
 
 
 def hypervolume_2d(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
@@ -45,11 +55,15 @@ def worst_point(points: Sequence[Sequence[float]]) -> tuple[float, ...]:
 
 def nondominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
     """Non-dominated sorting (maximisation): the first front, then the front of what is left, and so on."""
-    remaining, fronts = list(range(len(points))), []
-    while remaining:
-        front = [remaining[i] for i in non_dominated([points[j] for j in remaining])]
-        fronts.append(front)
-        remaining = [i for i in remaining if i not in front]
+    if not len(points):
+        return []
+    matrix, fronts = _domination_matrix(points), []
+    remaining = np.ones(len(points), dtype=bool)
+    while remaining.any():
+        alive = np.flatnonzero(remaining)
+        front = alive[~matrix[np.ix_(alive, alive)].any(axis=0)]
+        fronts.append([int(i) for i in front])
+        remaining[front] = False
     return fronts
 
 

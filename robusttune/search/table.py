@@ -146,7 +146,7 @@ def table_from_experiment(experiment: Path, space: SearchSpace, space_text: str,
     meta = {"format": FORMAT, "space": space.name, "space_yaml": space_text, "grid": grid, "points": len(points),
             "evaluations": evaluations, "objective": space.objective.to_dict(),
             "metrics": sorted(metrics_seen), "tabulate_seconds": round(seconds, 1),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "experiment": str(experiment)}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "experiment": experiment.name}
     return frame, meta
 
 
