@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+CHECKPOINTS = (0.1, 0.25, 0.4, 0.5, 1.0)  # budgets (fractions of the grid) at which the table shows HV / table HV
 ARMS = [("random", "none"), ("random", "asha"), ("tpe", "none"), ("tpe", "mo_asha"), ("nsga2", "mo_asha"),
         ("paper_grid", "none")]
 
@@ -37,11 +38,11 @@ def demo_scheduler():
     return space.sampler.name.value, space.scheduler
 
 
-def summarise(name, runs, budget, target, full_grid, random_mean):
+def summarise(name, runs, budget, table_hv, full_grid, random_mean):
     from robusttune.search.replay import budget_to_reach, hypervolume_at
 
     hvs = [hypervolume_at(run.curve, budget) for run in runs]
-    reached = [budget_to_reach(run.curve, target) for run in runs]
+    reached = [budget_to_reach(run.curve, 0.95 * table_hv) for run in runs]
     fractions = [None if r is None else r / full_grid for r in reached]
     got_there = sorted(f for f in fractions if f is not None)
     median = statistics.median([f if f is not None else float("inf") for f in fractions])
@@ -51,6 +52,8 @@ def summarise(name, runs, budget, target, full_grid, random_mean):
             "budget_fraction_to_95pct": None if median == float("inf") else median,
             "budget_fraction_to_95pct_worst": got_there[-1] if len(got_there) == len(runs) else None,
             "seeds_reaching_95pct": len(got_there), "budget_fraction_to_95pct_by_seed": fractions,
+            "hv_fraction_of_table_at": {str(b): statistics.fmean(hypervolume_at(run.curve, round(b * full_grid)) for run in runs)
+                                        / table_hv for b in CHECKPOINTS},
             "trials_mean": statistics.fmean(run.trials for run in runs),
             "replay_seconds": sum(run.seconds for run in runs)}
 
@@ -96,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {arm.name}: {args.seeds} searches in {sum(r.seconds for r in runs[arm.name]):.0f} s", file=sys.stderr,
                   flush=True)
     seconds = time.perf_counter() - started
-    random_mean = summarise("random", runs["random"], budget, 0.95 * table_hv, full_grid, None)["hv_mean"]
-    arms = [summarise(name, arm_runs, budget, 0.95 * table_hv, full_grid, random_mean) for name, arm_runs in runs.items()]
+    random_mean = summarise("random", runs["random"], budget, table_hv, full_grid, None)["hv_mean"]
+    arms = [summarise(name, arm_runs, budget, table_hv, full_grid, random_mean) for name, arm_runs in runs.items()]
 
     print(f"table {path.name}: {len(table.curves)} grid points x {table.evaluations} evaluations = {full_grid} "
           f"(the full grid's compute); tabulated in {table.meta.get('tabulate_seconds')} s; table hypervolume {table_hv:.6f}")
@@ -112,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         worst = "-" if row["budget_fraction_to_95pct_worst"] is None else f"{row['budget_fraction_to_95pct_worst']:.0%}"
         print(f"{row['arm']:<16}{row['hv_mean']:>10.6f}{row['hv_std']:>9.6f}{row['hv_min']:>9.6f}{row['hv_max']:>9.6f}"
               f"{row['hv_ratio_vs_random']:>10.2f}{to95:>17}{worst:>8}{row['trials_mean']:>8.0f}{marker}")
+    print("\nhypervolume / the table's, mean over seeds, at a budget of (fraction of the grid's compute):")
+    print(f"{'arm':<16}" + "".join(f"{b:>8.0%}" for b in CHECKPOINTS if b * full_grid <= horizon))
+    for row in arms:
+        print(f"{row['arm']:<16}" + "".join(f"{row['hv_fraction_of_table_at'][str(b)]:>8.3f}" for b in CHECKPOINTS
+                                            if b * full_grid <= horizon))
     print(f"{sum(len(r) for r in runs.values())} replayed searches in {seconds:.0f} s")
     chosen = next(row for row in arms if row["arm"] == default.name)
     if args.json:

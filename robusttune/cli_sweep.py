@@ -178,7 +178,7 @@ def register(commands, common) -> None:
 
     demo = commands.add_parser("demo", help="the main job: sweep the built-in 'demo' space on the mini world")
     common(demo)
-    demo.add_argument("--trials", type=int, metavar="N", help="number of trials (default 12)")
+    demo.add_argument("--trials", type=int, metavar="N", help="number of trials (default: the demo space's, 16)")
     demo.add_argument("--name", help="experiment name (default: demo-<time>)")
     demo.add_argument("--storage", default="runs", metavar="DIR", help="where experiments go (default: ./runs)")
     demo.add_argument("--seed", type=int, metavar="S")
