@@ -133,3 +133,18 @@ def test_mo_asha_keeps_its_rungs_through_kill_9_and_resume(tiny_table, cache_dir
     budget = math.ceil(3 * 4 * EVALUATIONS)
     evaluations = {(r["trial_id"], r["evaluation"]) for r in rows(experiment) if not r.get("final") and "evaluation" in r}
     assert len(evaluations) <= budget + 1  # the budget counted across the interruption (one in flight may finish)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_mo_asha_with_optunas_multi_objective_samplers(tiny_table, cache_dir, sampler):
+    out, _, root = tiny_table
+    result = cli("bench", "replay", out, "--sampler", sampler, "--scheduler", "mo_asha", "--reduction-factor", "2",
+                 "--budget", "2", "--storage", root / f"mo-{sampler}", "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(result.stdout.strip().splitlines()[-1])["runs"][0]
+    experiment = Path(run["experiment"])
+    decisions = json.loads((experiment / "scheduler.json").read_text())["decisions"]
+    stopped = {d["trial_id"] for d in decisions if not d["promoted"]}
+    finals = {r["trial_id"]: r["status"] for r in rows(experiment) if r.get("final")}
+    assert stopped and all(finals[t] == "stopped-early" for t in stopped if t in finals)
+    assert run["trials"] > run["evaluations"] / EVALUATIONS  # early stopping bought more trials than full runs would
