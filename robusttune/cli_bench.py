@@ -10,14 +10,14 @@ from robusttune.errors import ConfigError
 
 
 def cmd_tabulate(args: argparse.Namespace) -> int:
-    from robusttune.cli import _emit
+    from robusttune.cli import _cache_dir, _emit
     from robusttune.experiment import MANIFEST, new_experiment_dir
     from robusttune.search.space import load_space
     from robusttune.search.sweep import SweepOptions, _frozen_space, resume_sweep, run_sweep
     from robusttune.search.table import grid_space, table_from_experiment, write_table
 
-    from robusttune.cli import _cache_dir
-
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {args.concurrency}")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: file exists (pass --overwrite to replace it)")
@@ -35,8 +35,6 @@ def cmd_tabulate(args: argparse.Namespace) -> int:
         print(f"resuming the tabulation in {experiment}", flush=True)
         resume_sweep(experiment, options)
     else:
-        if args.concurrency is not None and args.concurrency < 1:
-            raise ConfigError(f"--concurrency must be >= 1, got {args.concurrency}")
         experiment = new_experiment_dir(Path(args.storage), experiment.name, overwrite=False)
         print(f"tabulating '{space.name}': {grid.budget.trials} grid points, {options.concurrency} at a time -> {experiment}",
               flush=True)

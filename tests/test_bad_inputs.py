@@ -188,6 +188,7 @@ def test_bench_bad_inputs(tmp_path, cache_dir):
         (["bench", "replay", "mini_full", "--sampler", "paper_grid"], "the paper's grid runs every config in full"),
         (["bench", "tabulate", "demo", "--out", tmp_path / "t.parquet"], "tabulate does not take conditional parameters"),
         (["bench", "tabulate", tmp_path / "nogrid.yaml", "--out", tmp_path / "t.parquet"], "needs 'grid' values"),
+        (["bench", "tabulate", "mini_full", "--out", tmp_path / "t.parquet", "--concurrency", "0"], "--concurrency must be >= 1"),
     ]
     for args, expected in cases:
         assert_one_line_exit_2(run(args, tmp_path, cache_dir), expected)

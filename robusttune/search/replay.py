@@ -118,7 +118,9 @@ def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[Search
     if arm.sampler == "paper_grid":
         missing = [k for k in ("region", "refill", "mask_threshold", "lr", "w_distill") if k not in table.grid]
         if missing:
-            raise ValueError(f"the paper's grid needs the table to search {missing}")
+            from robusttune.errors import ConfigError
+
+            raise ConfigError(f"the paper's grid needs a table that searches {missing}")
         parameters = {k: v for k, v in data["parameters"].items() if k in ("region", "refill", "mask_threshold")}
         data["fixed"] = {**data["fixed"], "lr": _nearest(table.grid["lr"], PAPER_LR),
                          "w_distill": _nearest(table.grid["w_distill"], PAPER_W_DISTILL)}
