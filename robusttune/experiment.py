@@ -40,6 +40,11 @@ def append_record(experiment: Path, row: dict[str, Any]) -> None:
         os.fsync(stream.fileno())
 
 
+def is_evaluation(row: dict[str, Any]) -> bool:
+    """A row that reports one evaluation of a trial (not a trial-end row, not a failure)."""
+    return "trial_id" in row and "evaluation" in row and not row.get("final") and row.get("status") != "failed"
+
+
 def read_records(experiment: Path) -> Iterator[dict[str, Any]]:
     """Rows of ``records.jsonl``; a torn last line (a crash mid-write) is skipped."""
     path = Path(experiment) / RECORDS

@@ -35,3 +35,31 @@ def default_world_data(cache_dir):
     from robusttune.data.mini.world import load_world
 
     return load_world(default_world(), cache_dir)
+
+
+@pytest.fixture()
+def kill_9_when():
+    return _kill_9_when
+
+
+def _kill_9_when(args, env, ready, *, timeout: float, never: str) -> None:
+    """Run ``robusttune ARGS`` in its own session until ``ready()`` is true, then ``kill -9`` it and the Ray
+    processes it started (its process group, nothing else); fail with ``never`` if that takes over ``timeout`` s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = subprocess.Popen([sys.executable, "-m", "robusttune.cli", *map(str, args)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if ready():
+                return
+        pytest.fail(never)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()

@@ -4,10 +4,8 @@ searches on it, and resume an interrupted MO-ASHA replay with its rungs intact."
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -93,28 +91,20 @@ def test_replay_reports_the_tables_curves_within_the_budget(tiny_table, cache_di
     assert {run["seed"] for run in payload["runs"]} == {0, 1}
 
 
-def test_mo_asha_keeps_its_rungs_through_kill_9_and_resume(tiny_table, cache_dir):
+def test_mo_asha_keeps_its_rungs_through_kill_9_and_resume(tiny_table, cache_dir, kill_9_when):
     out, _, root = tiny_table
     storage = root / "killed"
     env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
-    driver = subprocess.Popen([sys.executable, "-m", "robusttune.cli", "bench", "replay", str(out), "--sampler", "random",
-                               "--scheduler", "mo_asha", "--reduction-factor", "2", "--budget", "3", "--pace", "0.3",
-                               "--storage", str(storage)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
     experiment = storage / "random+mo_asha-seed0"
     state = experiment / "scheduler.json"
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:  # wait until the rungs hold several decisions, one of them a stop
-            time.sleep(0.3)
-            decisions = json.loads(state.read_text())["decisions"] if state.exists() else []
-            if len(decisions) >= 4 and not all(d["promoted"] for d in decisions):
-                break
-        else:
-            pytest.fail("the replay never made four rung decisions")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started, nothing else
-        driver.wait()
+
+    def several_decisions_one_a_stop() -> bool:
+        decisions = json.loads(state.read_text())["decisions"] if state.exists() else []
+        return len(decisions) >= 4 and not all(d["promoted"] for d in decisions)
+
+    kill_9_when(["bench", "replay", out, "--sampler", "random", "--scheduler", "mo_asha", "--reduction-factor", "2",
+                 "--budget", "3", "--pace", "0.3", "--storage", storage], env, several_decisions_one_a_stop,
+                timeout=240, never="the replay never made four rung decisions")
     before = json.loads(state.read_text())
     result = cli("resume", experiment, "--json", cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -115,29 +113,20 @@ def test_existing_experiment_is_never_overwritten(nan_grid_experiment, cache_dir
     assert (experiment / "records.jsonl").read_text() == before
 
 
-def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, tiny_prepared, cache_dir, kill_9_when):
     space = tiny_space(tiny_world_config, fixed={"steps": 40, "batch_size": 16, "eval_every": 10, "eval_batch_size": 128,
                                                   "lr": 1e-3}, budget={"trials": 4, "concurrency": 1})
     space_file = write_space(tmp_path / "kill.yaml", space)
     experiment = tmp_path / "runs" / "kill"
     env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
-    driver = subprocess.Popen([sys.executable, "-m", "robusttune.cli", "sweep", str(space_file), "--storage",
-                               str(tmp_path / "runs"), "--name", "kill"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:  # wait for one finished trial and another one mid-way
-            time.sleep(0.5)
-            rows = records(experiment) if (experiment / "records.jsonl").exists() else []
-            done = {r["trial_id"] for r in rows if r.get("final") and "trial_id" in r}
-            in_flight = {r["trial_id"] for r in rows if r.get("status") == "running" and r["trial_id"] not in done}
-            if done and in_flight:
-                break
-        else:
-            pytest.fail("the sweep never reached a finished trial plus one in flight")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started, nothing else
-        driver.wait()
+
+    def one_finished_one_in_flight() -> bool:
+        rows = records(experiment) if (experiment / "records.jsonl").exists() else []
+        done = {r["trial_id"] for r in rows if r.get("final") and "trial_id" in r}
+        return bool(done and {r["trial_id"] for r in rows if r.get("status") == "running" and r["trial_id"] not in done})
+
+    kill_9_when(["sweep", space_file, "--storage", tmp_path / "runs", "--name", "kill"], env, one_finished_one_in_flight,
+                timeout=300, never="the sweep never reached a finished trial plus one in flight")
     before = records(experiment)
     finished_before = {r["trial_id"]: r for r in before if r.get("final")}
     steps_before = {}

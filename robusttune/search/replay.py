@@ -78,10 +78,9 @@ class EvaluationBudget(tune.Stopper):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.experiment:
-            from robusttune.experiment import read_records
+            from robusttune.experiment import is_evaluation, read_records
 
-            self.seen = {(r["trial_id"], r["evaluation"]) for r in read_records(Path(self.experiment))
-                         if not r.get("final") and "evaluation" in r and r.get("status") != "failed" and "trial_id" in r}
+            self.seen = {(r["trial_id"], r["evaluation"]) for r in read_records(Path(self.experiment)) if is_evaluation(r)}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         # Tune repeats a function trainable's last result when it returns: count each evaluation once
@@ -124,7 +123,7 @@ def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[Search
         parameters = {k: v for k, v in data["parameters"].items() if k in ("region", "refill", "mask_threshold")}
         data["fixed"] = {**data["fixed"], "lr": _nearest(table.grid["lr"], PAPER_LR),
                          "w_distill": _nearest(table.grid["w_distill"], PAPER_W_DISTILL)}
-        data["parameters"] = {k: {**v, "when": None} for k, v in parameters.items()}
+        data["parameters"] = parameters
         sampler = {"name": "grid", "seed": seed}
         trials = math.prod(len(table.grid[k]) for k in parameters)
     else:
@@ -161,19 +160,16 @@ def table_reference(table: Table) -> tuple[list[float], float]:
 def hypervolume_by_budget(experiment: Path, metrics: list[str], reference: list[float]) -> list[tuple[int, float]]:
     """(evaluations used, hypervolume of the trials complete by then) after each completion, in record order.
     Stopped-early and failed trials never count, as in the reports."""
-    from robusttune.analysis.pareto import hypervolume_2d
-    from robusttune.experiment import read_records
+    from robusttune.analysis.pareto import hypervolume_over_trials
+    from robusttune.experiment import is_evaluation, read_records
 
-    used, finished, curve = 0, [], []
+    used, spent, finished = 0, [], []
     for row in read_records(experiment):
-        if not row.get("final"):
-            if "evaluation" in row and row.get("status") != "failed":
-                used += 1
-            continue
-        if row.get("status") == "complete" and all(m in row for m in metrics):
+        used += is_evaluation(row)
+        if row.get("final") and row.get("status") == "complete" and all(m in row for m in metrics):
+            spent.append(used)
             finished.append([float(row[m]) for m in metrics])
-            curve.append((used, hypervolume_2d(finished, reference)))
-    return curve
+    return list(zip(spent, hypervolume_over_trials(finished, reference)))
 
 
 def hypervolume_at(curve: list[tuple[int, float]], budget: int) -> float:
@@ -217,7 +213,7 @@ class ReplayRun:
 def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, storage: Path, *,
                pace: float = 0.0, name: str | None = None) -> ReplayRun:
     """One search of ``arm`` against the table, ``max_evaluations`` at most, as an experiment in ``storage``."""
-    from robusttune.experiment import latest_by_trial, new_experiment_dir, read_records
+    from robusttune.experiment import is_evaluation, latest_by_trial, new_experiment_dir, read_records
     from robusttune.search.sweep import SweepOptions, run_sweep
 
     table = read_table(table_path)
@@ -231,5 +227,5 @@ def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, stor
     seconds = time.perf_counter() - started
     reference, _ = table_reference(table)
     curve = hypervolume_by_budget(experiment, list(space.objective.metrics), reference)
-    used = sum(1 for r in read_records(experiment) if not r.get("final") and "evaluation" in r and r.get("status") != "failed")
+    used = sum(1 for r in read_records(experiment) if is_evaluation(r))
     return ReplayRun(arm.name, seed, curve, used, len(latest_by_trial(experiment)), seconds, experiment)

@@ -117,7 +117,7 @@ def table_from_experiment(experiment: Path, space: SearchSpace, space_text: str,
     """The experiment's records as the table (last report per trial and evaluation wins) and its metadata."""
     import pandas as pd
 
-    from robusttune.experiment import read_records
+    from robusttune.experiment import is_evaluation, read_records
 
     grid = grid_values(space)
     names = list(grid)
@@ -125,7 +125,7 @@ def table_from_experiment(experiment: Path, space: SearchSpace, space_text: str,
     metrics_seen: set[str] = set()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for record in read_records(experiment):
-        if record.get("final") or "evaluation" not in record or record.get("status") == "failed":
+        if not is_evaluation(record):
             continue
         sampled = {k: record["sampled"][k] for k in names if k in record.get("sampled", {})}
         key = json.dumps(sampled, sort_keys=True)
