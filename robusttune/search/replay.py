@@ -50,7 +50,10 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
     progress = trial_checkpoints(experiment, tune.get_context().get_trial_id()) / "replay.json"
     start = json.loads(progress.read_text())["evaluation"] if progress.is_file() else 0  # resumed after a crash
     metrics = stored.meta["metrics"]
-    for row in curve[start:]:
+    # Finished before an interruption that Tune's saved state did not see: report the last row again (a trial
+    # that returns without reporting gives Tune a result without the searcher's metrics, which it rejects).
+    rows = curve[start:] if start < len(curve) else curve[-1:]
+    for row in rows:
         if pace:
             time.sleep(pace)  # lets tests interrupt a replay mid-search
         values = {m: float(row[m]) for m in metrics if m in row and not _missing(row[m])}
