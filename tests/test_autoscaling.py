@@ -64,6 +64,15 @@ def _ours(marker: str) -> list[int]:
     return sorted(found)
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; it only waits for its parent to read its status)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @pytest.fixture()
 def fake_cluster(tmp_path):
     import signal
@@ -89,7 +98,15 @@ def fake_cluster(tmp_path):
                 except ProcessLookupError:
                     pass
             time.sleep(2)
-        assert not [pid for pid in ours if os.path.exists(f"/proc/{pid}")] and not _ours(temp_dir)
+        deadline = time.time() + 20  # a SIGKILLed process lingers until its parent (or init) reaps it
+        while time.time() < deadline and (left := [pid for pid in ours + _ours(temp_dir) if _running(pid)]):
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        assert not left, f"processes of the fake cluster still running: {left}"
 
 
 def all_nodes(env) -> list[dict]:
