@@ -47,13 +47,13 @@ def test_a_replayed_trial_reports_its_grid_points_curve(shipped, fake_tune, tmp_
     assert [r["trial_status"] for r in fake_tune] == ["running"] * (len(curve) - 1) + ["complete"]
 
 
-def test_a_trial_resumed_midway_reports_only_the_rest_of_its_curve(shipped, fake_tune, tmp_path):
+def test_a_trial_resumed_midway_reports_its_last_evaluation_again_then_the_rest(shipped, fake_tune, tmp_path):
     *_, curve, _ = shipped
     progress = trial_checkpoints(tmp_path, TRIAL) / "replay.json"
     progress.parent.mkdir(parents=True)
     progress.write_text(json.dumps({"evaluation": 2}))
     run(shipped, tmp_path)
-    assert [r["evaluation"] for r in fake_tune] == [row["evaluation"] for row in curve[2:]]
+    assert [r["evaluation"] for r in fake_tune] == [row["evaluation"] for row in curve[1:]]
 
 
 def test_a_trial_that_finished_before_a_crash_reports_its_last_evaluation_again(shipped, fake_tune, tmp_path):

@@ -50,10 +50,9 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
     progress = trial_checkpoints(experiment, tune.get_context().get_trial_id()) / "replay.json"
     start = json.loads(progress.read_text())["evaluation"] if progress.is_file() else 0  # resumed after a crash
     metrics = stored.meta["metrics"]
-    # Finished before an interruption that Tune's saved state did not see: report the last row again (a trial
-    # that returns without reporting gives Tune a result without the searcher's metrics, which it rejects).
-    rows = curve[start:] if start < len(curve) else curve[-1:]
-    for row in rows:
+    # Resumed: report the last recorded evaluation again, as the training trainable does (it may not have reached
+    # Tune; and a finished trial that returned without reporting would give Tune a result without the metrics)
+    for row in curve[max(start - 1, 0):]:
         if pace:
             time.sleep(pace)  # lets tests interrupt a replay mid-search
         values = {m: float(row[m]) for m in metrics if m in row and not _missing(row[m])}
@@ -166,11 +165,13 @@ def hypervolume_by_budget(experiment: Path, metrics: list[str], reference: list[
     from robusttune.analysis.pareto import hypervolume_over_trials
     from robusttune.experiment import is_evaluation, read_records
 
-    used, spent, finished = 0, [], []
+    seen: set[tuple[str, int]] = set()  # an evaluation re-reported after a resume counts once
+    spent, finished = [], []
     for row in read_records(experiment):
-        used += is_evaluation(row)
+        if is_evaluation(row):
+            seen.add((row["trial_id"], row["evaluation"]))
         if row.get("final") and row.get("status") == "complete" and all(m in row for m in metrics):
-            spent.append(used)
+            spent.append(len(seen))
             finished.append([float(row[m]) for m in metrics])
     return list(zip(spent, hypervolume_over_trials(finished, reference)))
 
@@ -230,5 +231,5 @@ def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, stor
     seconds = time.perf_counter() - started
     reference, _ = table_reference(table)
     curve = hypervolume_by_budget(experiment, list(space.objective.metrics), reference)
-    used = sum(1 for r in read_records(experiment) if is_evaluation(r))
+    used = len({(r["trial_id"], r["evaluation"]) for r in read_records(experiment) if is_evaluation(r)})
     return ReplayRun(arm.name, seed, curve, used, len(latest_by_trial(experiment)), seconds, experiment)

@@ -98,10 +98,12 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
                      "evaluation": evaluations, "total_steps": total, "node_id": node_id,
                      "trial_status": "complete" if row["step"] >= total else "running"})
 
-    if resume is not None and int(resume["step"]) >= total:
-        # Finished before an interruption that Tune's saved state did not see: report the result again.
-        final = json.loads(resume["history"])[-1]
+    if resume is not None:
+        # The checkpoint's evaluation may not have reached Tune (a crash between saving and reporting, or a trial
+        # that finished unseen by Tune's saved state): report it again. Readers keep the last row per
+        # (trial, step) and the scheduler gives a re-reported rung its earlier decision.
         evaluations -= 1
-        report({**final, "metrics": final["metrics"]})
-        return
+        report(json.loads(resume["history"])[-1])
+        if int(resume["step"]) >= total:
+            return
     train(train_config, student, teacher, task, report=report, save_checkpoint=save, resume=resume)
