@@ -221,7 +221,7 @@ def train(
             images, labels = task.train.batch(chunk)
             loss, parts = computer.loss(images.to(device), labels.to(device), step)
             if not torch.isfinite(loss):
-                failure = f"non-finite loss ({float(loss)}) at step {step}"
+                failure = f"non-finite loss ({float(loss.detach())}) at step {step}"
                 if report is not None:
                     report({"step": step, "epoch": round(step / per_epoch, 4), "status": "failed", "failure": failure})
                 return TrainResult("failed", metrics, history, failure=failure, steps=step)
