@@ -94,8 +94,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for seed in seeds:
         run = run_replay(path, arm, seed, budget, storage, name=f"{arm.name}-seed{seed}", pace=args.pace)
         reached = budget_to_reach(run.curve, 0.95 * table_hv)
+        hv = hypervolume_at(run.curve, budget)
         rows.append({"seed": seed, "trials": run.trials, "evaluations": run.used,
-                     "hv": round(hypervolume_at(run.curve, budget), 6), "hv_fraction": round(hypervolume_at(run.curve, budget) / table_hv, 4),
+                     "hv": round(hv, 6), "hv_fraction": round(hv / table_hv, 4),
                      "budget_fraction_to_95pct": None if reached is None else round(reached / full_grid, 4),
                      "seconds": round(run.seconds, 1), "experiment": str(run.experiment)})
     payload = {"table": str(path), "arm": arm.name, "budget_evaluations": budget, "full_grid_evaluations": full_grid,

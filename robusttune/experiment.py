@@ -45,6 +45,11 @@ def is_evaluation(row: dict[str, Any]) -> bool:
     return "trial_id" in row and "evaluation" in row and not row.get("final") and row.get("status") != "failed"
 
 
+def reported_evaluations(experiment: Path) -> set[tuple[str, int]]:
+    """``(trial_id, evaluation)`` of every evaluation reported so far; one re-reported after a resume counts once."""
+    return {(row["trial_id"], int(row["evaluation"])) for row in read_records(experiment) if is_evaluation(row)}
+
+
 def read_records(experiment: Path) -> Iterator[dict[str, Any]]:
     """Rows of ``records.jsonl``; a torn last line (a crash mid-write) is skipped."""
     path = Path(experiment) / RECORDS

@@ -80,14 +80,14 @@ class EvaluationBudget(tune.Stopper):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.experiment:
-            from robusttune.experiment import is_evaluation, read_records
+            from robusttune.experiment import reported_evaluations
 
-            self.seen = {(r["trial_id"], r["evaluation"]) for r in read_records(Path(self.experiment)) if is_evaluation(r)}
+            self.seen = reported_evaluations(Path(self.experiment))
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         # Tune repeats a function trainable's last result when it returns: count each evaluation once
         if "evaluation" in result and result.get("trial_status") != "failed":
-            self.seen.add((trial_id, result["evaluation"]))
+            self.seen.add((trial_id, int(result["evaluation"])))
         return False
 
     def stop_all(self) -> bool:
@@ -169,7 +169,7 @@ def hypervolume_by_budget(experiment: Path, metrics: list[str], reference: list[
     spent, finished = [], []
     for row in read_records(experiment):
         if is_evaluation(row):
-            seen.add((row["trial_id"], row["evaluation"]))
+            seen.add((row["trial_id"], int(row["evaluation"])))
         if row.get("final") and row.get("status") == "complete" and all(m in row for m in metrics):
             spent.append(len(seen))
             finished.append([float(row[m]) for m in metrics])
@@ -217,7 +217,7 @@ class ReplayRun:
 def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, storage: Path, *,
                pace: float = 0.0, name: str | None = None) -> ReplayRun:
     """One search of ``arm`` against the table, ``max_evaluations`` at most, as an experiment in ``storage``."""
-    from robusttune.experiment import is_evaluation, latest_by_trial, new_experiment_dir, read_records
+    from robusttune.experiment import latest_by_trial, new_experiment_dir, reported_evaluations
     from robusttune.search.sweep import SweepOptions, run_sweep
 
     table = read_table(table_path)
@@ -231,5 +231,5 @@ def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, stor
     seconds = time.perf_counter() - started
     reference, _ = table_reference(table)
     curve = hypervolume_by_budget(experiment, list(space.objective.metrics), reference)
-    used = len({(r["trial_id"], r["evaluation"]) for r in read_records(experiment) if is_evaluation(r)})
+    used = len(reported_evaluations(experiment))
     return ReplayRun(arm.name, seed, curve, used, len(latest_by_trial(experiment)), seconds, experiment)
