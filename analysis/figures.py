@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robusttune.analysis import pareto
+from robusttune import pareto
 
 REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
 REFILL_MARKERS = {"single": ("o", "circle"), "multi": ("s", "square"), "none": ("^", "triangle-up"), "-": ("D", "diamond")}

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from robusttune.analysis import effects, figures, pareto, results
+from robusttune import pareto
+from robusttune.analysis import effects, figures, results
 
 FORMATS = ("html", "png", "csv")
 

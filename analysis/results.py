@@ -8,27 +8,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from robusttune.errors import DataError
+from robusttune.experiment import RECORDS, is_evaluation, is_reference_row, is_trial_row, read_records
 
 META_COLUMNS = ("trial_id", "status", "step", "epoch", "time")
 
 
 def _rows(experiment: Path) -> list[dict]:
-    path = Path(experiment) / "records.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no records (is this a robusttune experiment?)")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line after a crash
-            continue
-        if isinstance(row, dict) and "trial_id" in row:
-            rows.append(row)
-    return rows
+    """The experiment's trial rows, through the experiment's one records reader."""
+    if not (Path(experiment) / RECORDS).is_file():
+        raise DataError(f"{Path(experiment) / RECORDS}: no records (is this a robusttune experiment?)")
+    return [row for row in read_records(experiment) if is_trial_row(row)]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -39,7 +33,7 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 
 def evaluations(experiment: Path) -> pd.DataFrame:
     """Every reported evaluation, deduplicated by ``(trial_id, step)`` (keep the last)."""
-    rows = [r for r in _rows(experiment) if not r.get("final") and r.get("status") != "failed" and "step" in r]
+    rows = [r for r in _rows(experiment) if is_evaluation(r)]
     frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("config", "sampled")} |
                           {f"param.{k}": v for k, v in (r.get("sampled") or {}).items() if k != "seed"} for r in rows])
     if frame.empty:
@@ -78,15 +72,7 @@ def trials(experiment: Path) -> pd.DataFrame:
 def baselines(experiment: Path) -> pd.DataFrame:
     """The experiment's reference rows: ``kind`` baseline (``method`` zero-shot / vanilla-ft) and ``kind`` wise
     (``source`` vanilla-ft or a trial id, ``alpha``)."""
-    path = Path(experiment) / "records.jsonl"
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("kind") in ("baseline", "wise"):
-            rows.append({k: v for k, v in row.items() if k != "config"})
+    rows = [{k: v for k, v in row.items() if k != "config"} for row in read_records(experiment) if is_reference_row(row)]
     return pd.DataFrame(rows)
 
 

@@ -3,7 +3,7 @@
     python benchmarks/search_efficiency.py [--quick] [--table mini_full] [--seeds 5] [--json]
 
 Every arm searches the same table through the real sweep path (Ray Tune + Optuna + scheduler + records; the
-trainable looks curves up, see robusttune.search.replay), one trial at a time, for ``--horizon`` of the full grid's
+trainable looks curves up, see robusttune.bench.replay), one trial at a time, for ``--horizon`` of the full grid's
 compute (budget unit: one evaluation interval of one trial). For each arm and seed we take the hypervolume over
 (ID val, OOD mean) of the trials *complete* by a budget (stopped-early trials never count, as in the reports),
 with the table's worst final point less one accuracy point as the reference. Printed per arm: hypervolume at ``--budget`` (mean, std,
@@ -32,14 +32,14 @@ ARMS = [("random", "none"), ("random", "asha"), ("tpe", "none"), ("tpe", "mo_ash
 
 
 def demo_scheduler():
-    from robusttune.search.space import load_space
+    from robusttune.space import load_space
 
     space, _ = load_space("demo")
     return space.sampler.name.value, space.scheduler
 
 
 def summarise(name, runs, budget, table_hv, full_grid, random_mean):
-    from robusttune.search.replay import budget_to_reach, hypervolume_at
+    from robusttune.bench.replay import budget_to_reach, hypervolume_at
 
     hvs = [hypervolume_at(run.curve, budget) for run in runs]
     reached = [budget_to_reach(run.curve, 0.95 * table_hv) for run in runs]
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from robusttune.search.replay import Arm, resolve_table, run_replay, table_reference
-    from robusttune.search.table import read_table
+    from robusttune.bench.replay import Arm, resolve_table, run_replay, table_reference
+    from robusttune.bench.table import read_table
 
     path = resolve_table(args.table)
     table = read_table(path)
@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     demo_sampler, demo_scheduler_config = demo_scheduler()
     grace = args.grace_period or demo_scheduler_config.grace_period
     eta = args.reduction_factor or demo_scheduler_config.reduction_factor
-    default = Arm.parse(demo_sampler, demo_scheduler_config.name, grace_period=grace, reduction_factor=eta)
+    default = Arm.of(demo_sampler, demo_scheduler_config.name, grace_period=grace, reduction_factor=eta)
     arms_to_run = ARMS + ([] if (default.sampler, default.scheduler) in ARMS else [(default.sampler, default.scheduler)])
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)  # startup not counted
     runs: dict[str, list] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as storage:
         for sampler, scheduler in arms_to_run:
-            arm = Arm.parse(sampler, scheduler, grace_period=grace, reduction_factor=eta)
+            arm = Arm.of(sampler, scheduler, grace_period=grace, reduction_factor=eta)
             seeds = range(args.seeds)
             runs[arm.name] = [run_replay(path, arm, seed, horizon, Path(storage)) for seed in seeds]
             print(f"  {arm.name}: {args.seeds} searches in {sum(r.seconds for r in runs[arm.name]):.0f} s", file=sys.stderr,

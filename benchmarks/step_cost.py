@@ -53,7 +53,7 @@ class OfficialPasses(StepComputer):
 
 def build(model_name: str, batch_size: int, cache_dir: Path):
     if model_name == "tiny":
-        from robusttune.training.mini_world import prepare_world
+        from robusttune.training.world import prepare_world
 
         prepared = prepare_world(default_world(), cache_dir)
         images, labels = prepared.task().train.batch(torch.arange(batch_size))

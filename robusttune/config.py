@@ -146,7 +146,7 @@ class TinyClipConfig(Frozen):
 
 
 class PretrainConfig(Frozen):
-    """The recipe that turns a random tiny CLIP into the mini world's "pre-trained CLIP" (DESIGN.md section 5)."""
+    """The recipe that turns a random tiny CLIP into the mini world's "pre-trained CLIP" (see robusttune.training.pretrain)."""
 
     supervised_steps: int = Field(300, ge=0)
     clip_steps: int = Field(700, ge=0)
@@ -292,7 +292,6 @@ class TrainConfig(Frozen):
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
     eval_batch_size: int = Field(256, ge=1)
     seed: int = 0
-    debug_nan_at_step: int | None = Field(None, ge=0, description="test only: make the loss NaN at this step")
 
     @model_validator(mode="before")
     @classmethod

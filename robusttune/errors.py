@@ -41,3 +41,15 @@ class TrainingError(RobustTuneError):
     """Training failed while running, e.g. the loss became non-finite."""
 
     exit_code = 1
+
+
+class SweepError(RobustTuneError):
+    """A sweep could not run or be restored (exit code 1)."""
+
+    exit_code = 1
+
+
+class LaunchError(RobustTuneError):
+    """Bringing up a cluster or submitting a sweep to it failed (exit code 1)."""
+
+    exit_code = 1

@@ -1,7 +1,7 @@
-"""The experiment directory: the contract between search and analysis (stdlib only).
+"""The experiment directory: the contract between search and analysis, owned by this module alone.
 
     <storage>/<name>/
-        manifest.json      versions, command, seed, space name, start time
+        manifest.json      versions, command, seed, space name, how trials run, start time
         space.yaml         the search space exactly as validated (frozen copy)
         optuna.journal     the Optuna study (JournalFileBackend; ``optuna-dashboard`` opens it)
         records.jsonl      append-only: one row per reported evaluation and one per trial end
@@ -9,86 +9,82 @@
         baselines/         the vanilla fine-tuning baseline's weights
         scheduler.json     MO-ASHA's rungs and decisions (reloaded on resume)
         tune/              Ray Tune's experiment state
+        report/            written by ``robusttune report``
 
-A ``records.jsonl`` row: ``trial_id``, ``status`` (running / complete / stopped-early / failed), ``config`` (the
-full trial config), ``step``, ``epoch``, every metric (``id_acc``, ``id_val_acc``, ``ood_<set>``, ``ood_mean``,
-``objective``), ``time``, and ``failure`` for failed trials. After an interrupted sweep is resumed, an
-evaluation may be reported twice: readers keep the last row per ``(trial_id, step)``.
+A ``records.jsonl`` row is a JSON object. Trial rows have ``trial_id``, ``status`` (running / complete /
+stopped-early / failed), ``config`` (the full trial config), ``sampled``, ``step``, ``epoch``, ``evaluation``,
+every metric (``id_acc``, ``id_val_acc``, ``ood_<set>``, ``ood_mean``, ``objective``), ``time``, ``failure`` for
+failed trials and ``final: true`` on a trial's last row. Reference rows have ``kind`` ``baseline`` or ``wise``.
+After an interrupted sweep is resumed an evaluation may be reported twice: readers keep the last row per
+``(trial_id, evaluation)``.
+
+Layer 0: stdlib, yaml, numpy and our own config only (no torch, ray or optuna), so ``robusttune.analysis``
+reads experiments on a laptop.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import platform
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from robusttune.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 MANIFEST, SPACE, JOURNAL, RECORDS, TUNE_DIR = "manifest.json", "space.yaml", "optuna.journal", "records.jsonl", "tune"
+CHECKPOINTS_DIR, BASELINES_DIR, SCHEDULER_STATE, REPORT_DIR = "checkpoints", "baselines", "scheduler.json", "report"
+MANIFEST_FORMAT = "robusttune.experiment/1"
 STATUSES = ("running", "complete", "stopped-early", "failed")
+REFERENCE_KINDS = ("baseline", "wise")
 
 
-def append_record(experiment: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
-    line = json.dumps({"time": round(time.time(), 3), **row}, sort_keys=True, default=float) + "\n"
-    with open(experiment / RECORDS, "a", encoding="utf-8") as stream:
-        stream.write(line)
-        stream.flush()
-        os.fsync(stream.fileno())
+# ------------------------------------------------------------------------------------------------ layout
 
 
-def is_evaluation(row: dict[str, Any]) -> bool:
-    """A row that reports one evaluation of a trial (not a trial-end row, not a failure)."""
-    return "trial_id" in row and "evaluation" in row and not row.get("final") and row.get("status") != "failed"
+def trial_checkpoints(experiment: str | Path, trial_id: str) -> Path:
+    """``<experiment>/checkpoints/<trial_id>/``: ``latest.pt`` (every evaluation) and ``best.pt`` (best objective).
+
+    Trials keep these themselves instead of handing checkpoints to Tune: Tune deletes checkpoints it no longer
+    ranks while its saved experiment state may still point at them, so a restore after ``kill -9`` could find
+    its checkpoint gone. Ours are replaced atomically and found again by trial id."""
+    return Path(experiment) / CHECKPOINTS_DIR / trial_id
 
 
-def reported_evaluations(experiment: Path) -> set[tuple[str, int]]:
-    """``(trial_id, evaluation)`` of every evaluation reported so far; one re-reported after a resume counts once."""
-    return {(row["trial_id"], int(row["evaluation"])) for row in read_records(experiment) if is_evaluation(row)}
+def latest_checkpoint(experiment: str | Path, trial_id: str) -> Path | None:
+    """The trial's latest checkpoint (its final weights once the trial is complete), if it has one."""
+    path = trial_checkpoints(experiment, trial_id) / "latest.pt"
+    return path if path.is_file() else None
 
 
-def read_records(experiment: Path) -> Iterator[dict[str, Any]]:
-    """Rows of ``records.jsonl``; a torn last line (a crash mid-write) is skipped."""
-    path = Path(experiment) / RECORDS
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+def baselines_dir(experiment: str | Path) -> Path:
+    return Path(experiment) / BASELINES_DIR
 
 
-def latest_by_trial(experiment: Path) -> dict[str, dict[str, Any]]:
-    """The last row of every trial (its current status and latest metrics)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for row in read_records(experiment):
-        if "trial_id" in row:
-            latest[row["trial_id"]] = {**latest.get(row["trial_id"], {}), **row}
-    return latest
+def scheduler_state(experiment: str | Path) -> Path:
+    return Path(experiment) / SCHEDULER_STATE
 
 
-def check_experiment(path: Path) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: experiment directory not found")
-    if not (path / MANIFEST).is_file():
-        raise DataError(f"{path}: not a robusttune experiment (no {MANIFEST})")
-    return path
+def tune_dir(experiment: str | Path) -> Path:
+    return Path(experiment) / TUNE_DIR
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((check_experiment(path) / MANIFEST).read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{path / MANIFEST}: corrupt manifest") from None
+def journal(experiment: str | Path) -> Path:
+    return Path(experiment) / JOURNAL
+
+
+def report_dir(experiment: str | Path) -> Path:
+    return Path(experiment) / REPORT_DIR
+
+
+# ------------------------------------------------------------------------------------- creating, checking
 
 
 def new_experiment_dir(storage: Path, name: str, *, overwrite: bool) -> Path:
@@ -107,3 +103,185 @@ def new_experiment_dir(storage: Path, name: str, *, overwrite: bool) -> Path:
     except OSError as error:
         raise ConfigError(f"{path}: cannot create the experiment directory ({error.strerror})") from None
     return path
+
+
+def check_experiment(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: experiment directory not found")
+    if not (path / MANIFEST).is_file():
+        raise DataError(f"{path}: not a robusttune experiment (no {MANIFEST})")
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((check_experiment(path) / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{Path(path) / MANIFEST}: corrupt manifest") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{Path(path) / MANIFEST}: corrupt manifest")
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ["robusttune", "torch", "open_clip_torch", "ray", "optuna", "pandas"]:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "unknown"
+    return {"python": platform.python_version(), **found}
+
+
+def write_manifest(experiment: Path, space: Any, space_text: str, *, seed: int, trials: int, concurrency: int,
+                   runner: Mapping[str, Any]) -> None:
+    """The frozen space and the manifest; ``runner`` says how trials run (see ``robusttune.search.runners``)."""
+    from robusttune.cache import atomic_write_json, atomic_write_text
+
+    atomic_write_text(experiment / SPACE, space_text or json.dumps(space.to_dict(), indent=2))
+    atomic_write_json(experiment / MANIFEST, {
+        "format": MANIFEST_FORMAT, "name": experiment.name, "space": space.name,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "seed": seed,
+        "trials": trials, "concurrency": concurrency, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(), "objective": space.objective.to_dict(), "parameters": list(space.parameters),
+        "runner": dict(runner),
+    })
+
+
+def load_frozen_space(experiment: str | Path):
+    """The experiment's search space as it was validated when the sweep started, and its YAML text."""
+    import yaml
+
+    from robusttune.config import parse
+    from robusttune.space import SearchSpace
+
+    path = Path(experiment) / SPACE
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise DataError(f"{path}: the experiment's frozen search space is missing") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise DataError(f"{path}: the experiment's frozen search space is corrupt") from None
+    return parse(SearchSpace, data, str(path)), text
+
+
+def parse_space_text(text: str, source: str = "frozen search space"):
+    """A frozen space's YAML text (as trials receive it) back into a validated ``SearchSpace``."""
+    import yaml
+
+    from robusttune.config import parse
+    from robusttune.space import SearchSpace
+
+    return parse(SearchSpace, yaml.safe_load(text), source)
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+def append_record(experiment: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
+    line = json.dumps({"time": round(time.time(), 3), **row}, sort_keys=True, default=float) + "\n"
+    with open(Path(experiment) / RECORDS, "a", encoding="utf-8") as stream:
+        stream.write(line)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+@dataclass(frozen=True)
+class Records:
+    rows: list[dict[str, Any]]  # every valid row, in file order
+    skipped: int  # lines that were not a JSON object (a torn write, foreign text)
+
+
+def load_records(experiment: str | Path) -> Records:
+    """The one reader of ``records.jsonl``: a valid row is a line holding a JSON object; other lines (a torn
+    last line after a crash, invalid UTF-8, foreign text) are skipped and counted, with one warning."""
+    path = Path(experiment) / RECORDS
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    if not path.is_file():
+        return Records(rows, 0)
+    with open(path, "rb") as stream:
+        for raw in stream:
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                row = None
+            if isinstance(row, dict) and _well_typed(row):
+                rows.append(row)
+            else:
+                skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d unreadable row(s)", path, skipped)
+    return Records(rows, skipped)
+
+
+def _well_typed(row: dict[str, Any]) -> bool:
+    trial_id = row.get("trial_id")
+    if trial_id is not None and not isinstance(trial_id, str):
+        return False
+    for key in ("step", "evaluation"):
+        if key in row and not (isinstance(row[key], int | float) and not isinstance(row[key], bool)):
+            return False
+    return row.get("status") is None or row["status"] in STATUSES
+
+
+def read_records(experiment: str | Path) -> Iterator[dict[str, Any]]:
+    """Valid rows of ``records.jsonl`` in file order (see ``load_records``)."""
+    yield from load_records(experiment).rows
+
+
+def is_trial_row(row: dict[str, Any]) -> bool:
+    return "trial_id" in row
+
+
+def is_reference_row(row: dict[str, Any]) -> bool:
+    return row.get("kind") in REFERENCE_KINDS
+
+
+def is_evaluation(row: dict[str, Any]) -> bool:
+    """A row that reports one evaluation of a trial (not a trial-end row, not a failure)."""
+    return "trial_id" in row and "evaluation" in row and not row.get("final") and row.get("status") != "failed"
+
+
+def reported_evaluations(experiment: str | Path) -> set[tuple[str, int]]:
+    """``(trial_id, evaluation)`` of every evaluation reported so far; one re-reported after a resume counts once."""
+    return {(row["trial_id"], int(row["evaluation"])) for row in read_records(experiment) if is_evaluation(row)}
+
+
+def latest_by_trial(experiment: str | Path) -> dict[str, dict[str, Any]]:
+    """Every trial's rows merged in file order: its current status and latest metrics."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in read_records(experiment):
+        if is_trial_row(row):
+            latest[row["trial_id"]] = {**latest.get(row["trial_id"], {}), **row}
+    return latest
+
+
+def end_status(result: Mapping[str, Any]) -> str:
+    """How a trial whose last reported result is ``result`` ended: ``failed`` (it said so), ``complete`` (it
+    reached its last step) or ``stopped-early`` (a scheduler stopped it before that)."""
+    if result.get("trial_status") == "failed":
+        return "failed"
+    if result.get("step", -1) >= result.get("total_steps", float("inf")):
+        return "complete"
+    return "stopped-early"
+
+
+def pareto_trials(latest: Mapping[str, dict[str, Any]], metrics: list[str],
+                  directions: list[str] | None = None) -> list[dict[str, Any]]:
+    """The non-dominated complete trials on ``metrics`` (``max`` unless ``directions`` says ``min``), best on the
+    first metric first. Stopped-early, failed and running trials never enter a front."""
+    from robusttune.pareto import non_dominated
+
+    signs = [-1.0 if d == "min" else 1.0 for d in (directions or ["max"] * len(metrics))]
+    complete = [{"trial_id": tid, **row} for tid, row in latest.items()
+                if row.get("status") == "complete" and all(isinstance(row.get(m), int | float) for m in metrics)]
+    front = non_dominated([[sign * row[m] for sign, m in zip(signs, metrics)] for row in complete])
+    return sorted((complete[i] for i in front), key=lambda row: -signs[0] * row[metrics[0]])

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from robusttune.config import TrainConfig, parse
-from robusttune.experiment import SPACE, latest_by_trial
+from robusttune.experiment import latest_by_trial, load_frozen_space, trial_checkpoints
 
 
 def _pick_trials(experiment: Path) -> dict[str, str]:
@@ -32,11 +32,8 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import yaml
 
     from robusttune.models.classifier import frozen_copy
-    from robusttune.search.space import SearchSpace
-    from robusttune.search.trainable import trial_checkpoints
     from robusttune.training.checkpoint import load_checkpoint
     from robusttune.training.loop import StepComputer, step_generator
     from robusttune.training.tasks import build_task
@@ -45,7 +42,7 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
     checkpoint = trial_checkpoints(experiment, trial_id) / "latest.pt"
     if not checkpoint.is_file() or not row.get("config"):
         return None
-    space = parse(SearchSpace, yaml.safe_load((experiment / SPACE).read_text()), str(experiment / SPACE))
+    space, _ = load_frozen_space(experiment)
     config = parse(TrainConfig, row["config"], f"trial {trial_id} config")
     student, task = build_task(space.task, cache_dir)
     student.load_state_dict(load_checkpoint(checkpoint)["model"])

@@ -24,7 +24,7 @@ def tiny_world_config():
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_world_config, cache_dir):
-    from robusttune.training.mini_world import prepare_world
+    from robusttune.training.world import prepare_world
 
     return prepare_world(tiny_world_config, cache_dir)
 
@@ -35,6 +35,19 @@ def default_world_data(cache_dir):
     from robusttune.data.mini.world import load_world
 
     return load_world(default_world(), cache_dir)
+
+
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+def nan_fault_env(step: int, *, lr: float | None = None) -> dict[str, str]:
+    """Environment for a subprocess (and the Ray workers it starts) whose training loss turns NaN at ``step`` in
+    runs with learning rate ``lr`` (every run when None); see tests/faults/sitecustomize.py."""
+    import json
+    import os
+
+    path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "ROBUSTTUNE_TEST_NAN": json.dumps({"step": step, "lr": lr})}
 
 
 @pytest.fixture()

@@ -52,10 +52,10 @@ def write_records(path, rows):
 def test_results_tables(tmp_path):
     cfg = {"region": "object", "w_distill": 1.0, "seed": 0}
     rows = [
-        {"trial_id": "a", "status": "running", "step": 50, "id_acc": 0.9, "ood_mean": 0.8, "objective": 0.85, "sampled": cfg},
-        {"trial_id": "a", "status": "running", "step": 100, "id_acc": 0.95, "ood_mean": 0.7, "objective": 0.82, "sampled": cfg},
-        {"trial_id": "a", "status": "running", "step": 100, "id_acc": 0.95, "ood_mean": 0.7, "objective": 0.82, "sampled": cfg},
-        {"trial_id": "a", "status": "complete", "step": 100, "id_acc": 0.95, "ood_mean": 0.7, "objective": 0.82,
+        {"trial_id": "a", "status": "running", "step": 50, "evaluation": 1, "id_acc": 0.9, "ood_mean": 0.8, "objective": 0.85, "sampled": cfg},
+        {"trial_id": "a", "status": "running", "step": 100, "evaluation": 2, "id_acc": 0.95, "ood_mean": 0.7, "objective": 0.82, "sampled": cfg},
+        {"trial_id": "a", "status": "running", "step": 100, "evaluation": 2, "id_acc": 0.95, "ood_mean": 0.7, "objective": 0.82, "sampled": cfg},
+        {"trial_id": "a", "status": "complete", "step": 100, "evaluation": 2, "id_acc": 0.95, "ood_mean": 0.7, "objective": 0.82,
          "sampled": cfg, "final": True},
         {"trial_id": "b", "status": "failed", "step": 3, "failure": "non-finite loss", "final": True, "sampled": cfg},
     ]

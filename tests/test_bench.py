@@ -43,7 +43,7 @@ def tiny_table(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir):
 
 
 def test_tabulate_stores_every_grid_points_full_learning_curve(tiny_table):
-    from robusttune.search.table import read_table
+    from robusttune.bench.table import read_table
 
     out, summary, root = tiny_table
     assert summary["points"] == 4 and summary["full_curves"] == 4 and summary["evaluations_per_curve"] == EVALUATIONS
@@ -71,7 +71,7 @@ def test_an_existing_table_is_not_overwritten(tiny_table, cache_dir):
 
 
 def test_replay_reports_the_tables_curves_within_the_budget(tiny_table, cache_dir):
-    from robusttune.search.table import read_table
+    from robusttune.bench.table import read_table
 
     out, _, root = tiny_table
     table = read_table(out)

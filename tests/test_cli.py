@@ -7,12 +7,13 @@ import sys
 
 import pytest
 import yaml
+from conftest import nan_fault_env
 
 SUBCOMMANDS = [["world"], ["world", "prepare"], ["world", "pretrain"], ["train"], ["wise"], ["demo"]]
 
 
-def cli(*args, cache_dir=None, cwd=None):
-    env = dict(os.environ)
+def cli(*args, cache_dir=None, cwd=None, env=None):
+    env = {**os.environ, **(env or {})}
     if cache_dir is not None:
         env["ROBUSTTUNE_CACHE_DIR"] = str(cache_dir)
     return subprocess.run([sys.executable, "-m", "robusttune.cli", *map(str, args)], capture_output=True, text=True,
@@ -107,11 +108,8 @@ def test_train_then_wise_then_resume(cache_dir, tiny_config_file, tmp_path):
 
 
 def test_failed_training_exits_1_and_keeps_its_records(cache_dir, tiny_config_file, tmp_path):
-    config = yaml.safe_load(tiny_config_file.read_text())
-    config["debug_nan_at_step"] = 2
-    path = tmp_path / "nan.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = cli("train", "--config", path, "--out", tmp_path / "nan", cache_dir=cache_dir)
+    result = cli("train", "--config", tiny_config_file, "--out", tmp_path / "nan", cache_dir=cache_dir,
+                 env=nan_fault_env(2))
     assert result.returncode == 1 and "non-finite loss" in result.stderr
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["status"] == "failed"

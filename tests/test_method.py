@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from robusttune.errors import CheckpointError
 from robusttune.method import cam, losses, masking, refill, wise
 
 
@@ -136,5 +137,5 @@ def test_wise_interpolation_endpoints_and_midpoint():
     torch.testing.assert_close(wise.interpolate(a, b, 0.25)["w"], torch.full((3,), 0.5))
     assert int(wise.interpolate(a, b, 0.5)["n"]) == 5
     assert wise.DEFAULT_ALPHAS == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    with pytest.raises(ValueError, match="differ in keys"):
+    with pytest.raises(CheckpointError, match="differ in keys"):
         wise.interpolate(a, {"w": b["w"]}, 0.5)

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from robusttune.analysis.pareto import (crowding_distance, dominates, eps_net_order, multi_objective_ranking,
+from robusttune.errors import ConfigError, DataError
+from robusttune.pareto import (crowding_distance, dominates, eps_net_order, multi_objective_ranking,
                                         nondominated_fronts)
 from robusttune.search.mo_asha import MultiObjectiveASHA, milestones
 
@@ -56,7 +57,7 @@ def test_ranking_puts_fronts_first_and_tie_breaks_inside_them():
     # fronts: {1, 2, 3}, {0}, {4}
     assert multi_objective_ranking(points, "eps_net") == [2, 1, 3, 0, 4]
     assert multi_objective_ranking(points, "crowding") == [1, 2, 3, 0, 4]  # extremes (inf) in input order, then 3
-    with pytest.raises(ValueError, match="tie_break"):
+    with pytest.raises(ConfigError, match="tie_break"):
         multi_objective_ranking(points, "hypervolume")
 
 
@@ -111,5 +112,5 @@ def test_state_file_survives_a_restart_and_a_pickle_round_trip(tmp_path):
     fresh = MultiObjectiveASHA(["x", "y"], ["max", "max"], grace_period=1, reduction_factor=3, max_t=9)
     assert fresh.decide("d", 1, [0.05, 0.05]) is True  # (an empty rung would have let it go on)
     assert make().rungs[1].keys() == {"a", "b", "c", "d"}
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(DataError, match="do not match"):
         MultiObjectiveASHA(["x", "y"], ["max", "max"], grace_period=2, reduction_factor=3, max_t=9, state_file=state)

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from robusttune.search import replay
-from robusttune.search.replay import Arm, replay_space, replay_trial, resolve_table
-from robusttune.search.table import read_table
-from robusttune.search.trainable import trial_checkpoints
+from robusttune.bench import replay
+from robusttune.bench.replay import Arm, replay_space, replay_trial, resolve_table
+from robusttune.bench.table import read_table
+from robusttune.experiment import trial_checkpoints
 
 TRIAL = "t0"
 
@@ -27,7 +27,7 @@ def fake_tune(monkeypatch):
 def shipped():
     path = resolve_table("mini_full")
     table = read_table(path)
-    _, space_yaml = replay_space(table, Arm.parse("random", "none"), seed=0, trials=1)
+    _, space_yaml = replay_space(table, Arm.of("random", "none"), seed=0, trials=1)
     point, curve = next(iter(table.curves.items()))
     config = {k: curve[0][k] for k in table.grid}
     return path, table, space_yaml, point, curve, config

@@ -4,7 +4,7 @@ import pytest
 
 from robusttune.config import default_world
 from robusttune.models.tiny import read_sidecar
-from robusttune.training.mini_world import SHIPPED_WEIGHTS, prepare_world, world_key
+from robusttune.training.world import SHIPPED_WEIGHTS, prepare_world, world_key
 
 
 def test_shipped_weights_reproduce_the_documented_zero_shot_accuracy(cache_dir):

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import nan_fault_env
 
 pytestmark = pytest.mark.slow
 
 
-def cli(*args, cache_dir, cwd=None, timeout=600):
-    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir), "RAY_DEDUP_LOGS": "0"}
+def cli(*args, cache_dir, cwd=None, timeout=600, env=None):
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir), "RAY_DEDUP_LOGS": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "robusttune.cli", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout)
 
@@ -47,13 +48,14 @@ def records(experiment: Path, *, trials_only: bool = True):
 
 @pytest.fixture(scope="module")
 def nan_grid_experiment(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir):
-    """Two trials from a grid: one whose loss turns NaN at step 3 (test-only flag), one healthy."""
+    """Two trials from a grid: one whose loss turns NaN at step 3 (injected for lr 0.002), one healthy."""
     root = tmp_path_factory.mktemp("sweeps")
     space = tiny_space(tiny_world_config, sampler={"name": "grid", "seed": 0},
-                       parameters={"debug_nan_at_step": {"type": "categorical", "choices": [None, 3]}},
+                       parameters={"lr": {"type": "categorical", "choices": [0.001, 0.002]}},
                        budget={"trials": 2, "concurrency": 1})
+    space["fixed"].pop("lr")
     result = cli("sweep", write_space(root / "nan.yaml", space), "--storage", root, "--name", "nan", "--json",
-                 cache_dir=cache_dir)
+                 cache_dir=cache_dir, env=nan_fault_env(3, lr=0.002))
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "nan", json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -63,9 +65,9 @@ def test_a_nan_trial_is_recorded_failed_and_the_sweep_finishes(nan_grid_experime
     assert summary["counts"]["complete"] == 1 and summary["counts"]["failed"] == 1
     rows = records(experiment)
     failed = [r for r in rows if r.get("status") == "failed" and r.get("final")]
-    assert len(failed) == 1 and "non-finite loss" in failed[0]["failure"] and failed[0]["sampled"]["debug_nan_at_step"] == 3
+    assert len(failed) == 1 and "non-finite loss" in failed[0]["failure"] and failed[0]["sampled"]["lr"] == 0.002
     complete = [r for r in rows if r.get("status") == "complete" and r.get("final")]
-    assert complete[0]["sampled"]["debug_nan_at_step"] is None and complete[0]["step"] == 4
+    assert complete[0]["sampled"]["lr"] == 0.001 and complete[0]["step"] == 4
     # every reported evaluation is a row, with the full validated config and every metric
     running = [r for r in rows if r.get("status") == "running"]
     assert {"id_acc", "id_val_acc", "ood_background", "ood_source", "ood_style", "ood_mean", "objective"} <= set(running[0])
@@ -100,7 +102,7 @@ def test_status_reads_files_without_ray(nan_grid_experiment, cache_dir):
     assert payload["counts"] == {"running": 0, "complete": 1, "stopped-early": 0, "failed": 1}
     assert len(payload["trials"]) == len({t["trial_id"] for t in payload["trials"]}) == 2
     assert all({"trial_id", "status", "id_acc", "ood_mean"} <= set(t) for t in payload["trials"] if t["status"] == "complete")
-    code = "import sys, robusttune.cli_sweep as c, pathlib; c._trial_rows(pathlib.Path(sys.argv[1])); print('ray' in sys.modules)"
+    code = "import sys, robusttune as rt; rt.status(sys.argv[1]); print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code, str(experiment)], capture_output=True, text=True).stdout.strip() == "False"
 
 

@@ -62,9 +62,16 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_prepared, tmp_path
         assert torch.equal(value, resumed_student.state_dict()[key]), key
 
 
-def test_non_finite_loss_ends_the_run_with_a_failed_status(tiny_prepared):
+def test_non_finite_loss_ends_the_run_with_a_failed_status(tiny_prepared, monkeypatch):
+    original = StepComputer.loss
+
+    def nan_at_step_4(self, images, labels, step):
+        loss, parts = original(self, images, labels, step)
+        return (loss * float("nan") if step == 4 else loss), parts
+
+    monkeypatch.setattr(StepComputer, "loss", nan_at_step_4)
     rows = []
-    _, result = run(tiny_prepared, TrainConfig(**SMALL, debug_nan_at_step=4), report=rows.append)
+    _, result = run(tiny_prepared, TrainConfig(**SMALL), report=rows.append)
     assert result.status == "failed" and "non-finite loss" in result.failure and "step 4" in result.failure
     assert rows[-1]["status"] == "failed" and rows[0]["step"] == 3  # the evaluation before the failure is kept
 

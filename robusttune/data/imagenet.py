@@ -1,4 +1,4 @@
-"""ImageNet (ID) and its five OOD test sets from image folders, scored as DESIGN.md section 1.7 says.
+"""ImageNet (ID) and its five OOD test sets from image folders, scored as the WiSE-FT evaluation code does (see below).
 
 | set               | folder layout                          | label space                                  |
 |-------------------|----------------------------------------|----------------------------------------------|
@@ -22,11 +22,12 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from robusttune.config import OodSet
 from robusttune.data.sets import DatasetImages, EvalSet, LogitProjection
 from robusttune.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
-OOD_SETS = ("imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a", "objectnet")
+OOD_SETS = tuple(s.value for s in OodSet)
 
 
 @cache

@@ -10,38 +10,40 @@ Regions: ``object`` (high-CAM patches), ``context`` (low-CAM patches), ``random`
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import Tensor
 
+from robusttune.config import Region
+from robusttune.errors import ConfigError
 
-class MaskRegion(StrEnum):
-    OBJECT = "object"
-    CONTEXT = "context"
-    RANDOM = "random"
+
+def _masking_region(region: Region | str) -> Region:
+    region = Region(region)
+    if region is Region.NONE:
+        raise ConfigError("region 'none' masks no patch; there is nothing to select")
+    return region
 
 
 def normalise_cam(cam: Tensor) -> Tensor:
     return cam / (cam.max(dim=1, keepdim=True).values + 1e-8)
 
 
-def threshold_mask(cam: Tensor, region: MaskRegion | str, threshold: float, generator: torch.Generator) -> Tensor:
-    region = MaskRegion(region)
-    if region is MaskRegion.RANDOM:
+def threshold_mask(cam: Tensor, region: Region | str, threshold: float, generator: torch.Generator) -> Tensor:
+    region = _masking_region(region)
+    if region is Region.RANDOM:
         return torch.rand(cam.shape, generator=generator, device=cam.device) < threshold
     normalised = normalise_cam(cam)
-    return normalised > threshold if region is MaskRegion.OBJECT else normalised <= threshold
+    return normalised > threshold if region is Region.OBJECT else normalised <= threshold
 
 
-def ratio_mask(cam: Tensor, region: MaskRegion | str, ratio: float, generator: torch.Generator) -> Tensor:
-    region = MaskRegion(region)
+def ratio_mask(cam: Tensor, region: Region | str, ratio: float, generator: torch.Generator) -> Tensor:
+    region = _masking_region(region)
     batch, patches = cam.shape
     count = int(round(ratio * patches))
-    if region is MaskRegion.RANDOM:
+    if region is Region.RANDOM:
         order = torch.rand(cam.shape, generator=generator, device=cam.device).argsort(dim=1)
     else:
-        order = torch.sort(cam, dim=1, descending=region is MaskRegion.OBJECT, stable=True).indices
+        order = torch.sort(cam, dim=1, descending=region is Region.OBJECT, stable=True).indices
     mask = torch.zeros(batch, patches, dtype=torch.bool, device=cam.device)
     mask.scatter_(1, order[:, :count], True)
     return mask

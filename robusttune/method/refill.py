@@ -9,16 +9,8 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import Tensor
-
-
-class RefillMode(StrEnum):
-    NONE = "none"
-    SINGLE = "single"
-    MULTI = "multi"
 
 
 def single_donors(batch: int, generator: torch.Generator) -> Tensor:

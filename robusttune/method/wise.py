@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from robusttune.errors import CheckpointError
+
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
 
@@ -14,12 +16,12 @@ def interpolate(zero_shot: Mapping[str, Tensor], finetuned: Mapping[str, Tensor]
     """Interpolate two state dicts with the same keys; non-float entries (counters) come from ``finetuned``."""
     if set(zero_shot) != set(finetuned):
         missing = sorted(set(zero_shot) ^ set(finetuned))[:3]
-        raise ValueError(f"state dicts differ in keys, e.g. {missing}")
+        raise CheckpointError(f"state dicts differ in keys, e.g. {missing}")
     merged = {}
     for key, theta_0 in zero_shot.items():
         theta_1 = finetuned[key]
         if theta_0.shape != theta_1.shape:
-            raise ValueError(f"state dicts differ in the shape of {key}: {tuple(theta_0.shape)} vs {tuple(theta_1.shape)}")
+            raise CheckpointError(f"state dicts differ in the shape of {key}: {tuple(theta_0.shape)} vs {tuple(theta_1.shape)}")
         if torch.is_floating_point(theta_1):
             merged[key] = (1 - alpha) * theta_0.to(theta_1.dtype) + alpha * theta_1
         else:

@@ -10,7 +10,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from robusttune.experiment import append_record
+from robusttune.experiment import append_record, end_status, parse_space_text
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,7 @@ class RecordsCallback(Callback):
 
     def _full_config(self, trial) -> dict[str, Any]:
         if self._space is None:
-            import yaml
-
-            from robusttune.config import parse
-            from robusttune.search.space import SearchSpace
-
-            self._space = parse(SearchSpace, yaml.safe_load(self.space_yaml), "frozen search space")
+            self._space = parse_space_text(self.space_yaml)
         sampled = {k: v for k, v in trial.config.items() if k in self._space.parameters}
         try:
             return self._space.trial_config(sampled, seed=int(trial.config.get("seed", 0))).to_dict()
@@ -82,13 +77,7 @@ class RecordsCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        if result.get("trial_status") == "failed":
-            status = "failed"
-        elif result.get("step", -1) >= result.get("total_steps", float("inf")):
-            status = "complete"
-        else:
-            status = "stopped-early"
-        append_record(self.experiment, self._row(trial, status, result, final=True))
+        append_record(self.experiment, self._row(trial, end_status(result), result, final=True))
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         """A trial crashed (e.g. its node died) and Tune retries it: it resumes from its own latest checkpoint."""

@@ -15,56 +15,43 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robusttune.experiment import append_record, read_records
-
-BASELINES_DIR = "baselines"
+from robusttune.experiment import append_record, baselines_dir, latest_checkpoint, parse_space_text, read_records
 
 
 def recorded_wise_sources(experiment: Path) -> set[str]:
     return {r["source"] for r in read_records(experiment) if r.get("kind") == "wise"}
 
 
-def final_checkpoint(experiment: Path, trial_id: str) -> Path | None:
-    """The trial's latest checkpoint (its final weights once the trial is complete)."""
-    from robusttune.search.trainable import trial_checkpoints
-
-    path = trial_checkpoints(experiment, trial_id) / "latest.pt"
-    return path if path.is_file() else None
-
-
 def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int) -> list[dict[str, Any]]:
     """The rows to record (runs in a Ray task or in-process); trains vanilla FT only if not cached."""
     import torch
-    import yaml
 
     from robusttune.config import TrainConfig, parse
-    from robusttune.models.classifier import frozen_copy
-    from robusttune.search.space import SearchSpace
     from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
     from robusttune.training.evaluate import evaluate
-    from robusttune.training.loop import train
+    from robusttune.training.run import prepare_run
     from robusttune.training.tasks import build_task
     from robusttune.training.wise import wise_curve
 
     torch.set_num_threads(max(1, threads))
     exp = Path(experiment)
-    space = parse(SearchSpace, yaml.safe_load(space_yaml), "frozen search space")
+    space = parse_space_text(space_yaml)
     student, task = build_task(space.task, Path(cache_dir))
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
     done = recorded_wise_sources(exp)
     rows: list[dict[str, Any]] = []
-    vanilla_path = exp / BASELINES_DIR / "vanilla_ft.pt"
+    vanilla_path = baselines_dir(exp) / "vanilla_ft.pt"
     if "vanilla-ft" not in done:
         rows.append({"kind": "baseline", "method": "zero-shot", **evaluate(student, task.eval_sets)})
         fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
         config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
-        result = train(config, student, frozen_copy(student), task)
+        result = prepare_run(config, space.task, Path(cache_dir), built=(student, task)).train()
         save_checkpoint(vanilla_path, {"model": student.state_dict(), "config": json.dumps(config.to_dict())})
         rows.append({"kind": "baseline", "method": "vanilla-ft", "config": config.to_dict(), **result.metrics})
         curve = wise_curve(student, zero_shot, student.state_dict(), task.eval_sets)
         rows += [{"kind": "wise", "source": "vanilla-ft", **row} for row in curve]
     for trial_id in trial_ids:
-        path = final_checkpoint(exp, trial_id)
+        path = latest_checkpoint(exp, trial_id)
         if trial_id in done or path is None:
             continue
         finetuned = load_checkpoint(path)["model"]

@@ -16,13 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from robusttune.errors import ConfigError, RobustTuneError
+from robusttune.errors import ConfigError, LaunchError
 
 DASHBOARD = "http://127.0.0.1:8265"
-
-
-class LaunchError(RobustTuneError):
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,14 @@ from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from robusttune.analysis.pareto import multi_objective_ranking
 from robusttune.cache import atomic_write_json
+from robusttune.errors import ConfigError, DataError
+from robusttune.experiment import SCHEDULER_STATE
+from robusttune.pareto import multi_objective_ranking
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "scheduler.json"
+STATE_FILE = SCHEDULER_STATE
 
 
 def milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
@@ -46,7 +48,7 @@ class MultiObjectiveASHA(FIFOScheduler):
                  state_file: str | Path | None = None):
         super().__init__()
         if len(metrics) != len(modes) or any(m not in ("max", "min") for m in modes):
-            raise ValueError("MultiObjectiveASHA needs one mode ('max' or 'min') per metric")
+            raise ConfigError("MultiObjectiveASHA needs one mode ('max' or 'min') per metric")
         multi_objective_ranking([], tie_break)  # validates the name
         self.metrics, self.signs = list(metrics), [1.0 if m == "max" else -1.0 for m in modes]
         self.time_attr, self.reduction_factor, self.max_t, self.tie_break = time_attr, reduction_factor, max_t, tie_break
@@ -114,7 +116,7 @@ class MultiObjectiveASHA(FIFOScheduler):
             return
         saved = json.loads(path.read_text())
         if saved.get("levels") != self.levels or saved.get("metrics") != self.metrics:
-            raise ValueError(f"{path}: saved rungs {saved.get('levels')} over {saved.get('metrics')} do not match "
+            raise DataError(f"{path}: saved rungs {saved.get('levels')} over {saved.get('metrics')} do not match "
                              f"this scheduler's {self.levels} over {self.metrics}")
         self.rungs = {int(level): {tid: list(v) for tid, v in rung.items()} for level, rung in saved["rungs"].items()}
         self.log = list(saved["decisions"])

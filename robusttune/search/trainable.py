@@ -1,25 +1,30 @@
-"""The Ray Tune function trainable: one trial = one run of the engine's loop, reported to Tune.
+"""The Ray Tune function trainable: one trial = one fine-tuning run (``robusttune.training.run``), reported to Tune.
 
 It validates the flat trial config at this process edge, sets torch's threads to the CPUs Ray gave the
-trial, resumes from the trial's own latest checkpoint (see ``trial_checkpoints``), and on every evaluation
-calls ``ray.tune.report`` with all metrics, the scalar objective, the step and the epoch. It keeps no state between trials
-(actors are reused). A non-finite loss is reported as ``trial_status: failed`` and the trial ends normally,
-so the sweep goes on.
+trial, resumes from the trial's own latest checkpoint (``robusttune.experiment.trial_checkpoints``), and on every
+evaluation calls ``ray.tune.report`` with all metrics, the scalar objective, the step and the epoch. It keeps no
+state between trials (actors are reused). A non-finite loss is reported as ``trial_status: failed`` and the trial
+ends normally, so the sweep goes on.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 
 from robusttune.cache import atomic_write_json
-from robusttune.config import parse
+from robusttune.experiment import parse_space_text, trial_checkpoints
+from robusttune.space import SearchSpace
+
+log = logging.getLogger(__name__)
 
 SEED_KEY = "seed"
 
@@ -34,50 +39,28 @@ def trial_threads() -> int:
     return max(1, int(cpus))
 
 
-def trial_checkpoints(experiment: str | Path, trial_id: str) -> Path:
-    """``<experiment>/checkpoints/<trial_id>/``: ``latest.pt`` (every evaluation) and ``best.pt`` (best objective).
-
-    We keep these ourselves instead of handing checkpoints to Tune: Tune deletes checkpoints it no longer
-    ranks while its saved experiment state may still point at them, so a restore after ``kill -9`` could
-    find its checkpoint gone. Ours are replaced atomically and found again by trial id."""
-    return Path(experiment) / "checkpoints" / trial_id
-
-
-def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experiment: str, no_op: bool = False) -> None:
+def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experiment: str) -> None:
+    import ray
     import torch
 
-    from robusttune.models.classifier import frozen_copy
-    from robusttune.search.space import SearchSpace
-    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
-    from robusttune.training.loop import total_steps, train
-    from robusttune.training.tasks import build_task
+    from robusttune.training.run import prepare_run
 
-    space = parse(SearchSpace, yaml.safe_load(space_yaml), "frozen search space")
+    space = parse_space_text(space_yaml)
     sampled = {k: v for k, v in config.items() if k in space.parameters}
     train_config = space.trial_config(sampled, seed=int(config.get(SEED_KEY, 0)))
     torch.set_num_threads(trial_threads())
-    if no_op:  # benchmarks/sweep_overhead.py: our whole path, training swapped out
-        tune.report({"id_val_acc": 0.5, "ood_mean": 0.5, "objective": 0.5, "step": 1, "epoch": 1.0,
-                     "total_steps": 1, "trial_status": "complete"})
-        return
-    student, task = build_task(space.task, Path(cache_dir))
-    teacher = frozen_copy(student)
-    total = total_steps(train_config, len(task.train))
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id()  # which node ran it (cluster tests, post-mortems)
     folder = trial_checkpoints(experiment, tune.get_context().get_trial_id())
     latest, best, best_meta = folder / "latest.pt", folder / "best.pt", folder / "best.json"
-    resume = load_checkpoint(latest) if latest.is_file() else None
+    run = prepare_run(train_config, space.task, Path(cache_dir), checkpoint=latest)
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran it (cluster tests, post-mortems)
+    total = run.total_steps
     best_objective = json.loads(best_meta.read_text())["objective"] if best_meta.is_file() else float("-inf")
     last: dict[str, float] = {}
-    evaluations = len(json.loads(resume["history"])) if resume else 0
+    evaluations = len(run.history)
 
-    def save(state: dict[str, Any]) -> None:
+    def keep_best(state: dict[str, Any]) -> None:
         nonlocal best_objective
-        save_checkpoint(latest, state)
-        history = json.loads(state["history"])
-        objective = space.objective.scalar(history[-1]["metrics"])
+        objective = space.objective.scalar(json.loads(state["history"])[-1]["metrics"])
         if objective > best_objective:
             best_objective = objective
             shutil.copyfile(latest, best.with_suffix(".tmp"))
@@ -98,12 +81,41 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
                      "evaluation": evaluations, "total_steps": total, "node_id": node_id,
                      "trial_status": "complete" if row["step"] >= total else "running"})
 
-    if resume is not None:
+    if run.resume is not None:
         # The checkpoint's evaluation may not have reached Tune (a crash between saving and reporting, or a trial
         # that finished unseen by Tune's saved state): report it again. Readers keep the last row per
-        # (trial, step) and the scheduler gives a re-reported rung its earlier decision.
+        # (trial, evaluation) and the scheduler gives a re-reported rung its earlier decision.
         evaluations -= 1
-        report(json.loads(resume["history"])[-1])
-        if int(resume["step"]) >= total:
+        report(run.history[-1])
+        if run.finished:
             return
-    train(train_config, student, teacher, task, report=report, save_checkpoint=save, resume=resume)
+    run.train(report=report, after_save=keep_best)
+
+
+@dataclass(frozen=True)
+class TrainingRunner:
+    """Trials fine-tune for real; after them, the experiment's baselines (zero-shot, vanilla FT, WiSE-FT curves)."""
+
+    cache_dir: Path
+    baselines: bool = True
+
+    def trainable(self, experiment: Path, space: SearchSpace, space_text: str):
+        return functools.partial(run_trial, space_yaml=space_text, cache_dir=str(self.cache_dir),
+                                 experiment=str(experiment))
+
+    def stopper(self, experiment: Path) -> None:
+        return None
+
+    def after_trials(self, experiment: Path, space: SearchSpace, space_text: str) -> None:
+        if not self.baselines:
+            return
+        from robusttune.experiment import latest_by_trial, pareto_trials
+        from robusttune.search.baselines import run_baselines
+
+        front = [row["trial_id"] for row in pareto_trials(latest_by_trial(experiment), list(space.objective.metrics),
+                                                          [d.value for d in space.objective.directions])]
+        log.info("WiSE-FT baselines: zero-shot, vanilla FT and %d Pareto trial(s)", len(front))
+        run_baselines(experiment, space_text, self.cache_dir, front, cpu=space.resources.cpu, gpu=space.resources.gpu)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "train", "baselines": self.baselines}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a robusttune checkpoint")
     return payload
-
-
-def config_of(payload: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(payload["config"])

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from robusttune.data.sets import EvalSet
+from robusttune.errors import DataError
 
 
 def ood_mean(metrics: Mapping[str, float]) -> float:
@@ -24,7 +25,7 @@ def accuracy(model: nn.Module, eval_set: EvalSet, *, batch_size: int = 256, devi
         correct += int((logits.argmax(dim=1).cpu() == labels).sum())
         total += int(labels.shape[0])
     if total == 0:
-        raise ValueError(f"evaluation set for {eval_set.metric} is empty")
+        raise DataError(f"evaluation set for {eval_set.metric} is empty")
     return correct / total
 
 

@@ -32,6 +32,7 @@ from robusttune.method import cam as cam_lib
 from robusttune.method import losses, masking, refill
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.evaluate import evaluate
+from robusttune.training.schedule import warmup_cosine
 
 Report = Callable[[dict[str, Any]], None]
 SaveCheckpoint = Callable[[dict[str, Any]], None]
@@ -72,11 +73,9 @@ def step_generator(config: TrainConfig, step: int) -> torch.Generator:
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
-    """Linear warm-up then cosine decay to zero (OneCycle-like, as in the official code)."""
-    warmup = int(round(warmup_fraction * total))
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero. (The official code uses
+    PyTorch's OneCycleLR, which also cycles AdamW's beta1; this schedule keeps beta1 fixed.)"""
+    return warmup_cosine(step, total, int(round(warmup_fraction * total)))
 
 
 class StepComputer:
@@ -95,7 +94,7 @@ class StepComputer:
 
     def patch_mask(self, cam: Tensor | None, batch: int, patches: int, g: torch.Generator) -> Tensor:
         c = self.config
-        region = masking.MaskRegion(c.region.value)
+        region = c.region
         scores = cam if cam is not None else torch.zeros(batch, patches)
         if c.mask_ratio is not None:
             return masking.ratio_mask(scores, region, c.mask_ratio, g)
@@ -143,8 +142,6 @@ class StepComputer:
             distill = self.distill_loss(student_cf, teacher_cf)
             parts["loss_distill"] = float(distill.detach())
             loss = loss + c.w_distill * distill
-        if c.debug_nan_at_step is not None and step == c.debug_nan_at_step:
-            loss = loss * float("nan")
         return loss, parts
 
     def _patches(self) -> int:
@@ -204,7 +201,7 @@ def train(
             save_checkpoint({
                 "model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
                 "step": step, "history": json.dumps(history), "config": json.dumps(config.to_dict()),
-                "elapsed": row["elapsed"], "torch_rng": torch.get_rng_state(),
+                "elapsed": row["elapsed"],
             })
         if report is not None:
             report({**row, **metrics})

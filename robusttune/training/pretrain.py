@@ -1,6 +1,6 @@
 """Pre-training the mini world's tiny CLIP so that it behaves like a (small) pre-trained CLIP.
 
-Recipe (DESIGN.md section 5; plain from-scratch CLIP training collapsed the text tower here):
+Recipe (plain from-scratch CLIP training collapsed the text tower here):
 1. supervised warm start: the image tower + a throw-away linear head, cross-entropy on the uncorrelated stream;
 2. CLIP training of both towers with a multi-positive InfoNCE (a caption is a positive for every image in
    the batch it truly describes) plus an image-to-class-prompt cross-entropy term.
@@ -22,6 +22,7 @@ from robusttune.config import WorldConfig
 from robusttune.data.mini import captions, render
 from robusttune.data.mini.world import WorldData
 from robusttune.models.tiny import CompactTokenizer, create_tiny_clip
+from robusttune.training.schedule import warmup_cosine
 
 Progress = Callable[[str, int, int, float], None]  # (phase, step, total, loss)
 
@@ -75,13 +76,6 @@ def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
     return 0.5 * (one_way(logits, positives) + one_way(logits.T, positives.T))
 
 
-def _cosine_lr(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def pretrain_tiny_clip(world: WorldData, *, progress: Progress | None = None) -> tuple[nn.Module, CompactTokenizer, dict]:
     """Pre-train a tiny CLIP on the world's uncorrelated stream; returns (model, tokenizer, timings)."""
     config: WorldConfig = world.config
@@ -111,7 +105,7 @@ def pretrain_tiny_clip(world: WorldData, *, progress: Progress | None = None) ->
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, recipe.clip_steps, recipe.warmup_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe.clip_steps, recipe.warmup_steps))
     class_prompts = [[t.format(name) for name in captions.CLASSNAMES] for t in captions.PROMPT_TEMPLATES]
     prompt_tokens = [tokenizer(p) for p in class_prompts]
     max_log_scale = math.log(recipe.max_logit_scale)

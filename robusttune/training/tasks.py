@@ -18,7 +18,7 @@ def build_task(spec: TaskSpec, cache_dir: Path) -> tuple[ImageClassifier, TaskDa
     """The zero-shot classifier that fine-tuning starts from, and the train/eval data."""
     if spec.imagenet is not None:
         return imagenet_task(spec.imagenet)
-    from robusttune.training.mini_world import prepare_world
+    from robusttune.training.world import prepare_world
 
     prepared = prepare_world(spec.world or default_world(), cache_dir)
     return prepared.classifier(), prepared.task()

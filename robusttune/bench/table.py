@@ -5,7 +5,7 @@ Parquet file (in the spirit of NAS-Bench / HPOBench tables and Syne Tune's simul
 checkpoints; an interrupted tabulation resumes like any sweep) and turns the experiment's records into the table:
 one row per (grid point, evaluation) with the point's parameters, every metric, the step and the trial's
 wall-clock seconds so far. The file's metadata holds the space (YAML), the grid, the objective, how many
-evaluations a full curve has, and how long tabulating took. ``replay`` (robusttune.search.replay) reads it.
+evaluations a full curve has, and how long tabulating took. ``replay`` (robusttune.bench.replay) reads it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import yaml
 
 from robusttune.config import parse
 from robusttune.errors import ConfigError, DataError
-from robusttune.search.space import SearchSpace
+from robusttune.space import SearchSpace
 
 META_KEY = b"robusttune.table"
 FORMAT = "robusttune.table/1"

@@ -21,6 +21,9 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
     scheduler: {name: none | asha | mo_asha, grace_period: 1, reduction_factor: 3, max_t: 6, tie_break: eps_net}
                                       # in evaluations; asha: the scalar objective; mo_asha: the objectives
 
+A search space is plain validated data (layer 0: no torch, ray or optuna); ``robusttune.search`` turns it into
+Optuna suggestions and Ray Tune trials.
+
 ``when`` makes a parameter conditional: it is sampled only when an earlier categorical parameter took one of
 the listed values (e.g. the mask ratio only for masking regions); otherwise the TrainConfig default applies.
 """
@@ -274,28 +277,4 @@ def load_space(name_or_path: str) -> tuple[SearchSpace, str]:
     data.setdefault("name", path.stem if path.suffix else name_or_path)
     space = parse(SearchSpace, data, source)
     space.check_fixed()
-    if space.task.imagenet is not None:  # folders are checked where trials run (they may live on the workers)
-        from robusttune.models.clip import check_model_name
-
-        check_model_name(space.task.imagenet.model)
     return space, text
-
-
-def make_sampler(space: SearchSpace, seed: int):
-    """The Optuna sampler the space asks for (multi-objective capable except grid/random, which need none)."""
-    import optuna
-
-    options = dict(space.sampler.options)
-    name = space.sampler.name
-    try:
-        if name is SamplerName.TPE:
-            return optuna.samplers.TPESampler(seed=seed, **options)
-        if name is SamplerName.NSGA2:
-            return optuna.samplers.NSGAIISampler(seed=seed, **options)
-        if name is SamplerName.GP:
-            return optuna.samplers.GPSampler(seed=seed, **options)
-        if name is SamplerName.RANDOM:
-            return optuna.samplers.RandomSampler(seed=seed, **options)
-        return optuna.samplers.GridSampler(space.grid(), seed=seed, **options)
-    except TypeError as error:
-        raise ConfigError(f"space '{space.name}': sampler.options not accepted by the {name.value} sampler: {error}") from None

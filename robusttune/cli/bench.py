@@ -1,20 +1,18 @@
-"""``robusttune bench tabulate`` and ``robusttune bench replay``: the tabular search benchmark."""
+"""``robusttune bench tabulate`` and ``robusttune bench replay``: the tabular search benchmark (robusttune.bench)."""
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
+from robusttune.cli.output import Parser, add_common, emit, table
 from robusttune.errors import ConfigError
 
 
 def cmd_tabulate(args: argparse.Namespace) -> int:
-    from robusttune.cli import _cache_dir, _emit
-    from robusttune.experiment import MANIFEST, new_experiment_dir
-    from robusttune.search.space import load_space
-    from robusttune.search.sweep import SweepOptions, _frozen_space, resume_sweep, run_sweep
-    from robusttune.search.table import grid_space, table_from_experiment, write_table
+    from robusttune.api import cache_directory
+    from robusttune.bench.tabulate import tabulate
+    from robusttune.space import load_space
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError(f"--concurrency must be >= 1, got {args.concurrency}")
@@ -22,38 +20,22 @@ def cmd_tabulate(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: file exists (pass --overwrite to replace it)")
     space, _ = load_space(args.space)
-    grid, grid_text = grid_space(space)
-    experiment = Path(args.storage) / (args.name or f"tabulate-{space.name}")
-    options = SweepOptions(trials=grid.budget.trials, concurrency=args.concurrency or grid.budget.concurrency,
-                           seed=grid.sampler.seed, address=args.address, cache_dir=_cache_dir(args.cache_dir),
-                           baselines=False, verbose=0 if args.json else 1)
-    started = time.perf_counter()
-    if (experiment / MANIFEST).is_file():  # an interrupted tabulation: go on where it stopped
-        frozen, _ = _frozen_space(experiment)
-        if frozen.to_dict() != grid.to_dict():
-            raise ConfigError(f"{experiment}: holds a tabulation of another space or grid; pass another --name")
-        print(f"resuming the tabulation in {experiment}", flush=True)
-        resume_sweep(experiment, options)
-    else:
-        experiment = new_experiment_dir(Path(args.storage), experiment.name, overwrite=False)
-        print(f"tabulating '{space.name}': {grid.budget.trials} grid points, {options.concurrency} at a time -> {experiment}",
-              flush=True)
-        run_sweep(experiment, grid, grid_text, options)
-    seconds = time.perf_counter() - started
-    frame, meta = table_from_experiment(experiment, grid, grid_text, seconds)
-    write_table(frame, meta, out)
-    full = int((frame.groupby("point")["evaluation"].max() == meta["evaluations"]).sum())
-    payload = {"table": str(out), "points": meta["points"], "full_curves": full, "rows": len(frame),
-               "evaluations_per_curve": meta["evaluations"], "seconds": round(seconds, 1), "experiment": str(experiment)}
+    if not args.json:
+        print(f"tabulating '{space.name}' -> {Path(args.storage) / (args.name or f'tabulate-{space.name}')}", flush=True)
+    done = tabulate(space, out, storage=Path(args.storage), name=args.name, concurrency=args.concurrency,
+                    address=args.address, cache_dir=cache_directory(args.cache_dir), verbose=0 if args.json else 1)
+    payload = {"table": str(done.table), "points": done.points, "full_curves": done.full_curves, "rows": done.rows,
+               "evaluations_per_curve": done.evaluations_per_curve, "seconds": done.seconds,
+               "experiment": str(done.experiment), "resumed": done.resumed}
 
     def human() -> None:
-        print(f"table {out}: {full} of {meta['points']} grid points with full curves ({meta['evaluations']} evaluations "
-              f"each), {len(frame)} rows, tabulated in {seconds:.0f} s")
-        if full < meta["points"]:
-            print(f"  {meta['points'] - full} point(s) have no full curve (failed or interrupted); replays treat them as "
-                  f"failed trials. Rerun this command to continue an interrupted tabulation.")
+        print(f"table {out}: {done.full_curves} of {done.points} grid points with full curves "
+              f"({done.evaluations_per_curve} evaluations each), {done.rows} rows, tabulated in {done.seconds:.0f} s")
+        if done.full_curves < done.points:
+            print(f"  {done.points - done.full_curves} point(s) have no full curve (failed or interrupted); replays treat "
+                  f"them as failed trials. Rerun this command to continue an interrupted tabulation.")
 
-    _emit(payload, args.json, human)
+    emit(payload, args.json, human)
     return 0
 
 
@@ -71,9 +53,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import os
     import tempfile
 
-    from robusttune.cli import _emit, _table
-    from robusttune.search.replay import Arm, budget_to_reach, hypervolume_at, resolve_table, run_replay, table_reference
-    from robusttune.search.table import read_table
+    from robusttune.bench.replay import Arm, budget_to_reach, hypervolume_at, resolve_table, run_replay, table_reference
+    from robusttune.bench.table import read_table
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # replays are many short searches: no progress tables
     seeds = _seeds(args.seeds)
@@ -84,11 +65,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.sampler == "paper_grid" and args.scheduler != "none":
         raise ConfigError("the paper's grid runs every config in full: use --scheduler none")
     path = resolve_table(args.table)
-    table = read_table(path)
-    full_grid = len(table.curves) * table.evaluations  # the compute of training every grid point in full
-    arm = Arm.parse(args.sampler, args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+    stored = read_table(path)
+    full_grid = len(stored.curves) * stored.evaluations  # the compute of training every grid point in full
+    arm = Arm.of(args.sampler, args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor)
     budget = max(1, round(args.budget * full_grid))
-    _, table_hv = table_reference(table)
+    _, table_hv = table_reference(stored)
     storage = Path(args.storage) if args.storage else Path(tempfile.mkdtemp(prefix="robusttune-replay-"))
     rows = []
     for seed in seeds:
@@ -105,19 +86,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def human() -> None:
         print(f"{arm.name} on {path.name}: budget {budget} evaluations ({args.budget:.0%} of the full grid's {full_grid}); "
               f"table hypervolume {table_hv:.6f}")
-        print(_table(rows, ["seed", "trials", "evaluations", "hv", "hv_fraction", "budget_fraction_to_95pct", "seconds"]))
+        print(table(rows, ["seed", "trials", "evaluations", "hv", "hv_fraction", "budget_fraction_to_95pct", "seconds"]))
         print(f"experiments: {storage}  (robusttune report <experiment> draws any of them)")
 
-    _emit(payload, args.json, human)
+    emit(payload, args.json, human)
     return 0
 
 
-def register(commands, common) -> None:
+def register(commands) -> None:
     bench = commands.add_parser("bench", help="the tabular search benchmark: tabulate a grid, replay searches on it")
-    bench_commands = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=type(bench))
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=Parser)
     bench_commands.required = True
     tabulate = bench_commands.add_parser("tabulate", help="train every grid point of a space; store the learning curves")
-    common(tabulate)
+    add_common(tabulate)
     tabulate.add_argument("space", metavar="SPACE", help="built-in space name (mini_full) or a YAML file with 'grid' values")
     tabulate.add_argument("--out", required=True, metavar="FILE", help="Parquet table to write")
     tabulate.add_argument("--storage", default="runs", metavar="DIR", help="where the grid's experiment goes (default: ./runs)")

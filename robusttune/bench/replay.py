@@ -12,6 +12,7 @@ order of the records is the order in which the budget was spent.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -23,8 +24,13 @@ import yaml
 from ray import tune
 
 from robusttune.config import parse
-from robusttune.search.space import SearchSpace
-from robusttune.search.table import Table, read_table
+from robusttune.errors import ConfigError, DataError
+from robusttune.experiment import (is_evaluation, latest_by_trial, new_experiment_dir, parse_space_text, read_records,
+                                   reported_evaluations, trial_checkpoints)
+from robusttune.pareto import hypervolume_2d, hypervolume_over_trials, worst_point
+from robusttune.search.sweep import SweepOptions, run_sweep
+from robusttune.space import SearchSpace
+from robusttune.bench.table import Table, read_table
 
 PAPER_LR, PAPER_W_DISTILL = 3e-4, 1.0  # the paper's grid: its strategies x thresholds at one lr and weight
 
@@ -40,10 +46,9 @@ def _table(path: str) -> Table:
 def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experiment: str, pace: float = 0.0) -> None:
     """Ray Tune trainable: report the stored curve of the grid point nearest to ``config``."""
     from robusttune.cache import atomic_write_json
-    from robusttune.search.trainable import trial_checkpoints
 
     stored = _table(table)
-    space = parse(SearchSpace, yaml.safe_load(space_yaml), "frozen search space")
+    space = parse_space_text(space_yaml)
     point = stored.point_of({**space.fixed, **{k: v for k, v in config.items() if k in space.parameters}})
     curve = stored.curves.get(point, [])
     total = int(stored.frame["step"].max())
@@ -80,8 +85,6 @@ class EvaluationBudget(tune.Stopper):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.experiment:
-            from robusttune.experiment import reported_evaluations
-
             self.seen = reported_evaluations(Path(self.experiment))
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -92,6 +95,34 @@ class EvaluationBudget(tune.Stopper):
 
     def stop_all(self) -> bool:
         return len(self.seen) >= self.limit
+
+
+@dataclass(frozen=True)
+class ReplayRunner:
+    """Trials replay the table's curves (``replay_trial``); the search stops after ``max_evaluations``; no
+    baselines (a table has no weights)."""
+
+    table: str
+    pace: float = 0.0  # seconds a replayed evaluation waits (to watch a replay live, or interrupt it)
+    max_evaluations: int | None = None
+
+    def trainable(self, experiment: Path, space: SearchSpace, space_text: str):
+        return functools.partial(replay_trial, table=self.table, space_yaml=space_text, experiment=str(experiment),
+                                 pace=self.pace)
+
+    def stopper(self, experiment: Path) -> EvaluationBudget | None:
+        return None if self.max_evaluations is None else EvaluationBudget(self.max_evaluations, experiment)
+
+    def after_trials(self, experiment: Path, space: SearchSpace, space_text: str) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "replay", "table": self.table, "pace": self.pace, "max_evaluations": self.max_evaluations}
+
+    @classmethod
+    def from_manifest(cls, runner: dict[str, Any]) -> ReplayRunner:
+        return cls(table=str(runner["table"]), pace=float(runner.get("pace") or 0.0),
+                   max_evaluations=runner.get("max_evaluations"))
 
 
 # ---------------------------------------------------------------------------------------------- arms
@@ -108,7 +139,8 @@ class Arm:
     reduction_factor: float = 3.0
 
     @classmethod
-    def parse(cls, sampler: str, scheduler: str, *, grace_period: int = 1, reduction_factor: float = 3.0) -> Arm:
+    def of(cls, sampler: str, scheduler: str, *, grace_period: int = 1, reduction_factor: float = 3.0) -> Arm:
+        """The arm named ``<sampler>+<scheduler>`` (just ``<sampler>`` without a scheduler)."""
         return cls(f"{sampler}+{scheduler}" if scheduler != "none" else sampler, sampler, scheduler, grace_period,
                    reduction_factor)
 
@@ -119,8 +151,6 @@ def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[Search
     if arm.sampler == "paper_grid":
         missing = [k for k in ("region", "refill", "mask_threshold", "lr", "w_distill") if k not in table.grid]
         if missing:
-            from robusttune.errors import ConfigError
-
             raise ConfigError(f"the paper's grid needs a table that searches {missing}")
         parameters = {k: v for k, v in data["parameters"].items() if k in ("region", "refill", "mask_threshold")}
         data["fixed"] = {**data["fixed"], "lr": _nearest(table.grid["lr"], PAPER_LR),
@@ -150,11 +180,9 @@ REFERENCE_MARGIN = 0.01  # one accuracy point below the table's worst, so that n
 def table_reference(table: Table) -> tuple[list[float], float]:
     """The reference point (the worst final value of each objective over the whole table, less one accuracy
     point) and the table's hypervolume over it: what a search is measured against."""
-    from robusttune.analysis.pareto import hypervolume_2d, worst_point
-
     finals = [values for _, values in table.final_points()]
     if not finals:
-        raise ValueError("the table has no full learning curve")
+        raise DataError("the table has no full learning curve")
     reference = [v - REFERENCE_MARGIN for v in worst_point(finals)]
     return reference, hypervolume_2d(finals, reference)
 
@@ -162,9 +190,6 @@ def table_reference(table: Table) -> tuple[list[float], float]:
 def hypervolume_by_budget(experiment: Path, metrics: list[str], reference: list[float]) -> list[tuple[int, float]]:
     """(evaluations used, hypervolume of the trials complete by then) after each completion, in record order.
     Stopped-early and failed trials never count, as in the reports."""
-    from robusttune.analysis.pareto import hypervolume_over_trials
-    from robusttune.experiment import is_evaluation, read_records
-
     seen: set[tuple[str, int]] = set()  # an evaluation re-reported after a resume counts once
     spent, finished = [], []
     for row in read_records(experiment):
@@ -191,8 +216,6 @@ def resolve_table(name_or_path: str) -> Path:
     """A table file, or the name of a built-in space whose table ships with robusttune (``mini_full``)."""
     from importlib import resources
 
-    from robusttune.errors import ConfigError
-
     path = Path(name_or_path)
     if path.suffix == ".parquet" or path.exists():
         return path
@@ -217,17 +240,13 @@ class ReplayRun:
 def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, storage: Path, *,
                pace: float = 0.0, name: str | None = None) -> ReplayRun:
     """One search of ``arm`` against the table, ``max_evaluations`` at most, as an experiment in ``storage``."""
-    from robusttune.experiment import latest_by_trial, new_experiment_dir, reported_evaluations
-    from robusttune.search.sweep import SweepOptions, run_sweep
-
     table = read_table(table_path)
     space, text = replay_space(table, arm, seed, trials=max_evaluations)
     experiment = new_experiment_dir(storage, name or f"{arm.name}-seed{seed}", overwrite=False)
-    options = SweepOptions(trials=space.budget.trials, concurrency=1, seed=seed, address=None,
-                           cache_dir=storage, replay_table=str(Path(table_path).resolve()), replay_pace=pace,
-                           max_evaluations=max_evaluations, verbose=0)
+    options = SweepOptions(trials=space.budget.trials, concurrency=1, seed=seed, verbose=0)
+    runner = ReplayRunner(table=str(Path(table_path).resolve()), pace=pace, max_evaluations=max_evaluations)
     started = time.perf_counter()
-    run_sweep(experiment, space, text, options)
+    run_sweep(experiment, space, text, options, runner)
     seconds = time.perf_counter() - started
     reference, _ = table_reference(table)
     curve = hypervolume_by_budget(experiment, list(space.objective.metrics), reference)

@@ -1,4 +1,6 @@
-"""Pareto fronts and 2-D hypervolume (maximisation); plain Python and numpy.
+"""Pareto fronts, non-dominated sorting and 2-D hypervolume (maximisation); plain Python and numpy.
+
+Shared by the search (MO-ASHA's rungs, the baselines' choice of trials) and ``robusttune.analysis`` (reports).
 
 Reference point for the hypervolume: the caller's (robusttune reports use the zero-shot model's point when the
 experiment has it, else the worst value of each objective among the complete trials). Only points that beat
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from robusttune.errors import ConfigError
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -107,7 +111,7 @@ def multi_objective_ranking(points: Sequence[Sequence[float]], tie_break: str = 
     """Indices of ``points`` best first: by non-dominated front, then within a front by ``tie_break``
     (``eps_net``: farthest-first; ``crowding``: larger crowding distance first). Remaining ties keep input order."""
     if tie_break not in ("eps_net", "crowding"):
-        raise ValueError(f"unknown tie_break '{tie_break}' (use eps_net or crowding)")
+        raise ConfigError(f"tie_break must be eps_net or crowding, got {tie_break!r}")
     ranking: list[int] = []
     for front in nondominated_fronts(points):
         members = [points[i] for i in front]

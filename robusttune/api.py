@@ -1,0 +1,302 @@
+"""The Python API: what the ``robusttune`` command does, callable from a notebook or a script.
+
+    import robusttune as rt
+
+    result = rt.sweep("demo", storage="runs", name="my-demo", trials=4)   # a SweepResult
+    rt.status(result.experiment).counts                                     # {"complete": 3, ...}
+    rt.report(result.experiment, gallery=False).files["index.html"]
+    rt.resume(result.experiment)                                            # after an interruption
+
+Every function validates its input first and raises one of ``robusttune.errors`` (one-line messages); the CLI is
+a thin layer that parses flags, calls these and prints. Heavy libraries (torch, ray, optuna) are imported inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robusttune.cache import resolve_cache_dir
+from robusttune.config import TaskSpec, TrainConfig, parse
+from robusttune.errors import ConfigError, DataError
+from robusttune.experiment import (STATUSES, check_experiment, latest_by_trial, load_frozen_space, new_experiment_dir,
+                                   pareto_trials, read_manifest, report_dir)
+from robusttune.space import SearchSpace, load_space
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """One ``train`` run: its status, last evaluation and where its files are."""
+
+    status: str  # complete | failed
+    metrics: dict[str, float]
+    steps: int
+    seconds: float
+    out: Path
+    failure: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "failure": self.failure, "steps": self.steps, **self.metrics,
+                "seconds": self.seconds, "out": str(self.out)}
+
+
+@dataclass(frozen=True)
+class Status:
+    """An experiment's trials as its records say (one row per trial), without starting Ray."""
+
+    experiment: Path
+    space: str | None
+    planned: int | None
+    parameters: list[str]
+    trials: list[dict[str, Any]]
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A finished (or interrupted-and-resumed) sweep: its directory, trial counts and Pareto-optimal trials."""
+
+    experiment: Path
+    space: SearchSpace
+    counts: dict[str, int]
+    pareto: list[dict[str, Any]]
+    seconds: float
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    files: dict[str, str]
+    seconds: float
+    summary: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def cache_directory(value: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory (``value``, else ``$ROBUSTTUNE_CACHE_DIR``, else ``~/.cache/robusttune``)."""
+    path = resolve_cache_dir(value)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: cache directory is a file")
+    return path
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
+
+
+def trial_table(experiment: Path) -> list[dict[str, Any]]:
+    """One row per trial: status, step, metrics, failure and the searched values."""
+    rows = []
+    for trial_id, row in sorted(latest_by_trial(experiment).items()):
+        sampled = row.get("sampled") if isinstance(row.get("sampled"), dict) else {}
+        rows.append({"trial_id": trial_id, "status": row.get("status"), "step": row.get("step"),
+                     **{k: v for k, v in row.items() if k.startswith(("id_", "ood_")) or k in ("objective", "failure")},
+                     **{k: v for k, v in sampled.items() if k != "seed"}})
+    return rows
+
+
+def _counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    return {status: sum(1 for r in rows if r["status"] == status) for status in STATUSES}
+
+
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: output path exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise ConfigError(f"{out}: output directory is not empty (pass --resume to continue it or --overwrite to replace it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{out}: output directory is not writable ({error.strerror})") from None
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | os.PathLike[str],
+          task: TaskSpec | Mapping[str, Any] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+          resume: bool = False, overwrite: bool = False, threads: int | None = None,
+          on_evaluation: Callable[[dict[str, Any]], None] | None = None) -> TrainSummary:
+    """Fine-tune once (the mini world unless ``task`` names ImageNet folders), writing into ``out``:
+    ``config.json``, ``metrics.jsonl`` (one row per evaluation), ``checkpoint.pt`` (latest, resumable),
+    ``final.pt`` (weights, config and task) and ``summary.json``. ``resume`` continues from ``checkpoint.pt``."""
+    from robusttune.training.checkpoint import save_checkpoint
+    from robusttune.training.run import prepare_run
+
+    config = config if isinstance(config, TrainConfig) else parse(TrainConfig, dict(config or {}), "train config")
+    spec = task if isinstance(task, TaskSpec) else parse(TaskSpec, dict(task or {}), "task")
+    out = Path(out)
+    cache = cache_directory(cache_dir)
+    check_out_dir(out, resume=resume, overwrite=overwrite)
+    set_threads(threads)
+    checkpoint, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
+    run = prepare_run(config, spec, cache, checkpoint=checkpoint if resume else None)
+    if run.resume is None and checkpoint.exists():
+        checkpoint.unlink()  # a fresh run (--overwrite): never resume from another run's checkpoint
+    metrics_path.write_text("".join(json.dumps({**r, **r["metrics"]}) + "\n" for r in run.history))
+    run.checkpoint = checkpoint
+    (out / "config.json").write_text(json.dumps({**config.to_dict(), **spec.to_dict()}, indent=2) + "\n")
+
+    def report(row: dict[str, Any]) -> None:
+        with metrics_path.open("a") as stream:
+            stream.write(json.dumps(row, default=float) + "\n")
+        if on_evaluation is not None and "metrics" in row:
+            on_evaluation(row)
+
+    started = time.perf_counter()
+    result = run.train(report=report)
+    if result.status == "complete":
+        save_checkpoint(out / "final.pt", {"model": run.student.state_dict(), "config": json.dumps(config.to_dict()),
+                                           "task": json.dumps(spec.to_dict()), "metrics": json.dumps(result.metrics)})
+    summary = TrainSummary(result.status, dict(result.metrics), result.steps, round(time.perf_counter() - started, 2),
+                           out, result.failure)
+    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=float) + "\n")
+    return summary
+
+
+def wise(finetuned: str | os.PathLike[str], *, zero_shot: str | os.PathLike[str] | None = None,
+         alphas: Sequence[float] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+         threads: int | None = None) -> list[dict[str, Any]]:
+    """The WiSE-FT curve of a ``train`` run's ``final.pt``: one row ``{alpha, metric: accuracy, ...}`` per alpha."""
+    from robusttune.method.wise import DEFAULT_ALPHAS
+    from robusttune.training.checkpoint import load_checkpoint
+    from robusttune.training.tasks import build_task
+    from robusttune.training.wise import wise_curve
+
+    alphas = tuple(DEFAULT_ALPHAS if alphas is None else alphas)
+    if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
+        raise ConfigError(f"alphas must lie in [0, 1], got {list(alphas)}")
+    payload = load_checkpoint(finetuned)
+    if "task" not in payload:
+        raise ConfigError(f"{finetuned}: not a final checkpoint of 'robusttune train' (no task); use its final.pt")
+    spec = parse(TaskSpec, json.loads(payload["task"]), str(finetuned))
+    set_threads(threads)
+    model, task = build_task(spec, cache_directory(cache_dir))
+    base = load_checkpoint(zero_shot)["model"] if zero_shot else {k: v.clone() for k, v in model.state_dict().items()}
+    return wise_curve(model, base, payload["model"], task.eval_sets, alphas=alphas)
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+
+
+def _runner_for(manifest: Mapping[str, Any], cache: Path):
+    """The trial runner an experiment was started with (its manifest says which)."""
+    runner = manifest.get("runner")
+    if runner is None:  # experiments written before runners were recorded
+        runner = ({"kind": "replay", "table": manifest["replay_table"], "max_evaluations": manifest.get("max_evaluations")}
+                  if manifest.get("replay_table") else {"kind": "train"})
+    if runner.get("kind") == "replay":
+        from robusttune.bench.replay import ReplayRunner
+
+        return ReplayRunner.from_manifest(runner)
+    if runner.get("kind") == "train":
+        from robusttune.search.trainable import TrainingRunner
+
+        return TrainingRunner(cache, baselines=bool(runner.get("baselines", True)))
+    raise DataError(f"manifest names an unknown trial runner {runner.get('kind')!r}")
+
+
+def _finished(experiment: Path, space: SearchSpace, seconds: float) -> SweepResult:
+    rows = trial_table(experiment)
+    front = pareto_trials(latest_by_trial(experiment), list(space.objective.metrics),
+                          [d.value for d in space.objective.directions])
+    shown = {r["trial_id"]: r for r in rows}
+    return SweepResult(experiment, space, _counts(rows), [shown[r["trial_id"]] for r in front], round(seconds, 1), rows)
+
+
+def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "runs", name: str | None = None,
+          trials: int | None = None, concurrency: int | None = None, seed: int | None = None, address: str | None = None,
+          max_failures: int = 0, overwrite: bool = False, cache_dir: str | os.PathLike[str] | None = None,
+          verbose: int = 1, runner: Any = None) -> SweepResult:
+    """Run a multi-objective search over ``space`` (a built-in name or a YAML file) into ``storage/name``, then
+    the baselines. ``runner`` replaces the fine-tuning trials (e.g. ``robusttune.bench.replay.ReplayRunner``)."""
+    from robusttune.search.sweep import SweepOptions, check_runnable, run_sweep
+    from robusttune.search.trainable import TrainingRunner
+
+    loaded, text = load_space(str(space))
+    check_runnable(loaded)
+    for flag, value in (("trials", trials), ("concurrency", concurrency)):
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {value}")
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
+    cache = cache_directory(cache_dir)
+    options = SweepOptions(trials=trials or loaded.budget.trials, concurrency=concurrency or loaded.budget.concurrency,
+                           seed=loaded.sampler.seed if seed is None else seed, address=address,
+                           max_failures=max_failures, verbose=verbose)
+    experiment = new_experiment_dir(Path(storage), name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                    overwrite=overwrite)
+    started = time.perf_counter()
+    run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache))
+    return _finished(experiment, loaded, time.perf_counter() - started)
+
+
+def resume(experiment: str | os.PathLike[str], *, address: str | None = None, max_failures: int = 0,
+           cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1) -> SweepResult:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoints,
+    the rest of the budget runs, then the missing baselines. Refuses rather than starting afresh."""
+    from robusttune.search.sweep import SweepOptions, resume_sweep
+
+    path = check_experiment(Path(experiment))
+    manifest = read_manifest(path)
+    space, _ = load_frozen_space(path)
+    options = SweepOptions(trials=int(manifest.get("trials") or space.budget.trials),
+                           concurrency=int(manifest.get("concurrency") or space.budget.concurrency),
+                           seed=int(manifest.get("seed", space.sampler.seed)), address=address,
+                           max_failures=max_failures, verbose=verbose)
+    started = time.perf_counter()
+    resume_sweep(path, options, _runner_for(manifest, cache_directory(cache_dir)))
+    return _finished(path, space, time.perf_counter() - started)
+
+
+def status(experiment: str | os.PathLike[str]) -> Status:
+    """The experiment's trials from its records (works while the sweep runs; never starts Ray)."""
+    path = check_experiment(Path(experiment))
+    manifest = read_manifest(path)
+    rows = trial_table(path)
+    return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
+                  _counts(rows))
+
+
+REPORT_FORMATS = ("html", "png", "csv")
+
+
+def report(experiment: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,
+           formats: Sequence[str] = REPORT_FORMATS, logit_axes: bool = False, gallery: bool = True,
+           cache_dir: str | os.PathLike[str] | None = None) -> ReportResult:
+    """Write the Pareto-front report (``index.html``, PNGs, CSVs) into ``out`` (default ``EXPERIMENT/report``).
+    ``gallery`` re-computes the counterfactual gallery from the trials' checkpoints (needs torch)."""
+    from robusttune.analysis.report import write_report
+
+    path = check_experiment(Path(experiment))
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in REPORT_FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"--format must be a comma-separated subset of {','.join(REPORT_FORMATS)}, got {','.join(formats)!r}")
+    target = Path(out) if out else report_dir(path)
+    galleries: dict[str, str] = {}
+    if gallery and ("png" in formats or "html" in formats):
+        from robusttune.gallery import write_galleries
+
+        target.mkdir(parents=True, exist_ok=True)
+        galleries = write_galleries(path, target, cache_dir=cache_directory(cache_dir))
+    summary = write_report(path, target, formats, logit_axes=logit_axes)
+    files = {**summary["files"], **(galleries if "png" in formats else {})}
+    return ReportResult(files, float(summary["seconds"]), {**summary, "files": files})

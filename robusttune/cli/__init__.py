@@ -1,0 +1,54 @@
+"""The ``robusttune`` command: the composition root. Each command module parses its flags, calls
+``robusttune.api`` (or the library) and prints; heavy imports happen inside the commands.
+
+Conventions: ``--json`` prints one JSON object as the last line of stdout; exit code 0 on success, 1 when the
+job itself failed, 2 for bad input with one line on stderr (no traceback unless ``--debug``), 130 when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from robusttune.cli import bench, launch, report, sweep, train, world
+from robusttune.cli.output import Parser
+from robusttune.errors import RobustTuneError
+
+PROG = "robusttune"
+COMMAND_GROUPS = (world, train, sweep, report, launch, bench)  # each registers its commands, in this order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from robusttune import __version__
+
+    parser = Parser(prog=PROG, description="Hyperparameter search for robust fine-tuning of CLIP "
+                    "(counterfactual masked images + feature distillation).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+    for group in COMMAND_GROUPS:
+        group.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except RobustTuneError as error:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["PROG", "build_parser", "main"]

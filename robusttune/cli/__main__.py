@@ -1,0 +1,7 @@
+"""``python -m robusttune.cli``: the same as the ``robusttune`` command."""
+
+import sys
+
+from robusttune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""``robusttune launch``: bring up a Ray cluster (cluster.yaml) and submit a sweep to it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from robusttune.errors import ConfigError
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from robusttune.search.launch import check_cluster_file, execute, plan, render
+    from robusttune.search.sweep import check_runnable
+    from robusttune.space import load_space
+
+    space, _ = load_space(args.space)  # fail here, not on the cluster, on a bad space
+    check_runnable(space)
+    cluster = Path(args.cluster)
+    check_cluster_file(cluster)
+    if not args.storage.startswith("/"):
+        raise ConfigError(f"--storage must be an absolute path mounted on every node (shared storage), got {args.storage!r}")
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    steps = plan(args.space, cluster, name=name, storage=args.storage, token_auth=args.token_auth)
+    lines = render(steps, token_auth=args.token_auth)
+    if args.dry_run:
+        print("\n".join(lines))
+        return 0
+    execute(steps, token_auth=args.token_auth)
+    print("\n".join(line for line in lines[lines.index("# follow it"):]))
+    return 0
+
+
+def register(commands) -> None:
+    launch = commands.add_parser("launch", help="bring up a Ray cluster (cluster.yaml) and submit a sweep to it")
+    launch.add_argument("space", metavar="SPACE", help="built-in space name or a YAML file (in the working directory)")
+    launch.add_argument("--cluster", required=True, metavar="FILE", help="Ray cluster-launcher config (see cluster.yaml)")
+    launch.add_argument("--storage", required=True, metavar="DIR", help="shared folder mounted on every node, e.g. /mnt/efs/runs")
+    launch.add_argument("--name", help="experiment and job name (default: <space>-<time>)")
+    launch.add_argument("--token-auth", action="store_true", help="the cluster uses Ray token authentication (RAY_AUTH_MODE=token)")
+    launch.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    launch.set_defaults(handler=cmd_launch)

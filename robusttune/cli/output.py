@@ -1,0 +1,82 @@
+"""What every command shares: one-line argument errors, common flags, JSON or human output, tables, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+METRIC_ORDER = ("id_acc", "id_val_acc")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_common(parser: argparse.ArgumentParser, *, config_help: str | None = None, cache: bool = True) -> None:
+    """``--cache-dir``, ``--json`` and (when ``config_help`` is given) ``--config``."""
+    if cache:
+        parser.add_argument("--cache-dir", metavar="DIR",
+                            help="cache directory (default: $ROBUSTTUNE_CACHE_DIR or ~/.cache/robusttune)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    if config_help:
+        parser.add_argument("--config", metavar="FILE", help=config_help)
+
+
+def emit(payload: dict[str, Any], as_json: bool, human: Callable[[], None]) -> None:
+    """The JSON object (one line, last on stdout) under ``--json``, else the human-readable output."""
+    if as_json:
+        print(json.dumps(payload, sort_keys=True, default=float))
+    else:
+        human()
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain-text table; accuracies (``id_*``, ``ood_*``, ``objective``) in %."""
+    def cell(column: str, value: Any) -> str:
+        if isinstance(value, float):
+            percent = column.startswith(("id_", "ood_")) or column == "objective"
+            return f"{100 * value:.1f}" if percent else f"{value:.3g}"
+        return "" if value is None else str(value)
+
+    cells = [[cell(c, row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def metric_columns(metrics: dict[str, Any]) -> list[str]:
+    """ID metrics, then each OOD set, then the OOD mean."""
+    oods = sorted(k for k in metrics if k.startswith("ood_") and k != "ood_mean")
+    return [k for k in METRIC_ORDER if k in metrics] + oods + (["ood_mean"] if "ood_mean" in metrics else [])
+
+
+def trial_columns(rows: Sequence[dict[str, Any]], parameters: Sequence[str]) -> list[str]:
+    oods = sorted({k for r in rows for k in r if k.startswith("ood_") and k != "ood_mean"})
+    return ["trial_id", "status", "id_val_acc", "id_acc", *oods, "ood_mean", *parameters]
+
+
+def progress_bar(quiet: bool):
+    """A progress callback drawing one tqdm bar per phase (to stderr); None when ``quiet``."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(phase: str, step: int, total: int, loss: float) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            bar = bars[phase] = tqdm(total=total, desc=f"pre-train ({phase})", unit="step", file=sys.stderr)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if step == total:
+            bar.close()
+
+    return update

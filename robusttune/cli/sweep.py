@@ -1,0 +1,119 @@
+"""``robusttune sweep``, ``resume``, ``status`` and ``demo`` (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from robusttune.cli.output import add_common, emit, table, trial_columns
+
+
+def _print_result(result, args: argparse.Namespace) -> int:
+    payload = {"experiment": str(result.experiment), "counts": result.counts, "pareto": result.pareto,
+               "seconds": result.seconds}
+    metrics = list(result.space.objective.metrics)
+
+    def human() -> None:
+        print(f"\nPareto-optimal trials on ({', '.join(metrics)}), accuracies in %:")
+        print(table(result.pareto, trial_columns(result.pareto, list(result.space.parameters))) if result.pareto
+              else "(no complete trial yet)")
+        counts = result.counts
+        print(f"\n{sum(counts.values())} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) in {result.seconds:.0f} s")
+        print(f"experiment: {result.experiment}   (status: robusttune status {result.experiment})")
+
+    emit(payload, args.json, human)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from robusttune import api
+
+    result = api.sweep(args.space, storage=args.storage, name=args.name, trials=args.trials,
+                       concurrency=args.concurrency, seed=args.seed, address=args.address,
+                       max_failures=args.max_failures, overwrite=args.overwrite, cache_dir=args.cache_dir,
+                       verbose=0 if args.json else 1)
+    return _print_result(result, args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from robusttune import api
+
+    result = api.resume(args.experiment, address=args.address, max_failures=args.max_failures,
+                        cache_dir=args.cache_dir, verbose=0 if args.json else 1)
+    return _print_result(result, args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from robusttune import api
+
+    found = api.status(args.experiment)
+
+    def human() -> None:
+        print(f"experiment {found.experiment} (space '{found.space}', {found.planned} trials planned)")
+        print(table(found.trials, trial_columns(found.trials, found.parameters)) if found.trials else "(no trial has reported yet)")
+        print(", ".join(f"{v} {k}" for k, v in found.counts.items()))
+
+    emit({"trials": found.trials, "counts": found.counts, "planned": found.planned}, args.json, human)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from robusttune import api
+    from robusttune.config import default_world
+    from robusttune.training.world import prepare_world
+
+    started = time.perf_counter()
+    prepared = prepare_world(default_world(), api.cache_directory(args.cache_dir))
+    zs = prepared.zero_shot
+    print(f"mini world ready (tiny CLIP: {prepared.source}); zero-shot ID {100 * zs['id_acc']:.1f}, "
+          f"OOD mean {100 * zs['ood_mean']:.1f}", flush=True)
+    name = args.name or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"sweeping 'demo' -> {args.storage}/{name}", flush=True)
+    result = api.sweep("demo", storage=args.storage, name=name, trials=args.trials, seed=args.seed,
+                       cache_dir=args.cache_dir, verbose=0 if args.json else 1)
+    report = api.report(result.experiment, cache_dir=args.cache_dir)
+    code = _print_result(_with_seconds(result, time.perf_counter() - started), args)
+    if not args.json:
+        print(f"report: {report.files.get('index.html')} (pareto.png, trials.csv, front.csv beside it)")
+    return code
+
+
+def _with_seconds(result, seconds: float):
+    from dataclasses import replace
+
+    return replace(result, seconds=round(seconds, 1))
+
+
+def register(commands) -> None:
+    sweep = commands.add_parser("sweep", help="run a hyperparameter search over a YAML search space")
+    add_common(sweep)
+    sweep.add_argument("space", metavar="SPACE", help="built-in space name (demo, mini_full, paper) or a YAML file")
+    sweep.add_argument("--name", help="experiment name (default: <space>-<time>)")
+    sweep.add_argument("--storage", default="runs", metavar="DIR", help="where experiments go (default: ./runs)")
+    sweep.add_argument("--trials", type=int, metavar="N", help="number of trials (default: the space's budget)")
+    sweep.add_argument("--concurrency", type=int, metavar="K", help="trials at a time (default: the space's budget)")
+    sweep.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto, ray://host:10001); default: local")
+    sweep.add_argument("--seed", type=int, metavar="S", help="sampler and training seed (default: the space's)")
+    sweep.add_argument("--max-failures", type=int, default=0, metavar="N", help="retries of a crashed trial from its checkpoint")
+    sweep.add_argument("--overwrite", action="store_true", help="replace an existing experiment of the same name")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    resume = commands.add_parser("resume", help="continue an interrupted sweep")
+    add_common(resume)
+    resume.add_argument("experiment", metavar="EXPDIR")
+    resume.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: local")
+    resume.add_argument("--max-failures", type=int, default=0, metavar="N")
+    resume.set_defaults(handler=cmd_resume)
+
+    status = commands.add_parser("status", help="show an experiment's trials (does not start Ray)")
+    status.add_argument("experiment", metavar="EXPDIR")
+    add_common(status, cache=False)
+    status.set_defaults(handler=cmd_status)
+
+    demo = commands.add_parser("demo", help="the main job: sweep the built-in 'demo' space on the mini world")
+    add_common(demo)
+    demo.add_argument("--trials", type=int, metavar="N", help="number of trials (default: the demo space's, 16)")
+    demo.add_argument("--name", help="experiment name (default: demo-<time>)")
+    demo.add_argument("--storage", default="runs", metavar="DIR", help="where experiments go (default: ./runs)")
+    demo.add_argument("--seed", type=int, metavar="S")
+    demo.set_defaults(handler=cmd_demo)

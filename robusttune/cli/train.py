@@ -1,0 +1,180 @@
+"""``robusttune train``, ``robusttune wise`` and ``robusttune baselines`` (single runs, no search)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from robusttune.cli.output import add_common, emit, metric_columns, table
+from robusttune.errors import ConfigError, TrainingError
+
+TASK_KEYS = ("world", "imagenet")
+
+# The fixed reference runs of ``robusttune baselines`` on the mini world, side by side.
+BASELINE_RUNS: tuple[tuple[str, dict], ...] = (
+    ("zero-shot", {"steps": 0, "region": "none", "w_distill": 0.0}),
+    ("vanilla FT", {"region": "none", "w_distill": 0.0}),
+    ("FT + FD (clean)", {"region": "none", "w_distill": 1.0}),
+    ("FT + FD (object mask, single fill)", {"region": "object", "refill": "single", "mask_threshold": 0.3, "w_distill": 1.0}),
+)
+
+
+def _train_and_task_config(args: argparse.Namespace):
+    from robusttune.config import TaskSpec, TrainConfig, load_mapping, parse
+
+    raw = load_mapping(args.config) if args.config else {}
+    source = args.config or "command line"
+    task_part = {k: raw.pop(k) for k in TASK_KEYS if k in raw}
+    flags = {"region": args.region, "refill": args.refill, "mask_threshold": args.threshold, "mask_ratio": args.ratio,
+             "w_distill": args.w_distill, "distill": args.distill, "lr": args.lr, "steps": args.steps,
+             "batch_size": args.batch_size, "seed": args.seed, "cam": args.cam, "trainable": args.trainable,
+             "eval_every": args.eval_every}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "mask_ratio" in given:
+        raw.pop("mask_threshold", None)
+    if "mask_threshold" in given:
+        raw.pop("mask_ratio", None)
+    if "steps" in given:
+        raw.pop("epochs", None)
+    if given.get("region") == "none" and "refill" not in given:
+        raw.pop("refill", None)
+    return parse(TrainConfig, {**raw, **given}, source), parse(TaskSpec, task_part, source)
+
+
+def _print_evaluation(row: dict[str, Any]) -> None:
+    shown = " ".join(f"{k}={100 * v:.1f}" for k, v in row["metrics"].items())
+    print(f"step {row['step']:>5}  {shown}", flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from robusttune import api
+
+    config, spec = _train_and_task_config(args)
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    summary = api.train(config, task=spec, out=out, cache_dir=args.cache_dir, resume=args.resume,
+                        overwrite=args.overwrite, threads=args.threads,
+                        on_evaluation=None if args.json else _print_evaluation)
+
+    def human() -> None:
+        print(table([summary.metrics], metric_columns(summary.metrics)))
+        print(f"{summary.status} in {summary.seconds:.1f} s; metrics, checkpoints and config in {out}")
+        if summary.failure:
+            print(f"failure: {summary.failure}")
+
+    emit(summary.to_dict(), args.json, human)
+    if summary.status != "complete":
+        raise TrainingError(f"training failed: {summary.failure}")
+    return 0
+
+
+def cmd_wise(args: argparse.Namespace) -> int:
+    from robusttune import api
+
+    alphas = None
+    if args.alphas:
+        try:
+            alphas = tuple(float(a) for a in args.alphas.split(","))
+        except ValueError:
+            raise ConfigError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
+        if any(not 0.0 <= a <= 1.0 for a in alphas):
+            raise ConfigError(f"--alphas must lie in [0, 1], got {args.alphas!r}")
+    rows = api.wise(args.finetuned, zero_shot=args.zero_shot, alphas=alphas, cache_dir=args.cache_dir,
+                    threads=args.threads)
+    if args.out:
+        import json
+
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def human() -> None:
+        print(table(rows, ["alpha", *metric_columns(rows[0])]))
+
+    emit({"rows": rows}, args.json, human)
+    return 0
+
+
+def _run_name(method: str) -> str:
+    return method.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("+", "plus")
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    import torch
+
+    from robusttune import api
+    from robusttune.config import TaskSpec, TrainConfig, default_world, parse
+    from robusttune.training.checkpoint import load_checkpoint
+    from robusttune.training.wise import wise_curve
+    from robusttune.training.world import prepare_world
+
+    started = time.perf_counter()
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("baselines-%Y%m%d-%H%M%S")
+    api.check_out_dir(out, resume=False, overwrite=False)
+    cache = api.cache_directory(args.cache_dir)
+    prepared = prepare_world(default_world(), cache)
+    print(f"mini world ready (tiny CLIP: {prepared.source}); fine-tuning {len(BASELINE_RUNS) - 1} variants, "
+          f"seed {args.seed}, {args.steps} steps each", flush=True)
+    rows = []
+    for name, overrides in BASELINE_RUNS:
+        steps = overrides.get("steps", args.steps)
+        config = parse(TrainConfig, {**overrides, "steps": steps, "seed": args.seed}, f"baseline run '{name}'")
+        run_dir = out / _run_name(name)
+        summary = api.train(config, task=TaskSpec(), out=run_dir, cache_dir=cache, threads=args.threads)
+        rows.append({"method": name, **summary.metrics})
+        print(f"  {name}: ID {100 * summary.metrics['id_acc']:.1f}  OOD mean {100 * summary.metrics['ood_mean']:.1f}", flush=True)
+        if name == "vanilla FT":
+            model, task = prepared.classifier(), prepared.task()
+            zero_shot = {k: v.clone() for k, v in model.state_dict().items()}
+            finetuned = load_checkpoint(run_dir / "final.pt")["model"]
+            (wise_row,) = wise_curve(model, zero_shot, finetuned, task.eval_sets, alphas=(0.5,))
+            rows.append({"method": "WiSE-FT of vanilla FT (alpha 0.5)", **{k: v for k, v in wise_row.items() if k != "alpha"}})
+    seconds = round(time.perf_counter() - started, 1)
+
+    def human() -> None:
+        print()
+        print(table(rows, ["method", *metric_columns(rows[0])]))
+        print(f"\naccuracies in %; {seconds:.0f} s on {torch.get_num_threads()} threads; runs in {out}")
+
+    emit({"rows": rows, "out": str(out), "seconds": seconds}, args.json, human)
+    return 0
+
+
+def register(commands) -> None:
+    train = commands.add_parser("train", help="fine-tune once (mini world by default, or CLIP on ImageNet folders)")
+    add_common(train, config_help="YAML/JSON with TrainConfig keys and optionally a 'world' or 'imagenet' section")
+    train.add_argument("--region", choices=["object", "context", "random", "none"], help="patches to mask (none: clean images)")
+    train.add_argument("--refill", choices=["none", "single", "multi"], help="how masked patches are refilled")
+    form = train.add_mutually_exclusive_group()
+    form.add_argument("--threshold", type=float, metavar="T", help="mask by normalised CAM threshold (probability for random)")
+    form.add_argument("--ratio", type=float, metavar="R", help="mask exactly round(R * patches) patches")
+    train.add_argument("--w-distill", type=float, metavar="W", help="distillation weight (0 = vanilla fine-tuning)")
+    train.add_argument("--distill", choices=["feature", "logit"], help="distil image features (MSE) or logits (KD)")
+    train.add_argument("--cam", choices=["relevance", "gradcam"], help="class activation map method")
+    train.add_argument("--trainable", choices=["all", "head"], help="'head' is a linear probe")
+    train.add_argument("--lr", type=float, metavar="LR")
+    train.add_argument("--steps", type=int, metavar="N", help="optimizer steps (0 = evaluate the zero-shot model)")
+    train.add_argument("--batch-size", type=int, metavar="B")
+    train.add_argument("--eval-every", type=int, metavar="N", help="also evaluate every N steps")
+    train.add_argument("--seed", type=int, metavar="S")
+    train.add_argument("--threads", type=int, metavar="K", help="torch threads (default: all cores)")
+    train.add_argument("--out", metavar="DIR", help="run directory (default: runs/train-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    train.set_defaults(handler=cmd_train)
+
+    wise = commands.add_parser("wise", help="evaluate the WiSE-FT interpolation grid for a fine-tuned checkpoint")
+    add_common(wise)
+    wise.add_argument("finetuned", metavar="FINETUNED", help="final.pt written by 'robusttune train'")
+    wise.add_argument("--zero-shot", metavar="FILE", help="zero-shot checkpoint (default: rebuilt from the run's task)")
+    wise.add_argument("--alphas", metavar="A,B,...", help="mixing coefficients (default 0,0.1,...,1)")
+    wise.add_argument("--threads", type=int, metavar="K")
+    wise.add_argument("--out", metavar="FILE", help="also write the rows as JSON lines")
+    wise.set_defaults(handler=cmd_wise)
+
+    baselines = commands.add_parser("baselines", help="zero-shot, vanilla FT, WiSE-FT and FD reference runs on the mini world")
+    add_common(baselines)
+    baselines.add_argument("--steps", type=int, default=150, metavar="N", help="fine-tuning steps per run (default 150)")
+    baselines.add_argument("--seed", type=int, default=0, metavar="S")
+    baselines.add_argument("--threads", type=int, metavar="K")
+    baselines.add_argument("--out", metavar="DIR", help="where runs go (default: runs/baselines-<time>)")
+    baselines.set_defaults(handler=cmd_baselines)

@@ -1,0 +1,26 @@
+"""The Optuna sampler a search space asks for."""
+
+from __future__ import annotations
+
+from robusttune.errors import ConfigError
+from robusttune.space import SamplerName, SearchSpace
+
+
+def make_sampler(space: SearchSpace, seed: int):
+    """The Optuna sampler the space asks for (multi-objective capable except grid/random, which need none)."""
+    import optuna
+
+    options = dict(space.sampler.options)
+    name = space.sampler.name
+    try:
+        if name is SamplerName.TPE:
+            return optuna.samplers.TPESampler(seed=seed, **options)
+        if name is SamplerName.NSGA2:
+            return optuna.samplers.NSGAIISampler(seed=seed, **options)
+        if name is SamplerName.GP:
+            return optuna.samplers.GPSampler(seed=seed, **options)
+        if name is SamplerName.RANDOM:
+            return optuna.samplers.RandomSampler(seed=seed, **options)
+        return optuna.samplers.GridSampler(space.grid(), seed=seed, **options)
+    except TypeError as error:
+        raise ConfigError(f"space '{space.name}': sampler.options not accepted by the {name.value} sampler: {error}") from None

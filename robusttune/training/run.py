@@ -1,0 +1,70 @@
+"""One fine-tuning run with its checkpoint: load the task, fine-tune from the zero-shot model, checkpoint.
+
+The one place that does this, for ``robusttune train``, every sweep trial and the vanilla fine-tuning
+baseline alike. Callers choose where the checkpoint lives and what happens to each evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robusttune.config import TaskSpec, TrainConfig
+from robusttune.data.sets import TaskData
+from robusttune.errors import CheckpointError
+from robusttune.models.classifier import ImageClassifier, frozen_copy
+from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
+from robusttune.training.loop import Report, TrainResult, total_steps, train
+from robusttune.training.tasks import build_task
+
+
+@dataclass
+class Run:
+    """A run ready to go: the zero-shot student, the task's data, and the checkpoint it resumes from (if any)."""
+
+    config: TrainConfig
+    student: ImageClassifier
+    task: TaskData
+    checkpoint: Path | None
+    resume: dict[str, Any] | None
+
+    @property
+    def total_steps(self) -> int:
+        return total_steps(self.config, len(self.task.train))
+
+    @property
+    def finished(self) -> bool:
+        """The checkpoint it resumes from is the run's last step."""
+        return self.resume is not None and int(self.resume["step"]) >= self.total_steps
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The evaluations the resumed checkpoint holds (empty for a fresh run)."""
+        return json.loads(self.resume["history"]) if self.resume is not None else []
+
+    def train(self, *, report: Report | None = None,
+              after_save: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        """Fine-tune (in place), writing the checkpoint at every evaluation; ``after_save`` sees each state saved."""
+        def save(state: dict[str, Any]) -> None:
+            save_checkpoint(self.checkpoint, state)  # type: ignore[arg-type]
+            if after_save is not None:
+                after_save(state)
+
+        return train(self.config, self.student, frozen_copy(self.student), self.task, report=report,
+                     save_checkpoint=save if self.checkpoint is not None else None, resume=self.resume)
+
+
+def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpoint: Path | None = None,
+                built: tuple[ImageClassifier, TaskData] | None = None) -> Run:
+    """Build the task (or take ``built``) and read ``checkpoint`` if it exists; a checkpoint written with another
+    config is refused."""
+    student, task = built if built is not None else build_task(spec, cache_dir)
+    resume = None
+    if checkpoint is not None and checkpoint.is_file():
+        resume = load_checkpoint(checkpoint)
+        if json.loads(resume["config"]) != config.to_dict():
+            raise CheckpointError(f"{checkpoint}: checkpoint was written with a different config; cannot resume")
+    return Run(config, student, task, checkpoint, resume)
