@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from robusttune.config import TrainConfig, default_world
+from robusttune.config import CamMethod, TrainConfig, default_world
 from robusttune.models.classifier import frozen_copy
 from robusttune.training.loop import StepComputer
 
@@ -39,7 +39,7 @@ class OfficialPasses(StepComputer):
         from robusttune.training.loop import step_generator
 
         g = step_generator(self.config, step)
-        cam_pass = self.student.run(images, capture_attention=True)
+        cam_pass = self.student.run(images, cam=CamMethod.RELEVANCE)
         relevance = self.cam(cam_pass, labels)
         mask = self.patch_mask(relevance, images.shape[0], self._patches(), g)
         task = torch.nn.functional.cross_entropy(self.student(images), labels)

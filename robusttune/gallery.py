@@ -50,7 +50,7 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
     picks = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(0))[:n_images]
     images, labels = task.train.batch(picks.sort().values)
     computer = StepComputer(config, student, frozen_copy(student))
-    clean = student.run(images, capture_attention=config.cam.value == "relevance", capture_last_ln1=config.cam.value == "gradcam")
+    clean = student.run(images, cam=config.cam)
     cam = computer.cam(clean, labels)  # drawn even when the trial's region does not use it
     grid_h, grid_w = student.grid_size
     patches = grid_h * grid_w

@@ -5,6 +5,7 @@ import open_clip
 import pytest
 import torch
 
+from robusttune.config import CamMethod
 from robusttune.errors import CheckpointError, ModelError
 from robusttune.models.classifier import ImageClassifier, frozen_copy
 from robusttune.models.clip import build_classifier, create_clip
@@ -23,7 +24,7 @@ def test_vit_b32_random_weights_forward_backward(vit_b32):
     model, tokenizer = vit_b32
     classifier = build_classifier(model, tokenizer, ["cat", "dog", "car"], ["a photo of a {}.", "a {}."])
     images = torch.randn(2, 3, 224, 224)
-    out = classifier.run(images, capture_attention=True)
+    out = classifier.run(images, cam=CamMethod.RELEVANCE)
     assert out.features.shape == (2, 512) and out.logits.shape == (2, 3)
     assert len(out.vit.attentions) == 12 and out.vit.attentions[0].shape == (2, 12, 50, 50)
     torch.testing.assert_close(out.vit.attentions[0].sum(-1), torch.ones(2, 12, 50))
@@ -87,12 +88,12 @@ def test_tiny_forward_matches_open_clip_and_drop_patches_changes_output(tiny_pre
     images = tiny_prepared.task().train.batch(torch.arange(4))[0]
     with torch.no_grad():
         torch.testing.assert_close(classifier.forward_features(images), classifier.visual(images), atol=1e-5, rtol=1e-5)
-        captured = classifier.run(images, capture_attention=True).features
+        captured = classifier.run(images, cam=CamMethod.RELEVANCE).features
         torch.testing.assert_close(captured, classifier.forward_features(images), atol=1e-5, rtol=1e-5)
         patches = classifier.grid_size[0] * classifier.grid_size[1]
         drop = torch.zeros(4, patches, dtype=torch.bool)
         drop[:, :10] = True
-        dropped = classifier.run(images, drop_patches=drop, capture_attention=True)
+        dropped = classifier.run(images, drop_patches=drop, cam=CamMethod.RELEVANCE)
         assert not torch.allclose(dropped.features, captured)
         # dropped keys get exactly zero attention in every block
         assert float(dropped.vit.attentions[-1][..., 1:11].abs().max()) == 0.0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from robusttune.config import TrainConfig
+from robusttune.config import CamMethod, TrainConfig
 from robusttune.models.classifier import frozen_copy
 from robusttune.training.loop import StepComputer, batch_indices, lr_factor, train
 
@@ -108,7 +108,7 @@ def test_clean_distillation_uses_one_student_forward(tiny_prepared, monkeypatch)
     assert len(calls) == 1
     calls.clear()
     StepComputer(TrainConfig(region="object"), student, teacher).loss(images, labels, 0)
-    assert len(calls) == 2 and calls[0]["capture_attention"] is True  # clean (with CAM capture) + counterfactual
+    assert len(calls) == 2 and calls[0]["cam"] is CamMethod.RELEVANCE  # clean (with CAM capture) + counterfactual
 
 
 def test_schedule_and_data_order():
@@ -128,7 +128,7 @@ def test_cam_on_real_vit_b32_architecture():
     student = build_classifier(clip, tokenizer, ["cat", "dog"], ["a photo of a {}."])
     computer = StepComputer(TrainConfig(region="object", mask_ratio=0.25), student, frozen_copy(student))
     images, labels = torch.randn(2, 3, 224, 224), torch.tensor([0, 1])
-    clean = student.run(images, capture_attention=True)
+    clean = student.run(images, cam=CamMethod.RELEVANCE)
     relevance = computer.cam(clean, labels)
     assert relevance.shape == (2, 49) and bool(torch.isfinite(relevance).all()) and float(relevance.min()) >= 0
     assert all(p.grad is None for p in student.parameters())  # the CAM takes no parameter gradients

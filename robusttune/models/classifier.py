@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robusttune.config import CamMethod
 from robusttune.models.vit import VitPass, check_supported, grid_size, patch_size, vit_forward
 
 
@@ -63,13 +64,13 @@ class ImageClassifier(nn.Module):
         images: Tensor,
         *,
         drop_patches: Tensor | None = None,
-        capture_attention: bool = False,
-        capture_last_ln1: bool = False,
+        cam: CamMethod | None = None,
     ) -> ClassifierPass:
-        """One forward that returns features, logits and the activations a CAM needs."""
+        """One forward that returns features, logits and the activations ``cam`` needs (attention probabilities
+        for ``relevance``, the last block's ``ln_1`` tokens for ``gradcam``; nothing when None)."""
         vit = vit_forward(
             self.visual, images, drop_patches=drop_patches,
-            capture_attention=capture_attention, capture_last_ln1=capture_last_ln1,
+            capture_attention=cam is CamMethod.RELEVANCE, capture_last_ln1=cam is CamMethod.GRADCAM,
         )
         return ClassifierPass(features=vit.features, logits=self.forward_head(vit.features), vit=vit)
 

@@ -120,8 +120,7 @@ class StepComputer:
     def loss(self, images: Tensor, labels: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         g = step_generator(c, step)
-        clean = self.student.run(images, capture_attention=c.uses_cam and c.cam is CamMethod.RELEVANCE,
-                                 capture_last_ln1=c.uses_cam and c.cam is CamMethod.GRADCAM)
+        clean = self.student.run(images, cam=c.cam if c.uses_cam else None)
         task = F.cross_entropy(clean.logits, labels)
         parts = {"loss_task": float(task.detach())}
         loss = c.w_task * task
