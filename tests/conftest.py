@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,62 @@ def default_world_data(cache_dir):
 
 
 FAULTS = Path(__file__).resolve().parent / "faults"
+# The sweeps that run in the test process share one local Ray (``ray_local``), started with this fault armed: a
+# trial whose learning rate is exactly NAN_LR gets a NaN loss at step NAN_STEP (no other test uses that rate).
+NAN_LR, NAN_STEP = 0.00234, 3
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke(*args, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """``robusttune ARGS`` run in this process (``main([...])``): the exit code and what it printed. For commands
+    where a subprocess adds nothing; the drills that kill the driver keep real subprocesses."""
+    import contextlib
+    import io
+    import os
+
+    from robusttune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.update(env or {})
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's usage errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for every in-process sweep of the session (loopback only), with the NaN fault armed."""
+    import os
+
+    import ray
+
+    saved = dict(os.environ)
+    os.environ.update(nan_fault_env(NAN_STEP, lr=NAN_LR))  # inherited by the raylet, hence by every worker
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _node_ip_address="127.0.0.1")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    yield
+    ray.shutdown()
 
 
 def nan_fault_env(step: int, *, lr: float | None = None) -> dict[str, str]:

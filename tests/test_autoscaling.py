@@ -73,11 +73,13 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.fixture()
-def fake_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def fake_cluster(tmp_path_factory):
+    """One fake cluster for this module's tests (the first ends with its workers released, as the second starts)."""
     import signal
     import tempfile
 
+    tmp_path = tmp_path_factory.mktemp("fake-cluster")
     temp_dir = tempfile.mkdtemp(prefix="rtfake", dir="/tmp")  # short: Ray puts sockets in it
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "disabled",
            "RAY_ADDRESS": "127.0.0.1:6379"}  # 'auto' would look in the default temp dir

@@ -5,12 +5,11 @@ Cases span the CLI, YAML search spaces and world configs; none of them needs Ray
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import invoke
 
 GOOD_SPACE = {
     "name": "ok",
@@ -84,9 +83,8 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def run(args, cwd, cache_dir):
-    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
-    return subprocess.run([sys.executable, "-m", "robusttune.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    """``robusttune ARGS`` in this process (nothing here needs Ray to start)."""
+    return invoke(*args, cwd=cwd, env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
 
 
 def assert_one_line_exit_2(result, expected):

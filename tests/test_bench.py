@@ -4,22 +4,20 @@ searches on it, and resume an interrupted MO-ASHA replay with its rungs intact."
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import invoke
 
 pytestmark = pytest.mark.slow
 
 EVALUATIONS = 3
 
 
-def cli(*args, cache_dir, timeout=600):
-    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
-    return subprocess.run([sys.executable, "-m", "robusttune.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+def cli(*args, cache_dir):
+    """``robusttune ARGS`` in this process; searches use the session's local Ray (``ray_local``)."""
+    return invoke(*args, env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
 
 
 def rows(experiment: Path):
@@ -27,7 +25,7 @@ def rows(experiment: Path):
 
 
 @pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir):
+def tiny_table(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir, ray_local):
     root = tmp_path_factory.mktemp("bench")
     space = {"name": "tinygrid", "task": {"world": tiny_world_config.to_dict()},
              "parameters": {"region": {"type": "categorical", "choices": ["object", "random"]},

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import nan_fault_env
+from conftest import invoke, nan_fault_env
 
 SUBCOMMANDS = [["world"], ["world", "prepare"], ["world", "pretrain"], ["train"], ["wise"], ["demo"]]
 
@@ -63,7 +63,7 @@ def bad_inputs(tmp_path, config):
 
 def test_bad_inputs_give_one_line_exit_2_and_touch_nothing(tmp_path, tiny_config_file, cache_dir):
     for args, expected in bad_inputs(tmp_path, tiny_config_file):
-        result = cli(*args, cache_dir=cache_dir, cwd=tmp_path)
+        result = invoke(*args, cwd=tmp_path, env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, result.stderr)

@@ -1,11 +1,9 @@
 """Cluster configs validated the way Ray and KubeRay read them, and ``robusttune launch --dry-run``."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from conftest import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,8 +34,8 @@ def test_kuberay_manifest_structure():
 
 
 def launch(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "robusttune.cli", "launch", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=120, env={**os.environ, "PATH": "/nonexistent"})
+    """``robusttune launch ARGS`` in this process, with a PATH where no ``ray`` can be found (nothing may run)."""
+    return invoke("launch", *args, cwd=cwd, env={"PATH": "/nonexistent"})
 
 
 def test_launch_dry_run_prints_the_plan_and_touches_nothing(tmp_path):

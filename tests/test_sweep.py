@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import nan_fault_env
+from conftest import NAN_LR, invoke
 
 pytestmark = pytest.mark.slow
 
 
-def cli(*args, cache_dir, cwd=None, timeout=600, env=None):
-    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir), "RAY_DEDUP_LOGS": "0", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "robusttune.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+def cli(*args, cache_dir, cwd=None):
+    """``robusttune ARGS`` in this process; sweeps use the session's local Ray (``ray_local``)."""
+    return invoke(*args, cwd=cwd, env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
 
 
 def tiny_space(tiny_world_config, **overrides):
@@ -47,15 +46,15 @@ def records(experiment: Path, *, trials_only: bool = True):
 
 
 @pytest.fixture(scope="module")
-def nan_grid_experiment(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir):
-    """Two trials from a grid: one whose loss turns NaN at step 3 (injected for lr 0.002), one healthy."""
+def nan_grid_experiment(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir, ray_local):
+    """Two trials from a grid: one whose loss turns NaN at step 3 (the fault armed for NAN_LR), one healthy."""
     root = tmp_path_factory.mktemp("sweeps")
     space = tiny_space(tiny_world_config, sampler={"name": "grid", "seed": 0},
-                       parameters={"lr": {"type": "categorical", "choices": [0.001, 0.002]}},
+                       parameters={"lr": {"type": "categorical", "choices": [0.001, NAN_LR]}},
                        budget={"trials": 2, "concurrency": 1})
     space["fixed"].pop("lr")
     result = cli("sweep", write_space(root / "nan.yaml", space), "--storage", root, "--name", "nan", "--json",
-                 cache_dir=cache_dir, env=nan_fault_env(3, lr=0.002))
+                 cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "nan", json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -65,7 +64,7 @@ def test_a_nan_trial_is_recorded_failed_and_the_sweep_finishes(nan_grid_experime
     assert summary["counts"]["complete"] == 1 and summary["counts"]["failed"] == 1
     rows = records(experiment)
     failed = [r for r in rows if r.get("status") == "failed" and r.get("final")]
-    assert len(failed) == 1 and "non-finite loss" in failed[0]["failure"] and failed[0]["sampled"]["lr"] == 0.002
+    assert len(failed) == 1 and "non-finite loss" in failed[0]["failure"] and failed[0]["sampled"]["lr"] == NAN_LR
     complete = [r for r in rows if r.get("status") == "complete" and r.get("final")]
     assert complete[0]["sampled"]["lr"] == 0.001 and complete[0]["step"] == 4
     # every reported evaluation is a row, with the full validated config and every metric
@@ -115,7 +114,8 @@ def test_existing_experiment_is_never_overwritten(nan_grid_experiment, cache_dir
     assert (experiment / "records.jsonl").read_text() == before
 
 
-def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, tiny_prepared, cache_dir, kill_9_when):
+def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, tiny_prepared, cache_dir, kill_9_when,
+                                                  ray_local):
     space = tiny_space(tiny_world_config, fixed={"steps": 40, "batch_size": 16, "eval_every": 10, "eval_batch_size": 128,
                                                   "lr": 1e-3}, budget={"trials": 4, "concurrency": 1})
     space_file = write_space(tmp_path / "kill.yaml", space)
@@ -171,24 +171,27 @@ def test_resume_refuses_what_it_cannot_restore(tmp_path, cache_dir):
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["manifest.json", "space.yaml"]
 
 
-def test_asha_stops_trials_early_and_records_say_so(tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+def test_asha_stops_trials_early_and_records_say_so(tmp_path, tiny_world_config, tiny_prepared, cache_dir, ray_local):
     # the default world (shipped weights): learning rates from harmless to destructive give trials that differ
     space = tiny_space(tiny_world_config, task={}, fixed={"steps": 8, "batch_size": 16, "eval_every": 2,
                                                           "eval_batch_size": 512, "region": "none", "w_distill": 0.0},
                        parameters={"lr": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}},
                        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
                        budget={"trials": 5, "concurrency": 1})
-    result = cli("sweep", write_space(tmp_path / "asha.yaml", space), "--storage", tmp_path, "--name", "asha", "--json",
-                 cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # through the API, without the baselines (this test is about the scheduler; the NaN sweep covers baselines)
+    import robusttune as rt
+    from robusttune.search.trainable import TrainingRunner
+
+    result = rt.sweep(write_space(tmp_path / "asha.yaml", space), storage=tmp_path, name="asha", verbose=0,
+                      cache_dir=cache_dir, runner=TrainingRunner(cache_dir, baselines=False))
     finals = [r for r in records(tmp_path / "asha") if r.get("final")]
     assert len(finals) == 5
     for row in finals:
         assert (row["status"] == "stopped-early") == (row["step"] < row["total_steps"]), row
     stopped = [r for r in finals if r.get("status") == "stopped-early"]
     assert stopped, "ASHA stopped no trial in this seeded sweep"
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert all(row["status"] == "complete" for row in summary["pareto"])  # stopped trials stay off the front
+    assert result.counts["stopped-early"] == len(stopped)
+    assert all(row["status"] == "complete" for row in result.pareto)  # stopped trials stay off the front
 
 
 def test_report_on_a_real_sweep_has_baselines_and_gallery(nan_grid_experiment, cache_dir):

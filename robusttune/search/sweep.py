@@ -58,12 +58,12 @@ def check_runnable(space: SearchSpace) -> None:
 def _init_ray(address: str | None) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     # Save Tune's experiment state at most every 2 s (default: 10 s or more), so that an interrupted sweep
     # loses little: a trial started after the last save is re-run from scratch on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if ray.is_initialized():  # a caller (a notebook, a test session) started Ray already: use it
+        return
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
