@@ -85,6 +85,8 @@ def ray_local():
 
     import ray
 
+    if ray.is_initialized():  # a test that should have asked for this fixture started its own
+        ray.shutdown()
     saved = dict(os.environ)
     os.environ.update(nan_fault_env(NAN_STEP, lr=NAN_LR))  # inherited by the raylet, hence by every worker
     try:

@@ -15,7 +15,8 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
-def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, cache_dir, default_world_data, capsys):
+def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, cache_dir, default_world_data, capsys,
+                                               ray_local):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ROBUSTTUNE_CACHE_DIR", str(cache_dir))
     namespace: dict = {}
