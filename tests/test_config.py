@@ -46,8 +46,41 @@ def test_train_config_rules(data, expected):
     assert expected in str(caught.value)
 
 
+OFFICIAL_THRESHOLDS = {  # example.sh of the paper's code (ViT-B/32): probability for random, CAM threshold otherwise
+    ("random", "none"): 0.75, ("random", "single"): 0.5, ("random", "multi"): 0.5,
+    ("object", "none"): 0.3, ("object", "single"): 0.3, ("object", "multi"): 0.6,
+    ("context", "none"): 0.6, ("context", "single"): 0.5, ("context", "multi"): 0.3,
+}
+
+
+@pytest.mark.parametrize("region, refill", list(OFFICIAL_THRESHOLDS))
+def test_default_threshold_is_the_official_one_for_each_strategy(region, refill):
+    assert TrainConfig(region=region, refill=refill).mask_threshold == OFFICIAL_THRESHOLDS[(region, refill)]
+    assert PAPER_THRESHOLDS[(Region(region), Refill(refill))] == OFFICIAL_THRESHOLDS[(region, refill)]
+    assert TrainConfig(region=region, refill=refill, mask_threshold=0.42).mask_threshold == 0.42
+
+
+def test_readme_lists_the_official_thresholds_and_the_paper_preset():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Faithfulness to the official code", 1)[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+            for line in section.splitlines() if line.startswith("| random") or line.startswith("| object")
+            or line.startswith("| context")}
+    for (region, refill), value in OFFICIAL_THRESHOLDS.items():
+        assert float(rows[region][["none", "single", "multi"].index(refill)]) == value
+    preset = {}
+    for line in section.split("`preset: paper`", 1)[1].splitlines():
+        if line.startswith("| `"):
+            key, value = (c.strip().strip("`") for c in line.split("|")[1:3])
+            preset[key] = value
+    resolved = TrainConfig(preset="paper").to_dict()
+    assert len(preset) >= 12
+    for key, value in preset.items():  # key by key: the README's official values are what the preset resolves to
+        assert str(resolved[key]) == value or float(resolved[key]) == float(value), (key, resolved[key], value)
+
+
 def test_train_config_defaults_follow_the_paper():
-    assert TrainConfig().mask_threshold == PAPER_THRESHOLDS[Region.OBJECT] == 0.3
+    assert TrainConfig().mask_threshold == PAPER_THRESHOLDS[(Region.OBJECT, Refill.SINGLE)] == 0.3
     assert TrainConfig(region="context").mask_threshold == 0.5
     clean = TrainConfig(region="none")
     assert clean.refill is Refill.NONE and clean.mask_threshold is None and not clean.uses_masks

@@ -36,14 +36,21 @@ def test_relevance_composes_blocks_as_R_plus_A_R():
     torch.testing.assert_close(cam.attention_relevance([a1, a2], [g1, g2]), r[:, 0, 1:])
 
 
-def test_grad_cam_weights_channels_by_mean_gradient():
-    tokens = torch.zeros(1, 4, 2)
+def test_grad_cam_weights_channels_by_the_gradient_summed_over_all_tokens():
+    tokens = torch.zeros(1, 4, 2)  # token 0 is the class token
     tokens[0, 1:, 0] = torch.tensor([1.0, 2.0, 3.0])
     tokens[0, 1:, 1] = torch.tensor([5.0, 0.0, 0.0])
     grads = torch.zeros(1, 4, 2)
     grads[0, 1:, 0] = 1.0
     grads[0, 1:, 1] = -1.0
-    torch.testing.assert_close(cam.grad_cam(tokens, grads), torch.tensor([[0.0, 2.0, 3.0]]))
+    # patch gradients only: weights (3, -3), map relu(3 * c0 - 3 * c1) = (0, 6, 9)
+    torch.testing.assert_close(cam.grad_cam(tokens, grads), torch.tensor([[0.0, 6.0, 9.0]]))
+    # the class token's gradient counts too (the official weighting): it flips channel 1's weight to +1, which
+    # turns the first patch on and makes it the top patch (patch-only weights would keep it at zero)
+    grads[0, 0, 1] = 4.0
+    torch.testing.assert_close(cam.grad_cam(tokens, grads), torch.tensor([[8.0, 6.0, 9.0]]))
+    grads[0, 0, 0] = -2.9  # and it can all but cancel a channel: weights (0.1, 1), the first patch now on top
+    torch.testing.assert_close(cam.grad_cam(tokens, grads), torch.tensor([[5.1, 0.2, 0.3]]))
 
 
 CAM = torch.tensor([[0.1, 0.9, 0.25, 1.0, 0.0, 0.31], [2.0, 0.2, 0.4, 0.0, 1.0, 0.61]])
@@ -75,6 +82,17 @@ def test_random_threshold_mask_is_a_probability_and_seeded():
     first = masking.threshold_mask(torch.zeros(200, 49), "random", 0.3, gen(5))
     assert abs(float(first.float().mean()) - 0.3) < 0.02
     assert torch.equal(first, masking.threshold_mask(torch.zeros(200, 49), "random", 0.3, gen(5)))
+
+
+def test_random_mask_without_refill_masks_an_exact_count_as_the_official_code():
+    scores = torch.zeros(64, 36)
+    exact = masking.threshold_mask(scores, "random", 0.75, gen(3), exact_count=True)
+    assert exact.sum(1).eq(36 - int(36 * 0.25)).all()  # 9 patches kept, 27 masked, in every image
+    assert len({tuple(r.tolist()) for r in exact}) > 60  # a different random subset per image
+    assert torch.equal(exact, masking.threshold_mask(scores, "random", 0.75, gen(3), exact_count=True))  # seeded
+    assert masking.threshold_mask(torch.zeros(3, 49), "random", 0.5, gen(), exact_count=True).sum(1).eq(49 - 24).all()
+    free = masking.threshold_mask(scores, "random", 0.75, gen(3))  # with a refill: each patch independently
+    assert len(set(free.sum(1).tolist())) > 1
 
 
 def images_with_ids(n, size=8):

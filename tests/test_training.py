@@ -135,3 +135,37 @@ def test_cam_on_real_vit_b32_architecture():
     loss, parts = computer.loss(images, labels, 0)
     loss.backward()
     assert parts["mask_fraction"] == pytest.approx(12 / 49)
+
+
+def test_onecycle_schedule_is_pytorchs_with_the_official_arguments():
+    from robusttune.training.loop import make_schedule
+
+    config = TrainConfig(schedule="onecycle", lr=3e-5, warmup_fraction=0.02, steps=500)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=config.lr, weight_decay=0.1)
+    schedule = make_schedule(optimizer, config, 500)
+    lrs, betas = [], []
+    for _ in range(500):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        betas.append(optimizer.param_groups[0]["betas"][0])
+        optimizer.step()
+        schedule.step()
+    peak = lrs.index(max(lrs))
+    assert peak == round(0.02 * 500) - 1  # warm-up over 2% of the steps
+    assert lrs[0] == pytest.approx(3e-5 / 25) and max(lrs) == pytest.approx(3e-5)  # div_factor 25
+    assert lrs[-1] == pytest.approx(3e-5 / 25 / 1e4, rel=0.05)  # final_div_factor 1e4 (one step before the end)
+    assert betas[0] == pytest.approx(0.95) and betas[peak] == pytest.approx(0.85) and betas[-1] == pytest.approx(0.95, abs=1e-4)
+    cosine = make_schedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0), TrainConfig(steps=100), 100)
+    assert isinstance(cosine, torch.optim.lr_scheduler.LambdaLR)  # the mini world's default keeps beta1 fixed
+
+
+def test_paper_preset_fills_the_official_defaults_under_the_configs_own_values():
+    from robusttune.config import PAPER_PRESET
+
+    paper = TrainConfig(preset="paper")
+    assert paper.epochs == 10 and paper.steps is None and paper.schedule.value == "onecycle"
+    assert paper.distill_norm.value == "none" and paper.w_distill == 30 and paper.lr == 3e-5
+    mine = TrainConfig(preset="paper", steps=40, lr=1e-4, region="context", refill="multi")
+    assert mine.steps == 40 and mine.epochs is None and mine.lr == 1e-4 and mine.w_distill == 30
+    assert mine.mask_threshold == 0.3  # the official context/multi threshold
+    assert set(PAPER_PRESET) <= set(TrainConfig.model_fields)

@@ -30,7 +30,7 @@ def _train_and_task_config(args: argparse.Namespace):
     flags = {"region": args.region, "refill": args.refill, "mask_threshold": args.threshold, "mask_ratio": args.ratio,
              "w_distill": args.w_distill, "distill": args.distill, "lr": args.lr, "steps": args.steps,
              "batch_size": args.batch_size, "seed": args.seed, "cam": args.cam, "trainable": args.trainable,
-             "eval_every": args.eval_every}
+             "eval_every": args.eval_every, "preset": args.preset, "schedule": args.schedule}
     given = {k: v for k, v in flags.items() if v is not None}
     if "mask_ratio" in given:
         raw.pop("mask_threshold", None)
@@ -151,6 +151,8 @@ def register(commands) -> None:
     train.add_argument("--distill", choices=["feature", "logit"], help="distil image features (MSE) or logits (KD)")
     train.add_argument("--cam", choices=["relevance", "gradcam"], help="class activation map method")
     train.add_argument("--trainable", choices=["all", "head"], help="'head' is a linear probe")
+    train.add_argument("--preset", choices=["paper"], help="every official default of the paper's code at once")
+    train.add_argument("--schedule", choices=["cosine", "onecycle"], help="lr schedule (onecycle: the official one)")
     train.add_argument("--lr", type=float, metavar="LR")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps (0 = evaluate the zero-shot model)")
     train.add_argument("--batch-size", type=int, metavar="B")

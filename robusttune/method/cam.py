@@ -27,8 +27,8 @@ def attention_relevance(attentions: list[Tensor], grads: list[Tensor]) -> Tensor
 
 
 def grad_cam(tokens: Tensor, grads: Tensor) -> Tensor:
-    """Grad-CAM on token activations ``(N, T, D)`` (the last block's ``ln_1`` output): channel weights are
-    the gradients averaged over the patch tokens; the map is ``relu(sum_c w_c * A_c)`` per patch."""
-    patches, patch_grads = tokens[:, 1:], grads[:, 1:]
-    weights = patch_grads.mean(dim=1, keepdim=True)
-    return (weights * patches).sum(dim=-1).clamp(min=0)
+    """Grad-CAM on token activations ``(N, T, D)`` (the last block's ``ln_1`` output), as the official code computes
+    it: channel weights are the gradients summed over *all* tokens, the class token included; the map is
+    ``relu(sum_c w_c * A_c)`` at each patch token."""
+    weights = grads.sum(dim=1, keepdim=True)
+    return (weights * tokens).sum(dim=-1).clamp(min=0)[:, 1:]

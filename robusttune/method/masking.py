@@ -3,7 +3,8 @@
 Regions: ``object`` (high-CAM patches), ``context`` (low-CAM patches), ``random`` (CAM ignored).
 
 * Threshold form (the paper's): the CAM is normalised by each image's own max (``cam / (max + 1e-8)``,
-  max only, not min-max); object = ``> t``, context = ``<= t``, random = each patch with probability ``t``.
+  max only, not min-max); object = ``> t``, context = ``<= t``, random = each patch with probability ``t`` (or, for
+  the "none" refill, exactly ``P - int(P * (1 - t))`` patches, as the official code does).
 * Ratio form: exactly ``round(ratio * P)`` patches per image: the top (object) or bottom (context) by
   CAM, ties broken by patch index (stable sort), or a uniformly random subset (random).
 """
@@ -28,10 +29,19 @@ def normalise_cam(cam: Tensor) -> Tensor:
     return cam / (cam.max(dim=1, keepdim=True).values + 1e-8)
 
 
-def threshold_mask(cam: Tensor, region: Region | str, threshold: float, generator: torch.Generator) -> Tensor:
+def threshold_mask(cam: Tensor, region: Region | str, threshold: float, generator: torch.Generator, *,
+                   exact_count: bool = False) -> Tensor:
+    """Object: normalised CAM ``> threshold``; context: ``<= threshold``; random: each patch with probability
+    ``threshold``, or with ``exact_count`` exactly ``P - int(P * (1 - threshold))`` patches per image (the official
+    random mask without refill keeps ``int(P * (1 - rate))`` random patches)."""
     region = _masking_region(region)
     if region is Region.RANDOM:
-        return torch.rand(cam.shape, generator=generator, device=cam.device) < threshold
+        draws = torch.rand(cam.shape, generator=generator, device=cam.device)
+        if not exact_count:
+            return draws < threshold
+        keep = int(cam.shape[1] * (1 - threshold))
+        mask = torch.ones(cam.shape, dtype=torch.bool, device=cam.device)
+        return mask.scatter_(1, draws.argsort(dim=1)[:, :keep], False)
     normalised = normalise_cam(cam)
     return normalised > threshold if region is Region.OBJECT else normalised <= threshold
 

@@ -7,7 +7,8 @@ Per step, on a batch ``(x, y)``:
 3. a patch mask (object / context / random, threshold or ratio form) and a refill (none / single / multi);
 4. the frozen teacher's features (or logits) on the counterfactual images under ``inference_mode``, the
    student's on the same images (reusing the clean forward when there is no mask);
-5. ``loss = w_task * CE + w_distill * distill``; AdamW, warm-up + cosine, gradient clipping.
+5. ``loss = w_task * CE + w_distill * distill``; AdamW, warm-up + cosine or OneCycle, gradient clipping (once per
+   step, after accumulating micro-batches; the official code clips every micro-batch).
 
 Randomness is a pure function of ``(seed, step)`` (data order per epoch, masks and donors per step), so a
 run resumed from a checkpoint continues exactly as the uninterrupted run would.
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robusttune.config import CamMethod, DistillKind, DistillNorm, Refill, Region, TrainConfig, Trainable
+from robusttune.config import CamMethod, DistillKind, DistillNorm, Refill, Region, Schedule, TrainConfig, Trainable
 from robusttune.data.sets import TaskData
 from robusttune.method import cam as cam_lib
 from robusttune.method import losses, masking, refill
@@ -78,6 +79,16 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
     return warmup_cosine(step, total, int(round(warmup_fraction * total)))
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int):
+    """``cosine``: warm-up then cosine to zero (``lr_factor``). ``onecycle``: exactly the official code's
+    ``OneCycleLR(max_lr=lr, pct_start=warmup_fraction, anneal_strategy='cos')`` with PyTorch's defaults, which also
+    cycle AdamW's beta1 0.95 -> 0.85 -> 0.95 and end at lr / (25 * 1e4)."""
+    if config.schedule is Schedule.ONECYCLE:
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 2),
+                                                   pct_start=config.warmup_fraction, anneal_strategy="cos")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup_fraction))
+
+
 class StepComputer:
     """Computes one step's loss; holds no state between steps beyond the models."""
 
@@ -98,7 +109,9 @@ class StepComputer:
         scores = cam if cam is not None else torch.zeros(batch, patches)
         if c.mask_ratio is not None:
             return masking.ratio_mask(scores, region, c.mask_ratio, g)
-        return masking.threshold_mask(scores, region, c.mask_threshold, g)  # type: ignore[arg-type]
+        # random + no fill keeps an exact count of patches, as the official code does (it drops tokens by gather)
+        return masking.threshold_mask(scores, region, c.mask_threshold, g,  # type: ignore[arg-type]
+                                      exact_count=c.refill is Refill.NONE)
 
     def counterfactual(self, images: Tensor, mask: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """The counterfactual images and, for refill 'none', the patches to drop from attention."""
@@ -177,7 +190,7 @@ def train(
     teacher.to(device).eval()
     params = _trainable_parameters(student, config)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup_fraction))
+    schedule = make_schedule(optimizer, config, total)
     computer = StepComputer(config, student, teacher)
     start, history, elapsed_before = 0, [], 0.0
     if resume is not None:
