@@ -20,6 +20,7 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
     resources: {cpu: 2, gpu: 0}       # per trial; fractional GPUs allowed
     scheduler: {name: none | asha | mo_asha, grace_period: 1, reduction_factor: 3, max_t: 6, tie_break: eps_net}
                                       # in evaluations; asha: the scalar objective; mo_asha: the objectives
+    baselines: {wise_alphas: [0.0, 0.1, ..., 1.0]}   # the WiSE-FT curves' mixing coefficients (one evaluation each)
 
 A search space is plain validated data (layer 0: no torch, ray or optuna); ``robusttune.search`` turns it into
 Optuna suggestions and Ray Tune trials.
@@ -150,6 +151,20 @@ class Scheduler(Frozen):
         return self
 
 
+class Baselines(Frozen):
+    """What runs after the trials: zero-shot, vanilla fine-tuning and WiSE-FT curves at ``wise_alphas``."""
+
+    wise_alphas: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+
+    @model_validator(mode="after")
+    def _check(self) -> Baselines:
+        if not self.wise_alphas or any(not 0.0 <= a <= 1.0 for a in self.wise_alphas):
+            raise ValueError(f"baselines.wise_alphas must be values in [0, 1], got {list(self.wise_alphas)}")
+        if len(set(self.wise_alphas)) != len(self.wise_alphas):
+            raise ValueError("baselines.wise_alphas must not repeat a value")
+        return self
+
+
 class SearchSpace(Frozen):
     name: str = "space"
     description: str = ""
@@ -161,6 +176,7 @@ class SearchSpace(Frozen):
     budget: Budget = Budget()
     resources: Resources = Resources()
     scheduler: Scheduler = Scheduler()
+    baselines: Baselines = Baselines()
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:

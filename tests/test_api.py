@@ -32,4 +32,6 @@ def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, cache_dir
     # the experiment directory is the one records reader's: the baselines ran after the trials
     from robusttune.analysis import results
 
-    assert set(results.baselines(result.experiment)["kind"]) == {"baseline", "wise"}
+    references = results.baselines(result.experiment)
+    assert set(references["kind"]) == {"baseline", "wise"}
+    assert sorted(references[references["source"] == "vanilla-ft"]["alpha"]) == [0.0, 0.5, 1.0]  # the space's alphas

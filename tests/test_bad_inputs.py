@@ -38,6 +38,9 @@ DELETE = object()
 
 SPACE_CASES = [
     ("syntax error", "name: [unclosed\n", "not valid YAML"),
+    ("wise alpha outside [0, 1]", space_with(**{"baselines.wise_alphas": [0.0, 1.5]}), "wise_alphas must be values in [0, 1]"),
+    ("wise alphas repeated", space_with(**{"baselines.wise_alphas": [0.5, 0.5]}), "wise_alphas must not repeat"),
+    ("unknown baselines key", space_with(**{"baselines.alphas": [0.5]}), "unknown key 'baselines.alphas' (did you mean 'wise_alphas'?)"),
     ("top level is a list", "- 1\n- 2\n", "expected a mapping at the top level"),
     ("unknown top-level key", space_with(budgte={"trials": 2}), "unknown key 'budgte' (did you mean 'budget'?)"),
     ("unknown parameter", space_with(**{"parameters.mask_ratoi": {"type": "float", "low": 0.1, "high": 0.5}}),

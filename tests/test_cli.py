@@ -94,14 +94,15 @@ def test_train_then_wise_then_resume(cache_dir, tiny_config_file, tmp_path):
     assert rows[-1]["step"] == 4 and rows[-1]["id_acc"] == final["id_acc"]
     assert (out / "final.pt").is_file() and (out / "checkpoint.pt").is_file()
 
-    wise = cli("wise", out / "final.pt", "--alphas", "0,0.5,1", "--json", cache_dir=cache_dir)
+    here = {"ROBUSTTUNE_CACHE_DIR": str(cache_dir)}  # the train above ran as a real process; these run in this one
+    wise = invoke("wise", out / "final.pt", "--alphas", "0,0.5,1", "--json", env=here)
     assert wise.returncode == 0, wise.stderr
     curve = json.loads(wise.stdout.strip().splitlines()[-1])["rows"]
     assert [r["alpha"] for r in curve] == [0.0, 0.5, 1.0]
     assert curve[-1]["id_acc"] == pytest.approx(final["id_acc"])
 
-    again = cli("train", "--config", tiny_config_file, "--region", "object", "--refill", "single", "--ratio", "0.3",
-                "--w-distill", "2", "--out", out, "--resume", "--json", cache_dir=cache_dir)
+    again = invoke("train", "--config", tiny_config_file, "--region", "object", "--refill", "single", "--ratio", "0.3",
+                   "--w-distill", "2", "--out", out, "--resume", "--json", env=here)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["id_acc"] == final["id_acc"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == len(rows)  # nothing re-run, nothing lost

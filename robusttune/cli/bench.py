@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from robusttune.cli.output import Parser, add_common, emit, table
+from robusttune.cli.output import add_common, command_group, emit, table
 from robusttune.errors import ConfigError
 
 
@@ -94,9 +94,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    bench = commands.add_parser("bench", help="the tabular search benchmark: tabulate a grid, replay searches on it")
-    bench_commands = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=Parser)
-    bench_commands.required = True
+    bench_commands = command_group(commands, "bench", help="the tabular search benchmark: tabulate a grid, replay searches on it")
     tabulate = bench_commands.add_parser("tabulate", help="train every grid point of a space; store the learning curves")
     add_common(tabulate)
     tabulate.add_argument("space", metavar="SPACE", help="built-in space name (mini_full) or a YAML file with 'grid' values")

@@ -28,6 +28,14 @@ def add_common(parser: argparse.ArgumentParser, *, config_help: str | None = Non
         parser.add_argument("--config", metavar="FILE", help=config_help)
 
 
+def command_group(commands, name: str, *, help: str):
+    """A command with subcommands (``robusttune world prepare``): returns the subcommands' registry."""
+    group = commands.add_parser(name, help=help)
+    subcommands = group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", parser_class=Parser)
+    subcommands.required = True
+    return subcommands
+
+
 def emit(payload: dict[str, Any], as_json: bool, human: Callable[[], None]) -> None:
     """The JSON object (one line, last on stdout) under ``--json``, else the human-readable output."""
     if as_json:

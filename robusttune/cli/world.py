@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from robusttune.cli.output import Parser, add_common, emit, progress_bar, table
+from robusttune.cli.output import add_common, command_group, emit, progress_bar, table
 from robusttune.errors import ConfigError
 
 
@@ -60,9 +60,7 @@ def cmd_world_pretrain(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    world = commands.add_parser("world", help="build the embedded mini benchmark (data + pre-trained tiny CLIP)")
-    world_commands = world.add_subparsers(dest="world_command", metavar="SUBCOMMAND", parser_class=Parser)
-    world_commands.required = True
+    world_commands = command_group(commands, "world", help="build the embedded mini benchmark (data + pre-trained tiny CLIP)")
     prepare = world_commands.add_parser("prepare", help="generate (or reuse) the world and print its zero-shot accuracy")
     add_common(prepare, config_help="world config YAML/JSON (default: the built-in world)")
     prepare.set_defaults(handler=cmd_world_prepare)

@@ -1,7 +1,7 @@
 """WiSE-FT baselines inside every experiment (run once per experiment, cached in its records).
 
 * zero-shot and vanilla fine-tuning (``w_distill = 0``, no masks) with the space's fixed settings, and the WiSE-FT
-  alpha grid between them;
+  alpha grid between them (``baselines.wise_alphas`` of the space);
 * WiSE-FT between the zero-shot weights and each given trial's final checkpoint (the Pareto-optimal trials).
 
 Rows go to ``records.jsonl`` with ``kind: baseline`` (``method``: zero-shot, vanilla-ft) or ``kind: wise``
@@ -36,6 +36,7 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     torch.set_num_threads(max(1, threads))
     exp = Path(experiment)
     space = parse_space_text(space_yaml)
+    alphas = space.baselines.wise_alphas
     student, task = build_task(space.task, Path(cache_dir))
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
     done = recorded_wise_sources(exp)
@@ -48,14 +49,15 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
         result = prepare_run(config, space.task, Path(cache_dir), built=(student, task)).train()
         save_checkpoint(vanilla_path, {"model": student.state_dict(), "config": json.dumps(config.to_dict())})
         rows.append({"kind": "baseline", "method": "vanilla-ft", "config": config.to_dict(), **result.metrics})
-        curve = wise_curve(student, zero_shot, student.state_dict(), task.eval_sets)
+        curve = wise_curve(student, zero_shot, student.state_dict(), task.eval_sets, alphas=alphas)
         rows += [{"kind": "wise", "source": "vanilla-ft", **row} for row in curve]
     for trial_id in trial_ids:
         path = latest_checkpoint(exp, trial_id)
         if trial_id in done or path is None:
             continue
         finetuned = load_checkpoint(path)["model"]
-        rows += [{"kind": "wise", "source": trial_id, **row} for row in wise_curve(student, zero_shot, finetuned, task.eval_sets)]
+        curve = wise_curve(student, zero_shot, finetuned, task.eval_sets, alphas=alphas)
+        rows += [{"kind": "wise", "source": trial_id, **row} for row in curve]
     return rows
 
 
