@@ -24,7 +24,8 @@ from typing import Any
 from robusttune.cache import resolve_cache_dir
 from robusttune.config import TaskSpec, TrainConfig, parse
 from robusttune.errors import ConfigError, DataError
-from robusttune.experiment import (STATUSES, check_experiment, latest_by_trial, load_frozen_space, new_experiment_dir,
+from robusttune.experiment import (STATUSES, ExperimentLock, check_experiment, check_new_experiment,
+                                   check_space_unchanged, latest_by_trial, load_frozen_space, new_experiment_dir,
                                    pareto_trials, read_manifest, report_dir)
 from robusttune.space import SearchSpace, load_space
 
@@ -230,8 +231,8 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
     from robusttune.search.sweep import SweepOptions, check_runnable, run_sweep
     from robusttune.search.trainable import TrainingRunner
 
+    # Validate everything first: nothing is created (or replaced) until all of it holds
     loaded, text = load_space(str(space))
-    check_runnable(loaded)
     for flag, value in (("trials", trials), ("concurrency", concurrency)):
         if value is not None and value < 1:
             raise ConfigError(f"--{flag} must be >= 1, got {value}")
@@ -241,28 +242,53 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
     options = SweepOptions(trials=trials or loaded.budget.trials, concurrency=concurrency or loaded.budget.concurrency,
                            seed=loaded.sampler.seed if seed is None else seed, address=address,
                            max_failures=max_failures, verbose=verbose)
-    experiment = new_experiment_dir(Path(storage), name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                    overwrite=overwrite)
+    check_runnable(loaded, options)
+    name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_new_experiment(Path(storage), name, overwrite=overwrite)
+    experiment = new_experiment_dir(Path(storage), name, overwrite=overwrite)
     started = time.perf_counter()
-    run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache))
+    try:
+        with ExperimentLock(experiment, f"robusttune sweep {space}"):
+            run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache))
+    except BaseException:
+        _remove_if_nothing_ran(experiment)
+        raise
     return _finished(experiment, loaded, time.perf_counter() - started)
 
 
+def _remove_if_nothing_ran(experiment: Path) -> None:
+    """A sweep that failed before any trial reported or Tune saved any state leaves nothing to resume: remove the
+    folder this call created, so the name is free again."""
+    import shutil
+
+    from robusttune.experiment import RECORDS, tune_dir
+
+    if not (experiment / RECORDS).exists() and not tune_dir(experiment).exists():
+        shutil.rmtree(experiment, ignore_errors=True)
+
+
 def resume(experiment: str | os.PathLike[str], *, address: str | None = None, max_failures: int = 0,
-           cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1) -> SweepResult:
+           cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1,
+           allow_space_change: bool = False) -> SweepResult:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoints,
-    the rest of the budget runs, then the missing baselines. Refuses rather than starting afresh."""
+    the rest of the budget runs, then the missing baselines. Refuses rather than starting afresh, refuses an
+    edited ``space.yaml`` unless ``allow_space_change``, and refuses while another process runs the experiment."""
     from robusttune.search.sweep import SweepOptions, resume_sweep
 
     path = check_experiment(Path(experiment))
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
     manifest = read_manifest(path)
+    check_space_unchanged(path, allow_change=allow_space_change)
     space, _ = load_frozen_space(path)
     options = SweepOptions(trials=int(manifest.get("trials") or space.budget.trials),
                            concurrency=int(manifest.get("concurrency") or space.budget.concurrency),
                            seed=int(manifest.get("seed", space.sampler.seed)), address=address,
                            max_failures=max_failures, verbose=verbose)
+    runner = _runner_for(manifest, cache_directory(cache_dir))
     started = time.perf_counter()
-    resume_sweep(path, options, _runner_for(manifest, cache_directory(cache_dir)))
+    with ExperimentLock(path, f"robusttune resume {experiment}"):
+        resume_sweep(path, options, runner)
     return _finished(path, space, time.perf_counter() - started)
 
 

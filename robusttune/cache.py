@@ -32,7 +32,8 @@ def stable_hash(payload: Any, length: int = 16) -> str:
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Write a file through ``write(tmp_path)`` and move it into place with ``os.replace``.
 
-    Readers never see a half-written file: a crash leaves at most a ``*.tmp`` file behind.
+    Readers never see a half-written file: a crash leaves at most a ``*.tmp`` file behind. The file's bytes are
+    flushed to disk before the rename, so a crash after it never leaves an empty or torn file in place.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +42,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        with open(tmp, "rb+") as stream:
+            os.fsync(stream.fileno())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -53,3 +53,9 @@ class LaunchError(RobustTuneError):
     """Bringing up a cluster or submitting a sweep to it failed (exit code 1)."""
 
     exit_code = 1
+
+
+class Interrupted(RobustTuneError):
+    """The user stopped a sweep (Ctrl-C); its state is saved and ``robusttune resume`` continues it (exit 130)."""
+
+    exit_code = 130

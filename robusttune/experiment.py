@@ -87,14 +87,44 @@ def report_dir(experiment: str | Path) -> Path:
 # ------------------------------------------------------------------------------------- creating, checking
 
 
-def new_experiment_dir(storage: Path, name: str, *, overwrite: bool) -> Path:
-    """Create ``storage/name``; refuses an existing experiment unless ``overwrite`` (then it is replaced)."""
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"experiment name must be a plain folder name, got {name!r}")
-    path = Path(storage) / name
-    if path.exists():
+NAME_CHARACTERS = "letters, digits, '.', '_', '-' and '+'"
+
+
+def check_experiment_name(name: str) -> str:
+    """An experiment name is a plain folder name: no path separators, no leading dot, no shell metacharacters."""
+    import re
+
+    if not name or name.startswith(".") or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+        raise ConfigError(f"experiment name must be a plain folder name of {NAME_CHARACTERS}, got {name!r}")
+    return name
+
+
+def check_new_experiment(storage: Path, name: str, *, overwrite: bool) -> Path:
+    """Where ``storage/name`` would go, checked without touching anything: an existing folder is only replaced
+    with ``overwrite``, and only when it is a robusttune experiment (never any other folder)."""
+    path = Path(storage) / check_experiment_name(name)
+    if path.exists() or path.is_symlink():
         if not overwrite:
             raise ConfigError(f"{path}: experiment already exists (use 'robusttune resume {path}', another --name, or --overwrite)")
+        if path.is_symlink() or not path.is_dir() or not _is_experiment(path):
+            raise ConfigError(f"{path}: not a robusttune experiment (no valid {MANIFEST}); --overwrite only replaces experiments")
+        holder = lock_holder(path)
+        if holder:
+            raise ConfigError(f"{path}: in use by {holder}; not replaced")
+    return path
+
+
+def _is_experiment(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == MANIFEST_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def new_experiment_dir(storage: Path, name: str, *, overwrite: bool) -> Path:
+    """Create ``storage/name`` (see ``check_new_experiment``; call that first to validate before any other work)."""
+    path = check_new_experiment(storage, name, overwrite=overwrite)
+    if path.exists():
         import shutil
 
         shutil.rmtree(path)
@@ -103,6 +133,62 @@ def new_experiment_dir(storage: Path, name: str, *, overwrite: bool) -> Path:
     except OSError as error:
         raise ConfigError(f"{path}: cannot create the experiment directory ({error.strerror})") from None
     return path
+
+
+# --------------------------------------------------------------------------------------------------- lock
+
+LOCK = ".lock"
+
+
+class ExperimentLock:
+    """An exclusive lock on an experiment for the process that runs its sweep (``sweep``, ``resume``): a second
+    process is refused with a one-line error naming the holder. The OS drops the lock when the holder dies."""
+
+    def __init__(self, experiment: Path, command: str):
+        self.path, self.command, self._stream = Path(experiment) / LOCK, command, None
+
+    def __enter__(self) -> ExperimentLock:
+        import fcntl
+        import socket
+
+        stream = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            stream.seek(0)
+            holder = stream.read().strip() or "another process"
+            stream.close()
+            raise ConfigError(f"{self.path.parent}: in use by {holder}; wait for it or stop it first") from None
+        stream.seek(0)
+        stream.truncate()
+        stream.write(f"'{self.command}' (pid {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
+        stream.flush()
+        self._stream = stream
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stream is not None:
+            self.path.unlink(missing_ok=True)  # leave the folder as it was; a waiting process finds no holder
+            self._stream.close()  # closing releases the lock
+            self._stream = None
+
+
+def lock_holder(experiment: Path) -> str | None:
+    """Who holds the experiment's lock, or None."""
+    import fcntl
+
+    path = Path(experiment) / LOCK
+    if not path.is_file():
+        return None
+    with open(path, "a+", encoding="utf-8") as stream:
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            stream.seek(0)
+            return stream.read().strip() or "another process"
+        fcntl.flock(stream.fileno(), fcntl.LOCK_UN)
+    return None
 
 
 def check_experiment(path: str | Path) -> Path:
@@ -141,14 +227,37 @@ def write_manifest(experiment: Path, space: Any, space_text: str, *, seed: int, 
     """The frozen space and the manifest; ``runner`` says how trials run (see ``robusttune.search.runners``)."""
     from robusttune.cache import atomic_write_json, atomic_write_text
 
-    atomic_write_text(experiment / SPACE, space_text or json.dumps(space.to_dict(), indent=2))
+    text = space_text or json.dumps(space.to_dict(), indent=2)
+    atomic_write_text(experiment / SPACE, text)
     atomic_write_json(experiment / MANIFEST, {
         "format": MANIFEST_FORMAT, "name": experiment.name, "space": space.name,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "seed": seed,
         "trials": trials, "concurrency": concurrency, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(), "objective": space.objective.to_dict(), "parameters": list(space.parameters),
-        "runner": dict(runner),
+        "runner": dict(runner), "space_sha256": _sha256(text),
     })
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_space_unchanged(experiment: Path, *, allow_change: bool = False) -> None:
+    """Refuse a ``space.yaml`` edited since the sweep started (unless ``allow_change``): resuming under another
+    space or objective would mix incomparable trials."""
+    manifest = read_manifest(experiment)
+    expected = manifest.get("space_sha256")
+    if expected is None or allow_change:
+        return
+    try:
+        actual = _sha256((Path(experiment) / SPACE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        raise DataError(f"{Path(experiment) / SPACE}: the experiment's frozen search space is missing or unreadable") from None
+    if actual != expected:
+        raise ConfigError(f"{Path(experiment) / SPACE}: changed since the sweep started; restore it, or pass "
+                          f"--allow-space-change to resume under the edited space")
 
 
 def load_frozen_space(experiment: str | Path):
@@ -183,10 +292,16 @@ def parse_space_text(text: str, source: str = "frozen search space"):
 
 
 def append_record(experiment: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
+    """Append one JSON line and flush it to disk. A crash loses at most the line being written: a torn last line
+    left by an earlier crash is ended first, so it never swallows this record."""
     line = json.dumps({"time": round(time.time(), 3), **row}, sort_keys=True, default=float) + "\n"
-    with open(Path(experiment) / RECORDS, "a", encoding="utf-8") as stream:
-        stream.write(line)
+    with open(Path(experiment) / RECORDS, "ab+") as stream:
+        stream.seek(0, os.SEEK_END)
+        if stream.tell() > 0:
+            stream.seek(-1, os.SEEK_END)
+            if stream.read(1) != b"\n":
+                line = "\n" + line
+        stream.write(line.encode("utf-8"))
         stream.flush()
         os.fsync(stream.fileno())
 

@@ -75,7 +75,7 @@ def test_bad_inputs_give_one_line_exit_2_and_touch_nothing(tmp_path, tiny_config
 def test_world_prepare_json_reports_zero_shot(cache_dir, tiny_prepared, tiny_world_config, tmp_path):
     config = tmp_path / "world.yaml"
     config.write_text(yaml.safe_dump(tiny_world_config.to_dict()))
-    result = cli("world", "prepare", "--config", config, "--json", cache_dir=cache_dir)
+    result = invoke("world", "prepare", "--config", config, "--json", env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["zero_shot"] == pytest.approx(tiny_prepared.zero_shot)

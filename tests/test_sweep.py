@@ -116,7 +116,7 @@ def test_existing_experiment_is_never_overwritten(nan_grid_experiment, cache_dir
 
 def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, tiny_prepared, cache_dir, kill_9_when,
                                                   ray_local):
-    space = tiny_space(tiny_world_config, fixed={"steps": 40, "batch_size": 16, "eval_every": 10, "eval_batch_size": 128,
+    space = tiny_space(tiny_world_config, fixed={"steps": 24, "batch_size": 16, "eval_every": 8, "eval_batch_size": 128,
                                                   "lr": 1e-3}, budget={"trials": 4, "concurrency": 1})
     space_file = write_space(tmp_path / "kill.yaml", space)
     experiment = tmp_path / "runs" / "kill"
@@ -173,7 +173,7 @@ def test_resume_refuses_what_it_cannot_restore(tmp_path, cache_dir):
 
 def test_asha_stops_trials_early_and_records_say_so(tmp_path, tiny_world_config, tiny_prepared, cache_dir, ray_local):
     # the default world (shipped weights): learning rates from harmless to destructive give trials that differ
-    space = tiny_space(tiny_world_config, task={}, fixed={"steps": 8, "batch_size": 16, "eval_every": 2,
+    space = tiny_space(tiny_world_config, task={}, fixed={"steps": 8, "batch_size": 16, "eval_every": 4,
                                                           "eval_batch_size": 512, "region": "none", "w_distill": 0.0},
                        parameters={"lr": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}},
                        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},

@@ -29,6 +29,7 @@ from robusttune.experiment import (is_evaluation, latest_by_trial, new_experimen
                                    reported_evaluations, trial_checkpoints)
 from robusttune.pareto import hypervolume_2d, hypervolume_over_trials, worst_point
 from robusttune.search.sweep import SweepOptions, run_sweep
+from robusttune.search.trainable import failure_result
 from robusttune.space import SearchSpace
 from robusttune.bench.table import Table, read_table
 
@@ -67,8 +68,9 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
                      "sim_time_s": float(row["time_s"]), "table_point": point,
                      "trial_status": "complete" if int(row["step"]) >= total else "running"})
     if len(curve) < stored.evaluations:
-        tune.report({"step": int(curve[-1]["step"]) if curve else 0, "evaluation": len(curve), "total_steps": total,
-                     "trial_status": "failed", "failure": f"grid point {point} has no full curve in the table"})
+        last = {m: float(curve[-1][m]) for m in metrics if curve and m in curve[-1] and not _missing(curve[-1][m])}
+        tune.report(failure_result(space, last, step=int(curve[-1]["step"]) if curve else 0, evaluation=len(curve),
+                                   total_steps=total, failure=f"grid point {point} has no full curve in the table"))
 
 
 def _missing(value: Any) -> bool:

@@ -39,7 +39,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from robusttune import api
 
     result = api.resume(args.experiment, address=args.address, max_failures=args.max_failures,
-                        cache_dir=args.cache_dir, verbose=0 if args.json else 1)
+                        cache_dir=args.cache_dir, verbose=0 if args.json else 1,
+                        allow_space_change=args.allow_space_change)
     return _print_result(result, args)
 
 
@@ -103,6 +104,8 @@ def register(commands) -> None:
     resume.add_argument("experiment", metavar="EXPDIR")
     resume.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: local")
     resume.add_argument("--max-failures", type=int, default=0, metavar="N")
+    resume.add_argument("--allow-space-change", action="store_true",
+                        help="resume although space.yaml was edited since the sweep started")
     resume.set_defaults(handler=cmd_resume)
 
     status = commands.add_parser("status", help="show an experiment's trials (does not start Ray)")

@@ -47,7 +47,10 @@ class RobustOptunaSearch(OptunaSearch):
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) or k in RESULT_KEYS}
+    """The result's metrics for a record; NaN (never measured: a trial that failed before its first evaluation)
+    is left out, so records stay strict JSON."""
+    return {k: v for k, v in result.items()
+            if (k.startswith(METRIC_PREFIXES) or k in RESULT_KEYS) and not (isinstance(v, float) and v != v)}
 
 
 class RecordsCallback(Callback):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from robusttune.errors import SweepError
+from robusttune.errors import ConfigError, Interrupted, SweepError
 from robusttune.experiment import (append_record, journal, latest_by_trial, load_frozen_space, read_manifest,
                                    scheduler_state, tune_dir, write_manifest)
 from robusttune.space import SearchSpace
@@ -46,13 +49,25 @@ class SweepOptions:
     verbose: int = 1
 
 
-def check_runnable(space: SearchSpace) -> None:
-    """What can be checked about a space on this machine before anything starts (its folders are checked where
-    trials run: they may live on the workers)."""
+def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> None:
+    """Everything that can be checked on this machine before anything is created or started: the model name, the
+    sampler and its options, the seed, where Ray is. (Dataset folders are checked where trials run: they may live
+    on the workers.)"""
     if space.task.imagenet is not None:
         from robusttune.models.clip import check_model_name
 
         check_model_name(space.task.imagenet.model)
+    if options is None:
+        return
+    if not 0 <= options.seed < 2**32:
+        raise ConfigError(f"--seed must be in [0, 2**32), got {options.seed}")
+    from robusttune.search.samplers import make_sampler
+
+    make_sampler(space, options.seed)  # bad sampler options fail here, not after the experiment exists
+    exported = os.environ.get("RAY_ADDRESS")
+    if options.address is None and exported:
+        raise ConfigError(f"RAY_ADDRESS is set ({exported}) but --address is not: pass --address {exported} to sweep "
+                          f"on that cluster, or unset RAY_ADDRESS to sweep on this machine")
 
 
 def _init_ray(address: str | None) -> None:
@@ -66,8 +81,41 @@ def _init_ray(address: str | None) -> None:
         return
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:  # a local Ray listens on loopback only (by default it binds every interface)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _node_ip_address="127.0.0.1")
+
+
+@contextmanager
+def _stop_on_first_interrupt(experiment: Path) -> Iterator[None]:
+    """The first Ctrl-C stops the search at a safe point (Tune saves its state; SIGUSR1 is Tune's own stop signal)
+    and ends the sweep with ``Interrupted`` (exit 130) instead of going on to the baselines; a second one stops at
+    once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = threading.Event()
+    previous, disabled = signal.getsignal(signal.SIGINT), os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+
+    def on_interrupt(signum, frame) -> None:
+        if interrupted.is_set() or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise KeyboardInterrupt  # a second Ctrl-C, or Tune is not running yet
+        interrupted.set()
+        log.warning("stopping the sweep after this step (Ctrl-C again to stop at once)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own handler would swallow the interrupt
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if disabled is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+    if interrupted.is_set():
+        raise Interrupted(f"interrupted; the sweep is saved: robusttune resume {experiment}")
 
 
 def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, space_text: str):
@@ -113,7 +161,8 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
             stop=runner.stopper(experiment.resolve()),
         ),
     )
-    results = tuner.fit()
+    with _stop_on_first_interrupt(experiment):
+        results = tuner.fit()
     runner.after_trials(experiment, space, space_text)
     return results
 
@@ -159,7 +208,8 @@ def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
     except Exception as error:
         raise SweepError(f"{experiment}: Ray Tune could not restore the sweep ({type(error).__name__}: {str(error)[:200]})") from None
-    results = tuner.fit()
+    with _stop_on_first_interrupt(experiment):
+        results = tuner.fit()
     runner.after_trials(experiment, space, space_text)
     return results
 

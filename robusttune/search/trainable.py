@@ -39,6 +39,14 @@ def trial_threads() -> int:
     return max(1, int(cpus))
 
 
+def failure_result(space: SearchSpace, last: dict[str, float], **fields: Any) -> dict[str, Any]:
+    """A failed trial's report: the searcher's and the scheduler's metrics must be present in every report (Ray
+    Tune's strict metric check would end the whole sweep otherwise), so the ones never measured are NaN. The
+    searcher tells Optuna FAIL and the records say failed, whatever the values."""
+    nan = float("nan")
+    return {**{m: nan for m in space.objective.metrics}, **last, "objective": nan, **fields, "trial_status": "failed"}
+
+
 def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experiment: str) -> None:
     import ray
     import torch
@@ -70,8 +78,8 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     def report(row: dict[str, Any]) -> None:
         nonlocal evaluations
         if row.get("status") == "failed":
-            tune.report({**last, "step": row["step"], "epoch": row["epoch"], "total_steps": total, "evaluation": evaluations,
-                         "trial_status": "failed", "failure": row["failure"]})
+            tune.report(failure_result(space, last, step=row["step"], epoch=row["epoch"], total_steps=total,
+                                       evaluation=evaluations, failure=row["failure"]))
             return
         evaluations += 1
         metrics = row["metrics"]
