@@ -39,9 +39,11 @@ def default_world_data(cache_dir):
 
 
 FAULTS = Path(__file__).resolve().parent / "faults"
-# The sweeps that run in the test process share one local Ray (``ray_local``), started with this fault armed: a
-# trial whose learning rate is exactly NAN_LR gets a NaN loss at step NAN_STEP (no other test uses that rate).
+# The sweeps that run in the test process share one local Ray (``ray_local``), started with these faults armed: a
+# trial whose learning rate is exactly NAN_LR gets a NaN loss at step NAN_STEP, one with NAN_AT_START_LR at step 0
+# (before its first evaluation). No other test uses these rates.
 NAN_LR, NAN_STEP = 0.00234, 3
+NAN_AT_START_LR = 0.00345
 
 
 @dataclass
@@ -88,7 +90,7 @@ def ray_local():
     if ray.is_initialized():  # a test that should have asked for this fixture started its own
         ray.shutdown()
     saved = dict(os.environ)
-    os.environ.update(nan_fault_env(NAN_STEP, lr=NAN_LR))  # inherited by the raylet, hence by every worker
+    os.environ.update(nan_fault_env((NAN_STEP, NAN_LR), (0, NAN_AT_START_LR)))  # inherited by the raylet, hence by every worker
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _node_ip_address="127.0.0.1")
@@ -99,14 +101,14 @@ def ray_local():
     ray.shutdown()
 
 
-def nan_fault_env(step: int, *, lr: float | None = None) -> dict[str, str]:
+def nan_fault_env(*faults: tuple[int, float | None]) -> dict[str, str]:
     """Environment for a subprocess (and the Ray workers it starts) whose training loss turns NaN at ``step`` in
-    runs with learning rate ``lr`` (every run when None); see tests/faults/sitecustomize.py."""
+    runs with learning rate ``lr`` (every run when None), for each ``(step, lr)``; see tests/faults/sitecustomize.py."""
     import json
     import os
 
     path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "ROBUSTTUNE_TEST_NAN": json.dumps({"step": step, "lr": lr})}
+    return {"PYTHONPATH": path, "ROBUSTTUNE_TEST_NAN": json.dumps([{"step": s, "lr": lr} for s, lr in faults])}
 
 
 @pytest.fixture()

@@ -110,7 +110,7 @@ def test_train_then_wise_then_resume(cache_dir, tiny_config_file, tmp_path):
 
 def test_failed_training_exits_1_and_keeps_its_records(cache_dir, tiny_config_file, tmp_path):
     result = cli("train", "--config", tiny_config_file, "--out", tmp_path / "nan", cache_dir=cache_dir,
-                 env=nan_fault_env(2))
+                 env=nan_fault_env((2, None)))
     assert result.returncode == 1 and "non-finite loss" in result.stderr
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["status"] == "failed"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import NAN_LR, invoke
+from conftest import NAN_AT_START_LR, NAN_LR, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -203,3 +203,60 @@ def test_report_on_a_real_sweep_has_baselines_and_gallery(nan_grid_experiment, c
     assert summary["front_size"] == 1 and "vanilla_ft" in summary and "zero_shot" in summary
     page = (experiment / "report" / "index.html").read_text()
     assert "Counterfactual gallery" in page and "WiSE-FT of vanilla FT" in page
+
+
+@pytest.mark.parametrize("scheduler", ["mo_asha", "asha", "none"])
+def test_a_nan_before_the_first_evaluation_fails_only_that_trial(scheduler, tmp_path, tiny_world_config, tiny_prepared,
+                                                                   cache_dir, ray_local):
+    space = tiny_space(tiny_world_config, sampler={"name": "grid", "seed": 0},
+                       parameters={"lr": {"type": "categorical", "choices": [0.001, NAN_AT_START_LR]}},
+                       scheduler={"name": scheduler, "grace_period": 1, "reduction_factor": 2},
+                       budget={"trials": 2, "concurrency": 1}, baselines={"wise_alphas": [0.0, 1.0]})
+    space["fixed"].pop("lr")
+    result = cli("sweep", write_space(tmp_path / "s.yaml", space), "--storage", tmp_path, "--name", "nan0", "--json",
+                 cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])["counts"]
+    assert counts["failed"] == 1 and counts["complete"] == 1, counts
+    status = json.loads(cli("status", tmp_path / "nan0", "--json", cache_dir=cache_dir).stdout.strip().splitlines()[-1])
+    failed = [t for t in status["trials"] if t["status"] == "failed"]
+    assert len(failed) == 1 and "non-finite loss" in failed[0]["failure"] and "step 0" in failed[0]["failure"]
+    assert failed[0]["lr"] == NAN_AT_START_LR
+    json.dumps(records(tmp_path / "nan0"), allow_nan=False)  # records stay strict JSON (no NaN written)
+
+
+def test_first_ctrl_c_stops_the_sweep_resumably_with_exit_130(tmp_path, tiny_world_config, tiny_prepared, cache_dir,
+                                                              ray_local):
+    import signal
+    import time
+
+    space = tiny_space(tiny_world_config, fixed={"steps": 24, "batch_size": 16, "eval_every": 8, "eval_batch_size": 128,
+                                                  "lr": 1e-3}, budget={"trials": 3, "concurrency": 1},
+                       baselines={"wise_alphas": [0.0, 1.0]})
+    experiment = tmp_path / "runs" / "ctrlc"
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+    driver = subprocess.Popen([sys.executable, "-m", "robusttune.cli", "sweep", write_space(tmp_path / "c.yaml", space),
+                               "--storage", tmp_path / "runs", "--name", "ctrlc"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (
+                (experiment / "records.jsonl").exists() and any(r.get("evaluation") for r in records(experiment))):
+            time.sleep(0.3)
+        driver.send_signal(signal.SIGINT)  # the user's Ctrl-C, to the driver alone
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, err[-3000:]
+    assert f"robusttune resume {experiment}" in err.strip().splitlines()[-1]
+    before = records(experiment, trials_only=False)
+    assert not [r for r in before if r.get("kind")], "the baselines ran after the interrupt"
+    result = cli("resume", experiment, "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["counts"]["complete"] == 3
+    finished = {r["trial_id"]: r for r in before if r.get("final") and r.get("status") == "complete"}
+    after = records(experiment)
+    for trial_id, row in finished.items():  # nothing finished before the interrupt was redone or lost
+        assert [r for r in after if r["trial_id"] == trial_id and r.get("final")][-1]["ood_mean"] == row["ood_mean"]

@@ -1,8 +1,8 @@
 """Test-only fault injection for subprocesses and Ray workers (never shipped: it lives under tests/).
 
-A process started with this folder on ``PYTHONPATH`` and ``ROBUSTTUNE_TEST_NAN='{"step": S, "lr": LR}'`` in its
-environment makes the training loss NaN at step ``S`` of every run whose learning rate is ``LR`` (any run when
-``lr`` is null), by wrapping ``StepComputer.loss`` once ``robusttune.training.loop`` is imported. Tests use it to
+A process started with this folder on ``PYTHONPATH`` and ``ROBUSTTUNE_TEST_NAN='{"step": S, "lr": LR}'`` (or a
+list of such objects) in its environment makes the training loss NaN at step ``S`` of every run whose learning
+rate is ``LR`` (any run when ``lr`` is null), by wrapping ``StepComputer.loss`` once ``robusttune.training.loop`` is imported. Tests use it to
 drive the real failure path through real processes (``robusttune train``, sweep trials in Ray workers).
 """
 
@@ -17,12 +17,13 @@ _TARGET = "robusttune.training.loop"
 
 
 def _patch(module) -> None:
-    fault = json.loads(_SPEC)
+    faults = json.loads(_SPEC)
+    faults = faults if isinstance(faults, list) else [faults]
     original = module.StepComputer.loss
 
     def loss(self, images, labels, step):
         value, parts = original(self, images, labels, step)
-        if step == fault["step"] and (fault.get("lr") is None or self.config.lr == fault["lr"]):
+        if any(step == f["step"] and (f.get("lr") is None or self.config.lr == f["lr"]) for f in faults):
             value = value * float("nan")
         return value, parts
 

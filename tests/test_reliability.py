@@ -1,0 +1,147 @@
+"""Bad luck and bad input around an experiment directory: nothing is deleted by mistake, nothing half-created is
+left behind, one process at a time, edited spaces refused, torn writes survived. None of these starts Ray."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import invoke
+
+from robusttune.errors import ConfigError
+from robusttune.experiment import (ExperimentLock, append_record, check_space_unchanged, load_records, read_records,
+                                   write_manifest)
+from robusttune.space import load_space
+
+
+def run(*args, cwd, cache_dir):
+    return invoke(*args, cwd=cwd, env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
+
+
+def one_line_exit_2(result, expected):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.fixture()
+def experiment(tmp_path) -> Path:
+    """A real experiment directory (manifest, frozen space, records) as a sweep writes it, without running one."""
+    space, text = load_space("demo")
+    path = tmp_path / "runs" / "exp"
+    path.mkdir(parents=True)
+    write_manifest(path, space, text, seed=0, trials=2, concurrency=1, runner={"kind": "train"})
+    append_record(path, {"trial_id": "t1", "status": "complete", "step": 150, "evaluation": 6, "final": True,
+                         "id_val_acc": 0.9, "ood_mean": 0.8})
+    return path
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refuses_a_folder_that_is_not_an_experiment(tmp_path, cache_dir):
+    precious = tmp_path / "s" / "x"
+    precious.mkdir(parents=True)
+    (precious / "precious.txt").write_text("keep")
+    one_line_exit_2(run("sweep", "demo", "--storage", tmp_path / "s", "--name", "x", "--overwrite", cwd=tmp_path,
+                        cache_dir=cache_dir), "not a robusttune experiment")
+    assert (precious / "precious.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--max-failures", "-1"], "--max-failures must be >= 0"),
+])
+def test_overwrite_validates_everything_before_deleting(experiment, cache_dir, args, expected):
+    before = snapshot(experiment)
+    one_line_exit_2(run("sweep", "demo", "--storage", experiment.parent, "--name", experiment.name, "--overwrite", *args,
+                        cwd=experiment.parent, cache_dir=cache_dir), expected)
+    assert snapshot(experiment) == before  # the experiment is intact, records and all
+
+
+def test_bad_sampler_options_fail_before_the_experiment_exists(tmp_path, cache_dir):
+    space = yaml.safe_load(load_space("demo")[1])
+    space["sampler"] = {"name": "tpe", "seed": 0, "options": {"n_startup_trails": 3}}
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(space))
+    one_line_exit_2(run("sweep", tmp_path / "typo.yaml", "--storage", tmp_path / "runs", "--name", "typo", cwd=tmp_path,
+                        cache_dir=cache_dir), "sampler.options not accepted")
+    assert not (tmp_path / "runs" / "typo").exists()
+
+
+def test_an_exported_ray_address_without_address_is_refused_before_anything(tmp_path, cache_dir):
+    result = invoke("sweep", "demo", "--storage", tmp_path / "runs", "--name", "r", cwd=tmp_path,
+                    env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir), "RAY_ADDRESS": "10.9.8.7:6379"})
+    one_line_exit_2(result, "RAY_ADDRESS is set (10.9.8.7:6379) but --address is not")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a$b", ".hidden", "with space", "semi;colon"])
+def test_experiment_names_are_plain_folder_names(tmp_path, cache_dir, name):
+    one_line_exit_2(run("sweep", "demo", "--storage", tmp_path / "runs", "--name", name, cwd=tmp_path,
+                        cache_dir=cache_dir), "experiment name must be a plain folder name")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_second_process_is_refused_with_the_holders_name(experiment, cache_dir):
+    with ExperimentLock(experiment, "robusttune resume runs/exp"):
+        result = run("resume", experiment, cwd=experiment.parent, cache_dir=cache_dir)
+        one_line_exit_2(result, "in use by 'robusttune resume runs/exp' (pid")
+        one_line_exit_2(run("sweep", "demo", "--storage", experiment.parent, "--name", "exp", "--overwrite",
+                            cwd=experiment.parent, cache_dir=cache_dir), "in use by")
+    assert not (experiment / ".lock").exists()  # released and gone: the folder is as it was
+    with ExperimentLock(experiment, "again"):  # and free again
+        pass
+
+
+def test_an_edited_space_is_refused_on_resume(experiment, cache_dir):
+    (experiment / "space.yaml").write_text((experiment / "space.yaml").read_text().replace("ood_mean", "ood_style"))
+    one_line_exit_2(run("resume", experiment, cwd=experiment.parent, cache_dir=cache_dir),
+                    "changed since the sweep started; restore it, or pass --allow-space-change")
+    check_space_unchanged(experiment, allow_change=True)  # the flag lets it through
+    with pytest.raises(ConfigError):
+        check_space_unchanged(experiment)
+
+
+def test_a_torn_last_line_never_swallows_the_next_record(experiment):
+    with open(experiment / "records.jsonl", "ab") as stream:
+        stream.write(b'{"trial_id": "t2", "status": "runn')  # a crash mid-write
+    append_record(experiment, {"trial_id": "t3", "status": "running", "step": 25, "evaluation": 1})
+    records = load_records(experiment)
+    assert [r["trial_id"] for r in records.rows] == ["t1", "t3"] and records.skipped == 1
+
+
+@pytest.mark.parametrize("bad", [b"[1, 2]\n", b'"text"\n', b"\xff\xfe not utf-8\n", b'{"trial_id": 7}\n',
+                                 b'{"trial_id": "t9", "step": "ten"}\n', b'{"trial_id": "t9", "status": "bogus"}\n'])
+def test_readers_skip_and_count_bad_rows_and_agree(experiment, bad, tmp_path):
+    from robusttune.analysis import results
+
+    with open(experiment / "records.jsonl", "ab") as stream:
+        stream.write(bad)
+    append_record(experiment, {"trial_id": "t4", "status": "running", "step": 25, "evaluation": 1,
+                               "id_val_acc": 0.5, "ood_mean": 0.5})
+    assert load_records(experiment).skipped == 1
+    assert {r["trial_id"] for r in read_records(experiment)} == {"t1", "t4"}
+    assert set(results.trials(experiment)["trial_id"]) == {"t1", "t4"}  # the analysis reads the same rows
+    status = run("status", experiment, "--json", cwd=tmp_path, cache_dir=tmp_path)
+    assert status.returncode == 0 and json.loads(status.stdout.splitlines()[-1])["counts"]["complete"] == 1
+
+
+def test_a_failed_report_carries_every_metric_the_searcher_and_scheduler_need():
+    from robusttune.search.trainable import failure_result
+
+    space, _ = load_space("demo")
+    before_first = failure_result(space, {}, step=0, evaluation=0, failure="non-finite loss")
+    assert set(space.objective.metrics) | {"objective"} <= set(before_first)
+    assert all(math.isnan(before_first[m]) for m in [*space.objective.metrics, "objective"])
+    assert before_first["trial_status"] == "failed"
+    later = failure_result(space, {"id_val_acc": 0.9, "ood_mean": 0.7}, step=50, evaluation=2, failure="x")
+    assert later["id_val_acc"] == 0.9 and math.isnan(later["objective"])
+
+
+def test_report_before_the_first_record_is_a_one_line_error(experiment, tmp_path, cache_dir):
+    shutil.copytree(experiment, tmp_path / "empty")
+    (tmp_path / "empty" / "records.jsonl").unlink()
+    result = run("report", tmp_path / "empty", "--no-gallery", cwd=tmp_path, cache_dir=cache_dir)
+    one_line_exit_2(result, "no records")
