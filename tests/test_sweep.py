@@ -225,8 +225,8 @@ def test_a_nan_before_the_first_evaluation_fails_only_that_trial(scheduler, tmp_
     json.dumps(records(tmp_path / "nan0"), allow_nan=False)  # records stay strict JSON (no NaN written)
 
 
-def test_first_ctrl_c_stops_the_sweep_resumably_with_exit_130(tmp_path, tiny_world_config, tiny_prepared, cache_dir,
-                                                              ray_local):
+def test_first_ctrl_c_stops_the_sweep_resumably_and_a_copy_resumes_on_its_own(tmp_path, tiny_world_config,
+                                                                             tiny_prepared, cache_dir, ray_local):
     import signal
     import time
 
@@ -253,10 +253,27 @@ def test_first_ctrl_c_stops_the_sweep_resumably_with_exit_130(tmp_path, tiny_wor
     assert f"robusttune resume {experiment}" in err.strip().splitlines()[-1]
     before = records(experiment, trials_only=False)
     assert not [r for r in before if r.get("kind")], "the baselines ran after the interrupt"
-    result = cli("resume", experiment, "--json", cache_dir=cache_dir)
+    # the experiment directory is self-contained: a copy resumed from another working directory writes only into
+    # the copy (Tune's pickled callbacks, scheduler and study would point at the original)
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "copied"
+    shutil.copytree(experiment, copy)
+    original = {p: p.read_bytes() for p in sorted(experiment.rglob("*")) if p.is_file()}
+    (tmp_path / "cwd").mkdir()
+    result = invoke("resume", Path("..") / "elsewhere" / "copied", "--json", cwd=tmp_path / "cwd",
+                    env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["counts"]["complete"] == 3
+    assert {p: p.read_bytes() for p in sorted(experiment.rglob("*")) if p.is_file()} == original
     finished = {r["trial_id"]: r for r in before if r.get("final") and r.get("status") == "complete"}
-    after = records(experiment)
+    after = records(copy)
+    assert [r for r in records(copy, trials_only=False) if r.get("kind") == "wise"], "the copy's baselines ran"
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="ctrlc", storage=JournalStorage(JournalFileBackend(str(copy / "optuna.journal"))))
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
     for trial_id, row in finished.items():  # nothing finished before the interrupt was redone or lost
         assert [r for r in after if r["trial_id"] == trial_id and r.get("final")][-1]["ood_mean"] == row["ood_mean"]

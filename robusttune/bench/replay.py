@@ -82,7 +82,8 @@ class EvaluationBudget(tune.Stopper):
     copy it pickled at the start, so on a resume the count is rebuilt from the experiment's records."""
 
     def __init__(self, limit: int, experiment: str | Path | None = None):
-        self.limit, self.experiment, self.seen = int(limit), experiment, set()
+        self.limit, self.experiment = int(limit), experiment
+        self.seen = reported_evaluations(Path(experiment)) if experiment else set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -28,9 +28,28 @@ class RobustOptunaSearch(OptunaSearch):
             result, error = None, True
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    journal: Path | None = None  # set before a restore: this experiment's journal (see point_at_journal)
+
     def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
+        journal = self.journal
+        super().restore(checkpoint_path)  # replaces every attribute with the pickled ones
+        if journal is not None:
+            self.point_at_journal(journal)
         self.fail_orphans()
+
+    def point_at_journal(self, path: Path) -> None:
+        """The pickled study names the journal where the sweep started; a moved or copied experiment must use its
+        own."""
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        if not path.is_file():
+            return
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        study = optuna.load_study(study_name=self._ot_study.study_name, storage=storage, sampler=self._sampler)
+        self._storage, self._ot_study, self.journal = storage, study, path
+        self._ot_trials = {tid: optuna.trial.Trial(study, trial._trial_id) for tid, trial in self._ot_trials.items()}
 
     def fail_orphans(self) -> int:
         import optuna

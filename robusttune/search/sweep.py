@@ -140,7 +140,7 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
     write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
                    concurrency=options.concurrency, runner=runner.describe())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(journal(experiment))))
+    storage = JournalStorage(JournalFileBackend(str(journal(experiment.resolve()))))
     objective = space.objective
     searcher = RobustOptunaSearch(
         space=space.define_by_run, metric=list(objective.metrics) if space.multi_objective else objective.metrics[0],
@@ -208,10 +208,37 @@ def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
     except Exception as error:
         raise SweepError(f"{experiment}: Ray Tune could not restore the sweep ({type(error).__name__}: {str(error)[:200]})") from None
+    _point_at(tuner, experiment, space, space_text, options, runner)
     with _stop_on_first_interrupt(experiment):
         results = tuner.fit()
     runner.after_trials(experiment, space, space_text)
     return results
+
+
+def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions,
+              runner: TrialRunner) -> None:
+    """Tune restores the callbacks, scheduler, stopper and failure settings it pickled when the sweep started,
+    with the paths they held then: a moved or copied experiment would write into the original. Give the restored
+    run fresh ones for this experiment directory (MO-ASHA and the budget reload their state from it) and this
+    call's ``max_failures``; and tell the searcher which journal to use once Tune has restored it."""
+    from ray import tune
+
+    from robusttune.search.adapters import RecordsCallback, RobustOptunaSearch
+
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "_run_config") or not hasattr(internal, "_tune_config"):
+        raise SweepError(f"{experiment}: this Ray version restores sweeps in a way robusttune does not know; "
+                         f"nothing was changed")
+    internal._run_config = replace(internal._run_config, callbacks=[RecordsCallback(experiment.resolve(), space_text)],
+                                   stop=runner.stopper(experiment.resolve()),
+                                   failure_config=tune.FailureConfig(max_failures=options.max_failures))
+    internal._tune_config.scheduler = make_scheduler(space, experiment)
+    searcher = internal._tune_config.search_alg
+    while hasattr(searcher, "searcher"):  # the ConcurrencyLimiter around it
+        searcher = searcher.searcher
+    if not isinstance(searcher, RobustOptunaSearch):
+        raise SweepError(f"{experiment}: the restored search algorithm is {type(searcher).__name__}, not robusttune's")
+    searcher.journal = journal(experiment.resolve())
 
 
 def _close_lost_trials(experiment: Path, recorded: dict[str, dict[str, Any]], restored: set[str]) -> None:
