@@ -306,6 +306,38 @@ def append_record(experiment: Path, row: dict[str, Any]) -> None:
         os.fsync(stream.fileno())
 
 
+def end_torn_tail(path: Path) -> int:
+    """Cut a torn last line (bytes after the last newline: a write a crash interrupted) from an append-only log such
+    as the Optuna journal, whose reader would otherwise glue the next append onto it. Returns the bytes cut."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as stream:
+        size = stream.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        stream.seek(max(0, size - 1))
+        if stream.read(1) == b"\n":
+            return 0
+        block, end = 65536, size
+        while end > 0:  # find the last newline, reading backwards
+            start = max(0, end - block)
+            stream.seek(start)
+            chunk = stream.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        stream.truncate(keep)
+        stream.flush()
+        os.fsync(stream.fileno())
+    log.warning("%s: cut a torn last line of %d byte(s) left by a crash", path, size - keep)
+    return size - keep
+
+
 @dataclass(frozen=True)
 class Records:
     rows: list[dict[str, Any]]  # every valid row, in file order

@@ -145,3 +145,14 @@ def test_report_before_the_first_record_is_a_one_line_error(experiment, tmp_path
     (tmp_path / "empty" / "records.jsonl").unlink()
     result = run("report", tmp_path / "empty", "--no-gallery", cwd=tmp_path, cache_dir=cache_dir)
     one_line_exit_2(result, "no records")
+
+
+def test_a_torn_journal_tail_is_cut_at_the_last_complete_line(tmp_path):
+    from robusttune.experiment import end_torn_tail
+
+    journal = tmp_path / "optuna.journal"
+    journal.write_bytes(b'{"op": 1}\n{"op": 2}\n{"op": 3, "tor')
+    assert end_torn_tail(journal) == len(b'{"op": 3, "tor') and journal.read_bytes() == b'{"op": 1}\n{"op": 2}\n'
+    assert end_torn_tail(journal) == 0 and journal.read_bytes() == b'{"op": 1}\n{"op": 2}\n'  # whole lines stay
+    journal.write_bytes(b"no newline at all")
+    assert end_torn_tail(journal) == 17 and journal.read_bytes() == b""

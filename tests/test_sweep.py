@@ -41,7 +41,9 @@ def write_space(path: Path, space: dict) -> Path:
 
 def records(experiment: Path, *, trials_only: bool = True):
     """Rows of records.jsonl; by default only trial rows (not the baseline/WiSE-FT rows, which have no trial_id)."""
-    rows = [json.loads(line) for line in (experiment / "records.jsonl").read_text().splitlines() if line.strip()]
+    from robusttune.experiment import read_records
+
+    rows = list(read_records(experiment))  # the one reader: a torn line is skipped, never glued to the next
     return [r for r in rows if "trial_id" in r] if trials_only else rows
 
 
@@ -260,6 +262,9 @@ def test_first_ctrl_c_stops_the_sweep_resumably_and_a_copy_resumes_on_its_own(tm
     copy = tmp_path / "elsewhere" / "copied"
     shutil.copytree(experiment, copy)
     original = {p: p.read_bytes() for p in sorted(experiment.rglob("*")) if p.is_file()}
+    for log in ("optuna.journal", "records.jsonl"):  # and torn tails (a crash mid-append) swallow nothing
+        with open(copy / log, "ab") as stream:
+            stream.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "sta')
     (tmp_path / "cwd").mkdir()
     result = invoke("resume", Path("..") / "elsewhere" / "copied", "--json", cwd=tmp_path / "cwd",
                     env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})

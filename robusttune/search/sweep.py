@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from robusttune.errors import ConfigError, Interrupted, SweepError
-from robusttune.experiment import (append_record, journal, latest_by_trial, load_frozen_space, read_manifest,
-                                   scheduler_state, tune_dir, write_manifest)
+from robusttune.experiment import (append_record, end_torn_tail, journal, latest_by_trial, load_frozen_space,
+                                   read_manifest, scheduler_state, tune_dir, write_manifest)
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,7 @@ def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
     if recorded and not restored:
         raise SweepError(f"{experiment}: the saved Tune state has no trials but {len(recorded)} were recorded; "
                          f"refusing to continue as a fresh sweep")
+    end_torn_tail(journal(experiment))  # a crash mid-append must not corrupt the study's next write
     _close_lost_trials(experiment, recorded, restored)
     _init_ray(options.address)
     options = replace(options, seed=manifest.get("seed", options.seed))
