@@ -1,5 +1,6 @@
 """Cluster configs validated the way Ray and KubeRay read them, and ``robusttune launch --dry-run``."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -50,6 +51,36 @@ def test_launch_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
     assert "robusttune sweep paper --name p1 --address auto --storage /mnt/efs/runs" in submit
     assert any(line.startswith("ray down -y") for line in lines) and any("robusttune resume /mnt/efs/runs/p1" in l for l in lines)
     assert list(tmp_path.iterdir()) == []
+    # launched clusters authenticate, and a trial whose (spot) node dies is retried, also after a resume
+    assert "ray get-auth-token --generate" in lines and "RAY_AUTH_MODE=token" in submit
+    assert "--max-failures 3" in submit
+    assert any("robusttune resume /mnt/efs/runs/p1 --address auto --max-failures 3" in line for line in lines)
+    plain = launch("paper", "--cluster", ROOT / "cluster.yaml", "--storage", "/mnt/efs/runs", "--name", "p1", "--dry-run",
+                   "--no-token-auth", "--max-failures", "0", cwd=tmp_path)
+    assert plain.returncode == 0 and "get-auth-token" not in plain.stdout and "RAY_AUTH_MODE" not in plain.stdout
+    assert "--max-failures 0" in plain.stdout
+
+
+def test_cluster_files_authenticate_and_hold_no_secrets():
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for commands in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert "RAY_AUTH_MODE=token" in start
+    head = next(c for c in cluster["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head  # reached through a port-forward only
+    assert cluster["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"  # the token file, not the token
+    manifest = yaml.safe_load((ROOT / "k8s" / "raycluster.yaml").read_text())
+    spec = manifest["spec"]
+    containers = [spec["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    containers += [group["template"]["spec"]["containers"][0] for group in spec["workerGroupSpecs"]]
+    for container in containers:
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"] and "value" not in env["RAY_AUTH_TOKEN"]
+    for path in (ROOT / "cluster.yaml", ROOT / "k8s" / "raycluster.yaml"):
+        text = path.read_text().lower()
+        assert not any(secret in text for secret in ("aws_secret_access_key", "aws_access_key_id", "password:")), path
+        assert not re.search(r"(auth_token|ray_auth_token)['\"]?\s*[:=]\s*['\"]?[a-z0-9_-]{16,}", text), path  # no token
 
 
 def test_launch_rejects_bad_input(tmp_path):
@@ -60,6 +91,10 @@ def test_launch_rejects_bad_input(tmp_path):
         (["paper", "--cluster", bad, "--storage", "/mnt/x", "--dry-run"], "not a valid Ray cluster config"),
         (["paper", "--cluster", ROOT / "cluster.yaml", "--storage", "relative/runs", "--dry-run"], "--storage must be an absolute path"),
         (["nope", "--cluster", ROOT / "cluster.yaml", "--storage", "/mnt/x", "--dry-run"], "unknown search space 'nope'"),
+        (["paper", "--cluster", ROOT / "cluster.yaml", "--storage", "/mnt/x", "--max-failures", "-1", "--dry-run"],
+         "--max-failures must be >= 0"),
+        (["paper", "--cluster", ROOT / "cluster.yaml", "--storage", "/mnt/x", "--name", "a b;rm", "--dry-run"],
+         "experiment name must be a plain folder name"),
     ]
     for args, expected in cases:
         result = launch(*args, cwd=tmp_path)

@@ -21,12 +21,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not args.storage.startswith("/"):
         raise ConfigError(f"--storage must be an absolute path mounted on every node (shared storage), got {args.storage!r}")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    steps = plan(args.space, cluster, name=name, storage=args.storage, token_auth=args.token_auth)
-    lines = render(steps, token_auth=args.token_auth)
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+    from robusttune.experiment import check_experiment_name
+
+    check_experiment_name(name)
+    token_auth = not args.no_token_auth
+    steps = plan(args.space, cluster, name=name, storage=args.storage, token_auth=token_auth, max_failures=args.max_failures)
+    lines = render(steps, token_auth=token_auth)
     if args.dry_run:
         print("\n".join(lines))
         return 0
-    execute(steps, token_auth=args.token_auth)
+    execute(steps, token_auth=token_auth)
     print("\n".join(line for line in lines[lines.index("# follow it"):]))
     return 0
 
@@ -37,6 +43,10 @@ def register(commands) -> None:
     launch.add_argument("--cluster", required=True, metavar="FILE", help="Ray cluster-launcher config (see cluster.yaml)")
     launch.add_argument("--storage", required=True, metavar="DIR", help="shared folder mounted on every node, e.g. /mnt/efs/runs")
     launch.add_argument("--name", help="experiment and job name (default: <space>-<time>)")
-    launch.add_argument("--token-auth", action="store_true", help="the cluster uses Ray token authentication (RAY_AUTH_MODE=token)")
+    launch.add_argument("--token-auth", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
+    launch.add_argument("--no-token-auth", action="store_true",
+                        help="a cluster without Ray token authentication (default: RAY_AUTH_MODE=token, token made here)")
+    launch.add_argument("--max-failures", type=int, default=3, metavar="N",
+                        help="retries of a trial whose node dies, from its checkpoint (default 3: spot nodes go away)")
     launch.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     launch.set_defaults(handler=cmd_launch)

@@ -51,10 +51,14 @@ def check_cluster_file(path: Path) -> dict:
     return config
 
 
-def plan(space: str, cluster: Path, *, name: str, storage: str, token_auth: bool) -> LaunchPlan:
+TOKEN_FILE = "~/.ray/auth_token"  # Ray's default token path, here and on the nodes (cluster.yaml mounts it)
+
+
+def plan(space: str, cluster: Path, *, name: str, storage: str, token_auth: bool, max_failures: int) -> LaunchPlan:
     quote = shlex.quote
     experiment = f"{storage.rstrip('/')}/{name}"
-    sweep = ["robusttune", "sweep", space, "--name", name, "--address", "auto", "--storage", storage]
+    retries = ["--max-failures", str(max_failures)]  # spot nodes go away: a trial resumes from its checkpoint
+    sweep = ["robusttune", "sweep", space, "--name", name, "--address", "auto", "--storage", storage, *retries]
     env = {"RAY_ADDRESS": DASHBOARD}
     if token_auth:
         env["RAY_AUTH_MODE"] = "token"
@@ -63,6 +67,7 @@ def plan(space: str, cluster: Path, *, name: str, storage: str, token_auth: bool
     entrypoint = f"pip install --quiet --no-deps . && {shlex.join(sweep)}"
     submit = ["ray", "job", "submit", "--address", DASHBOARD, "--submission-id", name, "--working-dir", ".", "--no-wait",
               "--", "bash", "-c", entrypoint]
+    resume = shlex.join(["robusttune", "resume", experiment, "--address", "auto", *retries])
     return LaunchPlan(
         up=["ray", "up", "-y", str(cluster)],
         dashboard=["ray", "dashboard", str(cluster)],
@@ -73,18 +78,20 @@ def plan(space: str, cluster: Path, *, name: str, storage: str, token_auth: bool
         fetch=[f"ray exec {quote(str(cluster))} {quote(f'robusttune report {experiment}')}",
                f"ray rsync-down {quote(str(cluster))} {quote(experiment + '/report/')} {quote('./report-' + name + '/')}"],
         resume=(f"ray job submit --address {DASHBOARD} --working-dir . -- bash -c "
-                + quote(f"pip install --quiet --no-deps . && robusttune resume {quote(experiment)} --address auto")),
+                + quote(f"pip install --quiet --no-deps . && {resume}")),
         down=f"ray down -y {quote(str(cluster))}",
     )
 
 
 def render(p: LaunchPlan, *, token_auth: bool) -> list[str]:
     env = " ".join(f"{k}={v}" for k, v in p.env.items())
-    lines = ["# 1. start (or update) the cluster", shlex.join(p.up),
-             "# 2. forward the dashboard (job API) to this machine; keep it running", shlex.join(p.dashboard) + " &"]
+    lines = []
     if token_auth:
-        lines += ["# the cluster runs with token authentication: fetch its token for the job client",
-                  f"ray rsync-down {shlex.quote(p.up[-1])} /home/ray/.ray/auth_token ~/.ray/auth_token"]
+        lines += ["# 0. the cluster's token (Ray token authentication): made here once, mounted on every node",
+                  "ray get-auth-token --generate"]
+    lines += ["# 1. start (or update) the cluster", shlex.join(p.up),
+              "# 2. forward the dashboard (job API, bound to the head's loopback) to this machine; keep it running",
+              shlex.join(p.dashboard) + " &"]
     lines += ["# 3. submit the sweep as a Ray job (the working directory travels with it)", f"{env} {shlex.join(p.submit)}",
               "# follow it", p.follow, "# trials table", p.status, "# fetch the report", *p.fetch,
               "# resume after an interruption", p.resume, "# tear the cluster down (results stay on the shared storage)", p.down]
@@ -98,11 +105,11 @@ def execute(p: LaunchPlan, *, token_auth: bool, wait_s: float = 120) -> None:
         if result.returncode != 0:
             raise LaunchError(f"'{shlex.join(command)}' failed with exit code {result.returncode}")
 
+    if token_auth and not Path(TOKEN_FILE).expanduser().is_file():
+        run(["ray", "get-auth-token", "--generate"])
     run(p.up)
     forward = subprocess.Popen(p.dashboard, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        if token_auth:
-            run(["ray", "rsync-down", p.up[-1], "/home/ray/.ray/auth_token", str(Path.home() / ".ray" / "auth_token")])
         deadline = time.time() + wait_s
         while True:  # the port-forward takes a moment
             try:
