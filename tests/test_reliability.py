@@ -156,3 +156,45 @@ def test_a_torn_journal_tail_is_cut_at_the_last_complete_line(tmp_path):
     assert end_torn_tail(journal) == 0 and journal.read_bytes() == b'{"op": 1}\n{"op": 2}\n'  # whole lines stay
     journal.write_bytes(b"no newline at all")
     assert end_torn_tail(journal) == 17 and journal.read_bytes() == b""
+
+
+def test_baselines_killed_mid_curve_finish_where_they_stopped(tmp_path, tiny_world_config, tiny_prepared, cache_dir,
+                                                              monkeypatch):
+    """A kill during the baselines loses at most the point being computed; the next run completes each curve and
+    reuses the vanilla fine-tuning weights instead of training them again."""
+    from robusttune.search import baselines
+    from robusttune.training import run as run_module
+    from robusttune.training import wise
+
+    space = {"name": "b", "task": {"world": tiny_world_config.to_dict()},
+             "fixed": {"steps": 4, "batch_size": 16, "eval_every": 2, "eval_batch_size": 256},
+             "baselines": {"wise_alphas": [0.0, 0.5, 1.0]}}
+    text = yaml.safe_dump(space)
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "space.yaml").write_text(text)
+    real_curve, calls = wise.wise_curve, []
+
+    def killed_after_two(*args, **kwargs):
+        calls.append(kwargs["alphas"])
+        if len(calls) > 2:
+            raise KeyboardInterrupt  # the process dies mid-curve
+        return real_curve(*args, **kwargs)
+
+    monkeypatch.setattr(wise, "wise_curve", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        baselines.run_baselines(experiment, text, cache_dir, [], cpu=2, gpu=0, use_ray=False)
+    rows = list(read_records(experiment))
+    assert [r["method"] for r in rows if r.get("kind") == "baseline"] == ["zero-shot", "vanilla-ft"]
+    assert sorted(r["alpha"] for r in rows if r.get("kind") == "wise") == [0.0, 0.5]  # kept, row by row
+    assert (experiment / "baselines" / "vanilla_ft.pt").is_file()
+
+    monkeypatch.setattr(wise, "wise_curve", real_curve)
+    monkeypatch.setattr(run_module, "prepare_run", lambda *a, **k: pytest.fail("vanilla FT trained twice"))
+    assert baselines.run_baselines(experiment, text, cache_dir, [], cpu=2, gpu=0, use_ray=False) == 1
+    rows = list(read_records(experiment))
+    assert sorted(r["alpha"] for r in rows if r.get("kind") == "wise") == [0.0, 0.5, 1.0]
+    at_one = next(r for r in rows if r.get("kind") == "wise" and r["alpha"] == 1.0)
+    vanilla = next(r for r in rows if r.get("method") == "vanilla-ft")
+    assert at_one["id_acc"] == vanilla["id_acc"]  # alpha 1 is the reused vanilla weights
+    assert baselines.run_baselines(experiment, text, cache_dir, [], cpu=2, gpu=0, use_ray=False) == 0  # all done

@@ -18,12 +18,21 @@ from typing import Any
 from robusttune.experiment import append_record, baselines_dir, latest_checkpoint, parse_space_text, read_records
 
 
-def recorded_wise_sources(experiment: Path) -> set[str]:
-    return {r["source"] for r in read_records(experiment) if r.get("kind") == "wise"}
+def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
+    """The baseline methods and the ``(source, alpha)`` WiSE-FT points already in the records."""
+    methods, points = set(), set()
+    for row in read_records(experiment):
+        if row.get("kind") == "baseline":
+            methods.add(row.get("method"))
+        elif row.get("kind") == "wise" and isinstance(row.get("alpha"), int | float):
+            points.add((row.get("source"), round(float(row["alpha"]), 6)))
+    return methods, points
 
 
-def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int) -> list[dict[str, Any]]:
-    """The rows to record (runs in a Ray task or in-process); trains vanilla FT only if not cached."""
+def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int) -> int:
+    """Compute what the records lack and append each row as soon as it exists (runs in a Ray task or in-process),
+    so a kill loses at most the row being computed: a resumed sweep finishes each curve where it stopped, and the
+    vanilla fine-tuning run is trained once (``baselines/vanilla_ft.pt``). Returns the number of rows written."""
     import torch
 
     from robusttune.config import TrainConfig, parse
@@ -36,42 +45,54 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     torch.set_num_threads(max(1, threads))
     exp = Path(experiment)
     space = parse_space_text(space_yaml)
-    alphas = space.baselines.wise_alphas
+    methods, points = recorded(exp)
+    sources = [("vanilla-ft", None), *((t, latest_checkpoint(exp, t)) for t in trial_ids)]
+    missing = {source: [a for a in space.baselines.wise_alphas if (source, round(float(a), 6)) not in points]
+               for source, _ in sources}
+    if {"zero-shot", "vanilla-ft"} <= methods and not any(missing.values()):
+        return 0
     student, task = build_task(space.task, Path(cache_dir))
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    done = recorded_wise_sources(exp)
-    rows: list[dict[str, Any]] = []
+    written = 0
+
+    def record(row: dict[str, Any]) -> None:
+        nonlocal written
+        append_record(exp, row)
+        written += 1
+
+    if "zero-shot" not in methods:
+        record({"kind": "baseline", "method": "zero-shot", **evaluate(student, task.eval_sets)})
+    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
+    config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
     vanilla_path = baselines_dir(exp) / "vanilla_ft.pt"
-    if "vanilla-ft" not in done:
-        rows.append({"kind": "baseline", "method": "zero-shot", **evaluate(student, task.eval_sets)})
-        fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
-        config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
+    vanilla = load_checkpoint(vanilla_path) if vanilla_path.is_file() else None
+    if vanilla is not None and ("metrics" not in vanilla or json.loads(vanilla["config"]) != config.to_dict()):
+        vanilla = None  # trained under other fixed settings (or by an older robusttune): train again
+    if vanilla is None:
         result = prepare_run(config, space.task, Path(cache_dir), built=(student, task)).train()
-        save_checkpoint(vanilla_path, {"model": student.state_dict(), "config": json.dumps(config.to_dict())})
-        rows.append({"kind": "baseline", "method": "vanilla-ft", "config": config.to_dict(), **result.metrics})
-        curve = wise_curve(student, zero_shot, student.state_dict(), task.eval_sets, alphas=alphas)
-        rows += [{"kind": "wise", "source": "vanilla-ft", **row} for row in curve]
-    for trial_id in trial_ids:
-        path = latest_checkpoint(exp, trial_id)
-        if trial_id in done or path is None:
+        vanilla = {"model": {k: v.detach().clone() for k, v in student.state_dict().items()},
+                   "config": json.dumps(config.to_dict()), "metrics": json.dumps(result.metrics)}
+        save_checkpoint(vanilla_path, vanilla)
+        student.load_state_dict(zero_shot)
+    if "vanilla-ft" not in methods:
+        record({"kind": "baseline", "method": "vanilla-ft", "config": config.to_dict(), **json.loads(vanilla["metrics"])})
+    for source, path in sources:
+        if not missing[source] or (source != "vanilla-ft" and path is None):
             continue
-        finetuned = load_checkpoint(path)["model"]
-        curve = wise_curve(student, zero_shot, finetuned, task.eval_sets, alphas=alphas)
-        rows += [{"kind": "wise", "source": trial_id, **row} for row in curve]
-    return rows
+        finetuned = vanilla["model"] if source == "vanilla-ft" else load_checkpoint(path)["model"]
+        for alpha in missing[source]:  # one row at a time: a kill loses at most this point of the curve
+            (row,) = wise_curve(student, zero_shot, finetuned, task.eval_sets, alphas=(alpha,))
+            record({"kind": "wise", "source": source, **row})
+    return written
 
 
 def run_baselines(experiment: Path, space_text: str, cache_dir: Path, trial_ids: list[str], *, cpu: float, gpu: float,
-              use_ray: bool = True) -> int:
-    """Compute what is missing and append it to the records; returns the number of rows written."""
+                  use_ray: bool = True) -> int:
+    """Compute what is missing (appending it to the records as it goes); returns the number of rows written."""
     args = (str(experiment.resolve()), space_text, str(cache_dir), list(trial_ids), max(1, int(cpu)))
     if use_ray:
         import ray
 
         task = ray.remote(num_cpus=cpu, num_gpus=gpu)(compute_baselines)
-        rows = ray.get(task.remote(*args))
-    else:
-        rows = compute_baselines(*args)
-    for row in rows:
-        append_record(experiment, row)
-    return len(rows)
+        return int(ray.get(task.remote(*args)))
+    return compute_baselines(*args)
