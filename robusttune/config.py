@@ -398,3 +398,11 @@ class TaskSpec(Frozen):
         if self.world is not None and self.imagenet is not None:
             raise ValueError("give world or imagenet, not both")
         return self
+
+    def metrics(self) -> list[str]:
+        """The metrics every evaluation of this task reports."""
+        if self.imagenet is not None:
+            oods = [f"ood_{name.value}" for name in self.imagenet.ood_dirs]
+        else:
+            oods = [f"ood_{shift.value}" for shift in (self.world or default_world()).ood_shifts]
+        return ["id_val_acc", "id_acc", *oods, *(["ood_mean"] if oods else [])]

@@ -119,6 +119,8 @@ class Parameter(Frozen):
                 raise ValueError(f"a {self.type} parameter needs low < high, got low={self.low}, high={self.high}")
             if self.log and self.low <= 0:
                 raise ValueError(f"a log-scale parameter needs low > 0, got {self.low}")
+            if self.log and self.step is not None:
+                raise ValueError("a log-scale parameter takes no 'step' (Optuna samples it continuously in log space)")
             if self.choices is not None:
                 raise ValueError(f"a {self.type} parameter takes 'low'/'high', not 'choices'")
         return self
@@ -198,6 +200,14 @@ class SearchSpace(Frozen):
                 if any(v not in parent_choices for v in values):
                     raise ValueError(f"parameter '{name}': 'when' values for '{parent}' must be among its choices {list(parent_choices)}")
         self.suggestion_order()  # raises on circular conditions
+        reported = self.task.metrics()
+        for metric in self.objective.metrics:
+            if metric not in reported:
+                close = difflib.get_close_matches(metric, reported, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"objective metric '{metric}' is not reported by this task{hint}; it reports "
+                                 f"{', '.join(reported)}")
+        self._check_a_trial()
         if self.sampler.name is SamplerName.GRID:
             for name, parameter in self.parameters.items():
                 if parameter.when:
@@ -205,6 +215,25 @@ class SearchSpace(Frozen):
                 if parameter.type != "categorical" and not parameter.grid:
                     raise ValueError(f"the grid sampler needs 'grid' values for parameter '{name}'")
         return self
+
+    def _check_a_trial(self) -> None:
+        """A trial of this space must be a valid TrainConfig: try the fixed values with every parameter at its first
+        choice or its low bound (conditional ones only where their condition holds)."""
+        probe: dict[str, Any] = {}
+        for name in self.suggestion_order():
+            p = self.parameters[name]
+            if p.when and any(probe.get(parent) not in allowed for parent, allowed in p.when.items()):
+                continue
+            probe[name] = p.choices[0] if p.type == "categorical" else (int(p.low) if p.type == "int" else p.low)
+        try:
+            TrainConfig.model_validate({**self.fixed, **probe})
+        except Exception as error:  # pydantic's ValidationError: report its first problem in one line
+            first = error.errors()[0] if hasattr(error, "errors") else {"msg": str(error)}
+            message = str(first["msg"]).removeprefix("Value error, ")
+            where = ".".join(str(part) for part in first.get("loc", ()))
+            message = f"{where}: {message}" if where else message
+            raise ValueError(f"a trial would not be a valid run ({message}); check 'fixed' against the searched "
+                             f"parameters {sorted(probe)}") from None
 
     def trial_config(self, sampled: dict[str, Any], *, seed: int) -> TrainConfig:
         """The validated TrainConfig of one trial (fixed values, then sampled ones, then the sweep seed)."""

@@ -82,7 +82,7 @@ def invoke(*args, cwd: Path | None = None, env: dict[str, str] | None = None) ->
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for every in-process sweep of the session (loopback only), with the NaN fault armed."""
+    """One local Ray for every in-process sweep of the session, with the NaN faults armed."""
     import os
 
     import ray
@@ -92,8 +92,7 @@ def ray_local():
     saved = dict(os.environ)
     os.environ.update(nan_fault_env((NAN_STEP, NAN_LR), (0, NAN_AT_START_LR)))  # inherited by the raylet, hence by every worker
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -38,6 +38,14 @@ DELETE = object()
 
 SPACE_CASES = [
     ("syntax error", "name: [unclosed\n", "not valid YAML"),
+    ("objective metric no trial reports", space_with(**{"objective.metrics": ["id_val_acc", "ood_bakground"]}),
+     "objective metric 'ood_bakground' is not reported by this task (did you mean 'ood_background'?)"),
+    ("log scale with a step", space_with(**{"parameters.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True,
+                                                             "step": 1e-4}}), "a log-scale parameter takes no 'step'"),
+    ("epochs searched while steps fixed", space_with(**{"parameters.epochs": {"type": "float", "low": 1, "high": 3}}),
+     "a trial would not be a valid run (give steps or epochs, not both)"),
+    ("more CPUs per trial than the machine", space_with(**{"resources.cpu": 4096}), "resources.cpu is 4096.0 per trial"),
+    ("a GPU per trial on a machine without one", space_with(**{"resources.gpu": 1}), "resources.gpu is 1.0 per trial"),
     ("wise alpha outside [0, 1]", space_with(**{"baselines.wise_alphas": [0.0, 1.5]}), "wise_alphas must be values in [0, 1]"),
     ("wise alphas repeated", space_with(**{"baselines.wise_alphas": [0.5, 0.5]}), "wise_alphas must not repeat"),
     ("unknown baselines key", space_with(**{"baselines.alphas": [0.5]}), "unknown key 'baselines.alphas' (did you mean 'wise_alphas'?)"),

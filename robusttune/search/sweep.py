@@ -64,6 +64,18 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> N
     from robusttune.search.samplers import make_sampler
 
     make_sampler(space, options.seed)  # bad sampler options fail here, not after the experiment exists
+    if options.address is None:  # this machine is the whole cluster: a trial must fit on it
+        cpus = os.cpu_count() or 1
+        if space.resources.cpu > cpus:
+            raise ConfigError(f"space '{space.name}': resources.cpu is {space.resources.cpu} per trial but this machine "
+                              f"has {cpus} CPU(s); lower it, or sweep on a cluster with --address")
+        if space.resources.gpu > 0:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            if space.resources.gpu > gpus:
+                raise ConfigError(f"space '{space.name}': resources.gpu is {space.resources.gpu} per trial but this "
+                                  f"machine has {gpus} GPU(s); set resources.gpu: 0, or sweep on a cluster with --address")
     exported = os.environ.get("RAY_ADDRESS")
     if options.address is None and exported:
         raise ConfigError(f"RAY_ADDRESS is set ({exported}) but --address is not: pass --address {exported} to sweep "
@@ -81,9 +93,11 @@ def _init_ray(address: str | None) -> None:
         return
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:  # a local Ray listens on loopback only (by default it binds every interface)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+    else:
+        # No dashboard. Ray 2.60 binds its GCS, raylet and worker ports to every interface whatever node IP it is
+        # given (ray.init maps 127.0.0.1 to the node's address); its default token authentication for local
+        # clusters (Ray >= 2.59) is what guards them, so robusttune never turns it off.
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 @contextmanager
