@@ -282,3 +282,49 @@ def test_first_ctrl_c_stops_the_sweep_resumably_and_a_copy_resumes_on_its_own(tm
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
     for trial_id, row in finished.items():  # nothing finished before the interrupt was redone or lost
         assert [r for r in after if r["trial_id"] == trial_id and r.get("final")][-1]["ood_mean"] == row["ood_mean"]
+
+
+def _study_states(experiment: Path) -> list[str]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(experiment / "optuna.journal")))
+    return [t.state.name for t in optuna.load_study(study_name=experiment.name, storage=storage).trials]
+
+
+def _curves_complete_once(experiment: Path, alphas: list[float]) -> None:
+    rows = records(experiment, trials_only=False)
+    assert sorted(r["method"] for r in rows if r.get("kind") == "baseline") == ["vanilla-ft", "zero-shot"]
+    points = [(r["source"], r["alpha"]) for r in rows if r.get("kind") == "wise"]
+    assert len(points) == len(set(points)), "a WiSE-FT point was recorded twice"
+    for source in {s for s, _ in points}:
+        assert sorted(a for s, a in points if s == source) == alphas, source
+
+
+@pytest.mark.parametrize("moment", ["during the baselines", "before Tune's first state save"])
+def test_kill_9_at_any_moment_then_resume_finishes_everything(moment, tmp_path, tiny_world_config, tiny_prepared,
+                                                              cache_dir, kill_9_when, ray_local):
+    alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    space = tiny_space(tiny_world_config, budget={"trials": 2, "concurrency": 1}, baselines={"wise_alphas": alphas})
+    experiment = tmp_path / "runs" / "k"
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+
+    def baselines_started() -> bool:
+        return (experiment / "records.jsonl").exists() and any(r.get("kind") == "wise" for r in
+                                                                 records(experiment, trials_only=False))
+
+    def experiment_created() -> bool:
+        return (experiment / "manifest.json").exists()
+
+    ready = baselines_started if moment == "during the baselines" else experiment_created
+    kill_9_when(["sweep", write_space(tmp_path / "k.yaml", space), "--storage", tmp_path / "runs", "--name", "k"], env,
+                ready, timeout=240, never=f"the sweep never got to the moment {moment}")
+    if moment != "during the baselines":
+        assert not list((experiment / "tune").glob("experiment_state*")) if (experiment / "tune").exists() else True
+    result = cli("resume", experiment, "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])["counts"]
+    assert counts["complete"] == 2 and counts["running"] == 0, counts
+    assert "RUNNING" not in _study_states(experiment)
+    _curves_complete_once(experiment, alphas)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from robusttune.errors import ConfigError, Interrupted, SweepError
-from robusttune.experiment import (append_record, end_torn_tail, journal, latest_by_trial, load_frozen_space,
-                                   read_manifest, scheduler_state, tune_dir, write_manifest)
+from robusttune.experiment import (MANIFEST_FORMAT, append_record, end_torn_tail, journal, latest_by_trial,
+                                   load_frozen_space, read_manifest, scheduler_state, tune_dir, write_manifest)
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,14 @@ def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, s
 
 def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner):
     """Run a new sweep into ``experiment`` (already created and empty). Returns Tune's ResultGrid."""
+    write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
+                   concurrency=options.concurrency, runner=runner.describe())
+    return _search(experiment, space, space_text, options, runner, trials=options.trials)
+
+
+def _search(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner, *,
+            trials: int):
+    """A fresh Tune run of ``trials`` trials into the experiment's study, then what the runner does after them."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -151,8 +159,6 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
     from robusttune.search.adapters import RecordsCallback, RobustOptunaSearch
     from robusttune.search.samplers import make_sampler
 
-    write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
-                   concurrency=options.concurrency, runner=runner.describe())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(journal(experiment.resolve()))))
     objective = space.objective
@@ -161,13 +167,14 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
         mode=[d.value for d in objective.directions] if space.multi_objective else objective.directions[0].value,
         sampler=make_sampler(space, options.seed), storage=storage, study_name=experiment.name,
     )
+    searcher.fail_orphans()  # trials a killed driver had asked for (nothing when the study is new)
     limited = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
     _init_ray(options.address)
     tuner = tune.Tuner(
         _tune_trainable(runner, experiment, space, space_text),
         param_space={"seed": options.seed},
         tune_config=tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(space, experiment),
-                                    num_samples=options.trials, reuse_actors=True),
+                                    num_samples=trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=tune_dir(experiment).name, storage_path=str(experiment.resolve()), verbose=options.verbose,
             callbacks=[RecordsCallback(experiment.resolve(), space_text)],
@@ -208,7 +215,10 @@ def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
     space, space_text = load_frozen_space(experiment)
     saved = tune_dir(experiment).resolve()
     if not saved.is_dir() or not tune.Tuner.can_restore(str(saved)):
-        raise SweepError(f"{experiment}: no restorable Ray Tune state in {saved}; nothing was changed")
+        if manifest.get("format") != MANIFEST_FORMAT or not manifest.get("trials"):
+            raise SweepError(f"{experiment}: no restorable Ray Tune state in {saved}; nothing was changed")
+        return _restart_unsaved(experiment, space, space_text, replace(options, seed=manifest.get("seed", options.seed)),
+                                runner, planned=int(manifest["trials"]))
     recorded = latest_by_trial(experiment)
     restored = _saved_trial_ids(saved)
     if recorded and not restored:
@@ -228,6 +238,28 @@ def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
         results = tuner.fit()
     runner.after_trials(experiment, space, space_text)
     return results
+
+
+def _restart_unsaved(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner,
+                     *, planned: int):
+    """The driver died before Ray Tune first saved its state: nothing can be restored, and nothing finished can be
+    lost either (a trial that reported is in the records). Record the unsaved trials as failed, fail their Optuna
+    trials, and run the rest of the budget as a fresh Tune run into the same experiment and study."""
+    import shutil
+
+    recorded = latest_by_trial(experiment)
+    _close_lost_trials(experiment, recorded, restored=set())
+    end_torn_tail(journal(experiment))
+    finished = sum(1 for row in recorded.values() if row.get("final") and row.get("status") != "failed")
+    remaining = max(0, planned - finished)
+    log.warning("%s: no Ray Tune state was saved before the interruption; running the %d remaining trial(s) afresh",
+                experiment, remaining)
+    if tune_dir(experiment).exists():
+        shutil.rmtree(tune_dir(experiment))  # a started but never saved Tune run: nothing in it can be restored
+    if remaining == 0:
+        runner.after_trials(experiment, space, space_text)
+        return None
+    return _search(experiment, space, space_text, options, runner, trials=remaining)
 
 
 def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions,
