@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from robusttune.cache import atomic_write
+
 MIN_TRIALS = 6
 
 
@@ -90,6 +92,6 @@ def effects_png(frame: pd.DataFrame, params: list[str], path, *, y: str = "ood_m
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from robusttune import pareto
+from robusttune.cache import atomic_write
 
 REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
 REFILL_MARKERS = {"single": ("o", "circle"), "multi": ("s", "square"), "none": ("^", "triangle-up"), "-": ("D", "diamond")}
@@ -111,7 +112,7 @@ def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -128,7 +129,7 @@ def hypervolume_png(curve: list[float], path: Path) -> Path:
     ax.set_ylabel("hypervolume")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 

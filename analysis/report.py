@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from robusttune.cache import atomic_write_text
+
 from robusttune import pareto
 from robusttune.analysis import effects, figures, results
 
@@ -220,5 +222,5 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>robusttune report: {html.escape(experiment.name)}</title>"
             f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>{''.join(parts)}"
             f"<script>{PAGE_SCRIPT}</script></body></html>")
-    path.write_text(page, encoding="utf-8")
+    atomic_write_text(path, page)  # a reader (a browser, a sync) never sees half a report
     return path

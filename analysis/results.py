@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from robusttune.cache import atomic_write
 from robusttune.errors import DataError
 from robusttune.experiment import RECORDS, is_evaluation, is_reference_row, is_trial_row, read_records
 
@@ -99,7 +100,5 @@ def export(frame: pd.DataFrame, path: Path) -> Path:
     """Write CSV or Parquet by the file's suffix."""
     path = Path(path)
     if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
-    return path
+        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))

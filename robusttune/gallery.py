@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from robusttune.cache import atomic_write
 from robusttune.config import TrainConfig, parse
 from robusttune.experiment import latest_by_trial, load_frozen_space, trial_checkpoints
 
@@ -91,7 +92,7 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
     sampled = {k: v for k, v in (row.get("sampled") or {}).items() if k != "seed"}
     fig.suptitle(f"trial {trial_id}: " + json.dumps(sampled, default=str)[:110], fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out
 

@@ -198,3 +198,58 @@ def test_baselines_killed_mid_curve_finish_where_they_stopped(tmp_path, tiny_wor
     vanilla = next(r for r in rows if r.get("method") == "vanilla-ft")
     assert at_one["id_acc"] == vanilla["id_acc"]  # alpha 1 is the reused vanilla weights
     assert baselines.run_baselines(experiment, text, cache_dir, [], cpu=2, gpu=0, use_ray=False) == 0  # all done
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir) -> Path:
+    import robusttune as rt
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    summary = rt.train({"steps": 2, "batch_size": 16, "eval_batch_size": 256}, task={"world": tiny_world_config.to_dict()},
+                       out=out, cache_dir=cache_dir)
+    assert summary.status == "complete"
+    return out
+
+
+def test_wise_bad_inputs_fail_before_any_evaluation(tiny_run, tmp_path, cache_dir, monkeypatch):
+    import robusttune.api
+
+    monkeypatch.setattr(robusttune.api, "wise", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    final = tiny_run / "final.pt"
+    one_line_exit_2(run("wise", final, "--out", tmp_path / "missing" / "curve.jsonl", cwd=tmp_path, cache_dir=cache_dir),
+                    "must be a file in an existing folder")
+    one_line_exit_2(run("wise", final, "--out", tmp_path, cwd=tmp_path, cache_dir=cache_dir),
+                    "must be a file in an existing folder")
+    one_line_exit_2(run("wise", final, "--alphas", "0.5,2", cwd=tmp_path, cache_dir=cache_dir), "--alphas must lie in [0, 1]")
+    monkeypatch.undo()
+    one_line_exit_2(run("wise", tiny_run / "checkpoint.pt", cwd=tmp_path, cache_dir=cache_dir),
+                    "not a final checkpoint of 'robusttune train'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wise_with_a_zero_shot_head_of_another_class_count_is_refused(tiny_run, tmp_path, cache_dir):
+    import torch
+
+    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(tiny_run / "final.pt")
+    model = dict(payload["model"])
+    model["head.weight"], model["head.bias"] = torch.zeros(7, model["head.weight"].shape[1]), torch.zeros(7)
+    save_checkpoint(tmp_path / "other.pt", {"model": model})
+    one_line_exit_2(run("wise", tiny_run / "final.pt", "--zero-shot", tmp_path / "other.pt", cwd=tmp_path,
+                        cache_dir=cache_dir), "differ in the shape of head.weight")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["status", "__FILE__"], "experiment directory not found"),
+    (["resume", "__EXP__", "--max-failures", "-1"], "--max-failures must be >= 0"),
+    (["report", "__EXP__", "--format", "html,pdf"], "--format must be a comma-separated subset"),
+    (["world", "prepare", "--config", "__BADWORLD__"], "ood_shifts"),
+])
+def test_more_bad_inputs_one_line_exit_2(args, expected, experiment, tmp_path, cache_dir):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "bad-world.yaml").write_text("ood_shifts: [weather]\n")
+    swap = {"__FILE__": str(tmp_path / "afile"), "__EXP__": str(experiment), "__BADWORLD__": str(tmp_path / "bad-world.yaml")}
+    before = snapshot(experiment)
+    one_line_exit_2(run(*[swap.get(a, a) for a in args], cwd=tmp_path, cache_dir=cache_dir), expected)
+    assert snapshot(experiment) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,20 @@ def cmd_wise(args: argparse.Namespace) -> int:
             raise ConfigError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
         if any(not 0.0 <= a <= 1.0 for a in alphas):
             raise ConfigError(f"--alphas must lie in [0, 1], got {args.alphas!r}")
+    out = Path(args.out) if args.out else None
+    if out is not None:  # checked before the evaluations, not after them
+        if out.is_dir() or not out.parent.is_dir():
+            raise ConfigError(f"--out {out}: must be a file in an existing folder")
+        if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+            raise ConfigError(f"--out {out}: not writable")
     rows = api.wise(args.finetuned, zero_shot=args.zero_shot, alphas=alphas, cache_dir=args.cache_dir,
                     threads=args.threads)
-    if args.out:
+    if out is not None:
         import json
 
-        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        from robusttune.cache import atomic_write_text
+
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
 
     def human() -> None:
         print(table(rows, ["alpha", *metric_columns(rows[0])]))
