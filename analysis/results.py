@@ -72,9 +72,14 @@ def trials(experiment: Path) -> pd.DataFrame:
 
 def baselines(experiment: Path) -> pd.DataFrame:
     """The experiment's reference rows: ``kind`` baseline (``method`` zero-shot / vanilla-ft) and ``kind`` wise
-    (``source`` vanilla-ft or a trial id, ``alpha``)."""
+    (``source`` vanilla-ft or a trial id, ``alpha``). A point recorded twice (a baselines task of a killed driver
+    may finish a row the resumed one also computes) appears once: the last row wins, as for evaluations."""
     rows = [{k: v for k, v in row.items() if k != "config"} for row in read_records(experiment) if is_reference_row(row)]
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    keys = [k for k in ("kind", "method", "source", "alpha") if k in frame]
+    return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
 
 
 def wise_ood_at(curve: pd.DataFrame, id_value: float, *, x: str = "id_acc", y: str = "ood_mean") -> float:

@@ -63,3 +63,27 @@ def test_the_cached_world_loader_refuses_a_file_that_would_run_code(tmp_path):
     except Exception:
         pass
     assert not marker.exists()
+
+
+def test_a_local_sweeps_ray_keeps_token_auth_and_runs_no_dashboard(tmp_path):
+    """What guards a local sweep's Ray: its default token authentication stays on and no dashboard (HTTP job API)
+    is started. (Ray 2.60 binds GCS and raylet to every interface whatever node IP it is given, so a loopback-only
+    check cannot pass; these two are what robusttune controls.)"""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+from robusttune.search.sweep import _init_ray
+import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+_init_ray(None)
+dashboard = ray.get_runtime_context().gcs_address and ray._private.worker.global_worker.node.address_info.get("webui_url")
+print("AUTH=" + str(is_token_auth_enabled()), "DASHBOARD=" + str(bool(dashboard)))
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
+                            cwd=tmp_path)
+    line = next((l for l in result.stdout.splitlines() if l.startswith("AUTH=")), None)
+    assert line == "AUTH=True DASHBOARD=False", result.stdout[-500:] + result.stderr[-2000:]

@@ -57,6 +57,8 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
 
     def record(row: dict[str, Any]) -> None:
         nonlocal written
+        if row["kind"] == "wise" and (row["source"], round(float(row["alpha"]), 6)) in recorded(exp)[1]:
+            return  # a task of a killed driver, still finishing, wrote it meanwhile
         append_record(exp, row)
         written += 1
 
