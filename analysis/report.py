@@ -145,6 +145,7 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
             written["effects.png"] = str(effects_path)
     importance = effects.importance(frame, params, ["id_val_acc", "ood_mean"]) if not frame.empty and "id_val_acc" in frame else pd.DataFrame()
     summary["importance"] = importance.round(4).to_dict() if not importance.empty else {}
+    summary["importance_method"] = importance.attrs.get("method") or importance.attrs.get("reason", "not computed: no trials")
     if "html" in formats:
         written["index.html"] = str(_write_html(experiment, out / "index.html", frame, front, summary, curve, refs,
                                                 effects_path=effects_path, importance=importance, logit_axes=logit_axes))
@@ -208,7 +209,11 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         if importance is not None and not importance.empty:
             shown = importance.reset_index().rename(columns={"index": "parameter"})
             parts.append("<h2>Parameter importance</h2>" + _table_html(shown, ["parameter", *importance.columns], percent=set(importance.columns))
-                         + f'<p class="note">{html.escape(effects.__doc__.split(chr(10) + chr(10))[1].replace(chr(10), " "))}</p>')
+                         + f'<p class="note">{html.escape(importance.attrs.get("method", ""))}. '
+                         f'{html.escape(effects.__doc__.split(chr(10) + chr(10))[1].replace(chr(10), " "))}</p>')
+        elif importance is not None:
+            reason = importance.attrs.get("reason", "not computed")
+            parts.append(f'<h2>Parameter importance</h2><p class="note">{html.escape(reason)}.</p>')
         for name, title in (("gallery_best_ood.png", "best OOD trial"), ("gallery_best_joint.png", "best joint (scalar objective) trial")):
             gallery = path.parent / name
             if gallery.is_file():

@@ -1,6 +1,8 @@
 import json
 import random
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from robusttune.analysis import pareto, results
@@ -73,3 +75,24 @@ def test_results_tables(tmp_path):
     import pandas as pd
 
     assert pd.read_parquet(tmp_path / "t.parquet")["trial_id"].tolist() == ["a", "b"]
+
+
+def test_importance_is_held_out_and_gives_noise_nothing():
+    from robusttune.analysis import effects
+
+    rng = np.random.default_rng(0)
+    n = 40
+    frame = pd.DataFrame({
+        "status": ["complete"] * n,
+        "param.w_distill": 10 ** rng.uniform(-2, 1.5, n),  # spans decades: log-scaled
+        "param.noise": rng.uniform(0, 1, n),
+        "param.region": rng.choice(["object", "context", "none"], n),
+    })
+    frame["ood_mean"] = 0.7 + 0.05 * np.log10(frame["param.w_distill"]) + rng.normal(0, 0.002, n)
+    frame["id_val_acc"] = 0.9 + 0.04 * (frame["param.region"] == "none") + rng.normal(0, 0.002, n)
+    table = effects.importance(frame, ["param.w_distill", "param.noise", "param.region"], ["id_val_acc", "ood_mean"])
+    assert table.loc["param.w_distill", "ood_mean"] > 0.5 and table.loc["param.region", "id_val_acc"] > 0.5
+    assert table.loc["param.noise", "ood_mean"] < 0.05 and table.loc["param.noise", "id_val_acc"] < 0.05
+    assert "held-out" in table.attrs["method"] and "40 complete trials" in table.attrs["method"]
+    few = effects.importance(frame.head(effects.MIN_TRIALS - 1), ["param.noise"], ["ood_mean"])
+    assert few.empty and f"{effects.MIN_TRIALS - 1} complete trial(s)" in few.attrs["reason"]

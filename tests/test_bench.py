@@ -136,3 +136,14 @@ def test_mo_asha_with_optunas_multi_objective_samplers(tiny_table, cache_dir, sa
     finals = {r["trial_id"]: r["status"] for r in rows(experiment) if r.get("final")}
     assert stopped and all(finals[t] == "stopped-early" for t in stopped if t in finals)
     assert run["trials"] > run["evaluations"] / EVALUATIONS  # early stopping bought more trials than full runs would
+    # the Optuna study tells the same story as the records: stopped-early trials are PRUNED, not COMPLETE
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name=experiment.name,
+                              storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))))
+    states = [t.state.name for t in study.trials]
+    expected = {"complete": "COMPLETE", "stopped-early": "PRUNED", "failed": "FAIL"}
+    for status, state in expected.items():
+        assert states.count(state) == sum(s == status for s in finals.values()), (status, states, finals)

@@ -20,12 +20,18 @@ RESULT_KEYS = ("objective", "step", "epoch", "evaluation", "total_steps", "node_
 
 
 class RobustOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna FAIL (not COMPLETE) for failed trials, and on restore marks trials that
-    Optuna lists as RUNNING but no restored Tune trial owns (asked just before a crash) as FAIL."""
+    """OptunaSearch that tells Optuna the truth about how a trial ended, by the records' own rule (``end_status``):
+    COMPLETE when it ran to its last step, PRUNED when a scheduler stopped it early (Ray's OptunaSearch would store
+    its partial values as COMPLETE, and samplers and optuna-dashboard would take them for finished trials), FAIL when
+    it failed. On restore it marks trials that Optuna lists as RUNNING but no restored Tune trial owns (asked just
+    before a crash) as FAIL."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if error or (result or {}).get("trial_status") == "failed":
+        status = "failed" if error else end_status(result or {})
+        if status == "failed":
             result, error = None, True
+        elif status == "stopped-early":
+            result, error = None, False  # OptunaSearch tells PRUNED for a trial without values and without error
         super().on_trial_complete(trial_id, result=result, error=error)
 
     journal: Path | None = None  # set before a restore: this experiment's journal (see point_at_journal)
