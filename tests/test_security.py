@@ -43,7 +43,8 @@ def test_every_loader_refuses_a_checkpoint_that_would_run_code(tmp_path):
         with pytest.raises((CheckpointError, DataError)):
             load(path)
         assert not marker.exists(), f"{name}: loading ran code from the file (weights_only lost?)"
-    # the same file does run code under a plain torch.load: the test above could fail
+    # the control: the same file (written by this test, nobody else's) does run code under an unsafe torch.load,
+    # so the checks above could fail
     path, marker = hostile_checkpoint(tmp_path, "control")
     torch.load(path, weights_only=False)
     assert marker.exists()
