@@ -1,1 +1,2 @@
-"""The search layer: search spaces, the Ray Tune trainable, Optuna searchers and sweeps (the only ray/optuna users)."""
+"""The search layer: sweeps and their resumption, the Ray Tune trainable, the Optuna searcher and samplers, MO-ASHA,
+the baselines and cluster launch. With ``robusttune.bench`` (built on it), the only package that imports ray/optuna."""
