@@ -7,6 +7,7 @@
         records.jsonl      append-only: one row per reported evaluation and one per trial end
         checkpoints/<trial>/  latest.pt (every evaluation) and best.pt (best objective), replaced atomically
         baselines/         the vanilla fine-tuning baseline's weights
+        heads/             zero-shot heads, built once for every trial and the baselines
         scheduler.json     MO-ASHA's rungs and decisions (reloaded on resume)
         tune/              Ray Tune's experiment state
         report/            written by ``robusttune report``
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST, SPACE, JOURNAL, RECORDS, TUNE_DIR = "manifest.json", "space.yaml", "optuna.journal", "records.jsonl", "tune"
 CHECKPOINTS_DIR, BASELINES_DIR, SCHEDULER_STATE, REPORT_DIR = "checkpoints", "baselines", "scheduler.json", "report"
+HEADS_DIR = "heads"
 MANIFEST_FORMAT = "robusttune.experiment/1"
 STATUSES = ("running", "complete", "stopped-early", "failed")
 REFERENCE_KINDS = ("baseline", "wise")
@@ -62,6 +64,11 @@ def latest_checkpoint(experiment: str | Path, trial_id: str) -> Path | None:
     """The trial's latest checkpoint (its final weights once the trial is complete), if it has one."""
     path = trial_checkpoints(experiment, trial_id) / "latest.pt"
     return path if path.is_file() else None
+
+
+def heads_dir(experiment: str | Path) -> Path:
+    """Zero-shot heads built once for all trials and the baselines (``robusttune.models.heads``)."""
+    return Path(experiment) / HEADS_DIR
 
 
 def baselines_dir(experiment: str | Path) -> Path:

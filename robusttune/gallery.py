@@ -14,7 +14,7 @@ import torch
 
 from robusttune.cache import atomic_write
 from robusttune.config import TrainConfig, parse
-from robusttune.experiment import latest_by_trial, load_frozen_space, trial_checkpoints
+from robusttune.experiment import heads_dir, latest_by_trial, load_frozen_space, trial_checkpoints
 
 
 def _pick_trials(experiment: Path) -> dict[str, str]:
@@ -45,7 +45,7 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
         return None
     space, _ = load_frozen_space(experiment)
     config = parse(TrainConfig, row["config"], f"trial {trial_id} config")
-    student, task = build_task(space.task, cache_dir)
+    student, task = build_task(space.task, cache_dir, head_folders=[heads_dir(experiment)])
     student.load_state_dict(load_checkpoint(checkpoint)["model"])
     student.eval()
     picks = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(0))[:n_images]

@@ -21,7 +21,7 @@ def fill(root, folders, per_folder, size=40):
             Image.fromarray(pixels).save(folder / f"{j}.png")
 
 
-def test_train_vit_b32_on_imagenet_folders(tmp_path):
+def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
     from robusttune.cli import main
     from robusttune.models.clip import create_clip
 
@@ -43,10 +43,21 @@ def test_train_vit_b32_on_imagenet_folders(tmp_path):
     path = tmp_path / "imagenet.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
-    assert main(["train", "--config", str(path), "--out", str(out), "--json", "--threads", "2"]) == 0
+    cache = tmp_path / "cache"
+    assert main(["train", "--config", str(path), "--out", str(out), "--json", "--threads", "2", "--cache-dir", str(cache)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 1
     assert {"id_acc", "id_val_acc", "ood_imagenet_v2", "ood_mean"} <= set(rows[-1])
     assert 0 < rows[-1]["mask_fraction"] < 1
     final = torch.load(out / "final.pt", weights_only=True)
     assert final["model"]["head.weight"].shape == (1000, 512)
+    # the 1,000-class zero-shot head was built once and kept: a second run reads it instead of running the text tower
+    (head,) = list((cache / "heads").glob("head-*.pt"))
+    import open_clip
+
+    monkeypatch.setattr(open_clip, "build_zero_shot_classifier", lambda *a, **k: pytest.fail("the head was rebuilt"))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "again"), "--json", "--threads", "2",
+                 "--cache-dir", str(cache), "--steps", "0"]) == 0
+    cached = torch.load(head, weights_only=True)["head"]
+    zero_shot = torch.load(tmp_path / "again" / "final.pt", weights_only=True)["model"]["head.weight"]
+    assert cached.shape == (1000, 512) and torch.equal(zero_shot, cached)  # 0 steps: the model's head is the cached one

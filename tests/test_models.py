@@ -134,3 +134,41 @@ def test_zero_shot_head_is_scaled_class_mean_of_normalised_prompts(tiny_prepared
         expected = torch.nn.functional.normalize(emb.mean(1), dim=-1) * clip.logit_scale.exp()
     torch.testing.assert_close(classifier.head.weight, expected, atol=1e-5, rtol=1e-5)
     assert isinstance(classifier, ImageClassifier) and float(classifier.head.bias.detach().abs().sum()) == 0.0
+
+
+def test_zero_shot_head_is_built_once_and_a_bad_copy_is_rebuilt(tiny_prepared, tmp_path, monkeypatch):
+    from robusttune.data.mini.captions import CLASSNAMES, PROMPT_TEMPLATES
+    from robusttune.models.heads import head_key
+    from robusttune.models.tiny import load_tiny_clip
+
+    config = tiny_prepared.world.config
+    model, tokenizer = load_tiny_clip(tiny_prepared.weights, config.model, image_size=config.image_size)
+    folders = [tmp_path / "experiment-heads", tmp_path / "cache-heads"]
+    built = build_classifier(model, tokenizer, CLASSNAMES, PROMPT_TEMPLATES, head_folders=folders).head.weight.detach()
+    key = head_key(model, CLASSNAMES, PROMPT_TEMPLATES)
+    assert all((folder / f"head-{key}.pt").is_file() for folder in folders)
+    torch.testing.assert_close(built, build_classifier(model, tokenizer, CLASSNAMES, PROMPT_TEMPLATES).head.weight.detach())
+
+    calls = []
+    real = open_clip.build_zero_shot_classifier
+    monkeypatch.setattr(open_clip, "build_zero_shot_classifier", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = build_classifier(model, tokenizer, CLASSNAMES, PROMPT_TEMPLATES, head_folders=folders).head.weight.detach()
+    assert calls == [] and torch.equal(again, built)  # read back, not rebuilt
+    (folders[0] / f"head-{key}.pt").write_bytes(b"torn")  # a corrupt shared copy: the cache's copy serves, it is rewritten
+    build_classifier(model, tokenizer, CLASSNAMES, PROMPT_TEMPLATES, head_folders=folders)
+    assert calls == [] and torch.equal(torch.load(folders[0] / f"head-{key}.pt", weights_only=True)["head"], built)
+    for folder in folders:  # both copies bad: rebuilt, never trusted
+        torch.save({"format": "robusttune.head/1", "key": key, "head": torch.zeros(3, 3)}, folder / f"head-{key}.pt")
+    rebuilt = build_classifier(model, tokenizer, CLASSNAMES, PROMPT_TEMPLATES, head_folders=folders).head.weight.detach()
+    assert calls == [1] and torch.equal(rebuilt, built)
+    # the key follows everything the head depends on: prompts, classes, text weights
+    assert head_key(model, CLASSNAMES, PROMPT_TEMPLATES[:1]) != key
+    assert head_key(model, list(reversed(CLASSNAMES)), PROMPT_TEMPLATES) != key
+    original = model.token_embedding.weight[0, 0].item()
+    with torch.no_grad():
+        model.token_embedding.weight[0, 0] += 1.0
+    assert head_key(model, CLASSNAMES, PROMPT_TEMPLATES) != key
+    with torch.no_grad():
+        model.token_embedding.weight[0, 0] = original
+        model.visual.conv1.weight[0, 0, 0, 0] += 1.0  # the image tower does not enter the head
+    assert head_key(model, CLASSNAMES, PROMPT_TEMPLATES) == key

@@ -135,10 +135,18 @@ def zero_shot_head(
 
 def build_classifier(
     model: torch.nn.Module, tokenizer: Tokenizer, classnames: Sequence[str], templates: Sequence[str | Callable[[str], str]],
+    *, head_folders: Sequence[Path] = (),
 ) -> ImageClassifier:
-    """The zero-shot classifier (image tower + head) that fine-tuning starts from."""
+    """The zero-shot classifier (image tower + head) that fine-tuning starts from. With ``head_folders`` the head is
+    read from (or built once into) those folders (``robusttune.models.heads``)."""
     mean, std = image_stats(model)
-    head = zero_shot_head(model, tokenizer, classnames, templates)
+    if head_folders:
+        from robusttune.models.heads import cached_head
+
+        head = cached_head(model, classnames, templates, lambda: zero_shot_head(model, tokenizer, classnames, templates),
+                           folders=head_folders)
+    else:
+        head = zero_shot_head(model, tokenizer, classnames, templates)
     # The classifier shares the tower's modules; the caller drops the CLIP (and its text tower).
     return ImageClassifier(model.visual, head, mean=mean, std=std)
 

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robusttune.experiment import append_record, baselines_dir, latest_checkpoint, parse_space_text, read_records
+from robusttune.experiment import (append_record, baselines_dir, heads_dir, latest_checkpoint, parse_space_text,
+                                   read_records)
 
 
 def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
@@ -51,7 +52,7 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
                for source, _ in sources}
     if {"zero-shot", "vanilla-ft"} <= methods and not any(missing.values()):
         return 0
-    student, task = build_task(space.task, Path(cache_dir))
+    student, task = build_task(space.task, Path(cache_dir), head_folders=[heads_dir(exp)])
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
     written = 0
 

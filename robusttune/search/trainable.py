@@ -21,7 +21,7 @@ from typing import Any
 from ray import tune
 
 from robusttune.cache import atomic_write_json
-from robusttune.experiment import parse_space_text, trial_checkpoints
+from robusttune.experiment import heads_dir, parse_space_text, trial_checkpoints
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     torch.set_num_threads(trial_threads())
     folder = trial_checkpoints(experiment, tune.get_context().get_trial_id())
     latest, best, best_meta = folder / "latest.pt", folder / "best.pt", folder / "best.json"
-    run = prepare_run(train_config, space.task, Path(cache_dir), checkpoint=latest)
+    run = prepare_run(train_config, space.task, Path(cache_dir), checkpoint=latest, head_folders=[heads_dir(experiment)])
     node_id = ray.get_runtime_context().get_node_id()  # which node ran it (cluster tests, post-mortems)
     total = run.total_steps
     best_objective = json.loads(best_meta.read_text())["objective"] if best_meta.is_file() else float("-inf")

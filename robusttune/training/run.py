@@ -7,7 +7,7 @@ baseline alike. Callers choose where the checkpoint lives and what happens to ea
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +58,10 @@ class Run:
 
 
 def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpoint: Path | None = None,
-                built: tuple[ImageClassifier, TaskData] | None = None) -> Run:
-    """Build the task (or take ``built``) and read ``checkpoint`` if it exists; a checkpoint written with another
-    config is refused."""
-    student, task = built if built is not None else build_task(spec, cache_dir)
+                built: tuple[ImageClassifier, TaskData] | None = None, head_folders: Sequence[Path] = ()) -> Run:
+    """Build the task (or take ``built``; ``head_folders`` keep its zero-shot head) and read ``checkpoint`` if it
+    exists; a checkpoint written with another config is refused."""
+    student, task = built if built is not None else build_task(spec, cache_dir, head_folders=head_folders)
     resume = None
     if checkpoint is not None and checkpoint.is_file():
         resume = load_checkpoint(checkpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -14,17 +15,18 @@ from robusttune.models.classifier import ImageClassifier
 from robusttune.models.clip import build_classifier, check_model_name, create_clip, imagenet_classnames_and_templates, imagenet_preprocess
 
 
-def build_task(spec: TaskSpec, cache_dir: Path) -> tuple[ImageClassifier, TaskData]:
-    """The zero-shot classifier that fine-tuning starts from, and the train/eval data."""
+def build_task(spec: TaskSpec, cache_dir: Path, *, head_folders: Sequence[Path] = ()) -> tuple[ImageClassifier, TaskData]:
+    """The zero-shot classifier that fine-tuning starts from, and the train/eval data. A CLIP's zero-shot head is
+    built once and kept in ``head_folders`` (an experiment's ``heads/``) and in the cache's ``heads/``."""
     if spec.imagenet is not None:
-        return imagenet_task(spec.imagenet)
+        return imagenet_task(spec.imagenet, head_folders=[*head_folders, Path(cache_dir) / "heads"])
     from robusttune.training.world import prepare_world
 
     prepared = prepare_world(spec.world or default_world(), cache_dir)
     return prepared.classifier(), prepared.task()
 
 
-def imagenet_task(spec: ImageNetTask, *, seed: int = 0) -> tuple[ImageClassifier, TaskData]:
+def imagenet_task(spec: ImageNetTask, *, seed: int = 0, head_folders: Sequence[Path] = ()) -> tuple[ImageClassifier, TaskData]:
     """CLIP + zero-shot head (1000 classes, 80 OpenAI templates) on ImageNet folders and the OOD sets.
 
     ``id_val_acc`` is measured on ``val_holdout`` training images held out (seeded) from training;
@@ -42,7 +44,7 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0) -> tuple[ImageClassifier
     classnames, templates = imagenet_classnames_and_templates()
     if spec.templates == "simple":
         templates = ["a photo of a {}."]
-    classifier = build_classifier(clip, tokenizer, classnames, templates)
+    classifier = build_classifier(clip, tokenizer, classnames, templates, head_folders=head_folders)
     order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed))
     held = set(order[: spec.val_holdout].tolist())
     train_root, workers = Path(spec.train_dir), spec.num_workers
