@@ -1,5 +1,6 @@
 """ImageNet-style folders: fake trees of generated images, scored by a model whose predictions we control."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,44 @@ def test_imagenet_id_folders_sorted_wnids(tmp_path):
     write_image(tmp_path / "val" / "n00000998" / "b.png", 3)
     metrics = evaluate(PredictsEncodedClass(), [imagenet_eval_set("id_acc", tmp_path / "val", to_tensor)])
     assert metrics == {"id_acc": pytest.approx(2 / 3)}
+
+
+def test_folder_index_lists_each_folder_once_and_rescans_what_changed(tmp_path, monkeypatch):
+    from robusttune.data import imagenet
+    from robusttune.data.folder_index import FolderIndex
+
+    root = tmp_path / "train"
+    for k in range(3):
+        folder = root / f"n{k:08d}"
+        folder.mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (4, 4)).save(folder / f"{j}.png")
+    cache = tmp_path / "cache"
+    first = FolderIndex(root, cache)
+    listed = [p for k in range(3) for p in first.images_in(root / f"n{k:08d}")]
+    first.save()
+    assert first.listed == 3 and len(listed) == 6
+
+    real = imagenet.images_in
+    calls = []
+    monkeypatch.setattr(imagenet, "images_in", lambda folder: calls.append(folder.name) or real(folder))
+    again = FolderIndex(root, cache)
+    assert [p for k in range(3) for p in again.images_in(root / f"n{k:08d}")] == listed and calls == []  # read back
+    import os
+    import time
+
+    Image.new("RGB", (4, 4)).save(root / "n00000001" / "new.png")
+    later = time.time_ns() + 5_000_000_000  # a later mtime even on a coarse clock
+    os.utime(root / "n00000001", ns=(later, later))
+    changed = FolderIndex(root, cache)
+    files = changed.images_in(root / "n00000001")
+    assert calls == ["n00000001"] and (root / "n00000001" / "new.png") in files  # only the changed folder
+    changed.images_in(root / "n00000000")
+    assert calls == ["n00000001"]
+    changed.save()
+    index_file = next((cache / "index").glob("*.json"))
+    index_file.write_text("{torn")  # a corrupt index is ignored and rewritten
+    fresh = FolderIndex(root, cache)
+    assert fresh.images_in(root / "n00000002") == listed[4:] and fresh.listed == 1
+    fresh.save()
+    assert json.loads(index_file.read_text())["root"] == str(root.resolve())

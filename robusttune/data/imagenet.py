@@ -83,24 +83,27 @@ class ImageFolderSet(Dataset):
         return self.transform(image), sample.label
 
 
-def _wnid_samples(root: Path, expected: int, what: str) -> list[Sample]:
+Lister = Callable[[Path], list[Path]]  # a folder's image files: images_in, or a FolderIndex's cached listing
+
+
+def _wnid_samples(root: Path, expected: int, what: str, list_images: Lister = images_in) -> list[Sample]:
     folders = class_folders(root)
     if len(folders) != expected:
         raise DataError(f"{root}: {what} needs {expected} class folders, found {len(folders)}")
-    return [Sample(path, label) for label, folder in enumerate(folders) for path in images_in(folder)]
+    return [Sample(path, label) for label, folder in enumerate(folders) for path in list_images(folder)]
 
 
-def imagenet_samples(root: Path) -> list[Sample]:
+def imagenet_samples(root: Path, list_images: Lister = images_in) -> list[Sample]:
     """ImageNet train or val: 1000 wnid folders in sorted order."""
-    return _wnid_samples(root, 1000, "ImageNet")
+    return _wnid_samples(root, 1000, "ImageNet", list_images)
 
 
-def imagenet_v2_samples(root: Path) -> list[Sample]:
+def imagenet_v2_samples(root: Path, list_images: Lister = images_in) -> list[Sample]:
     samples = []
     for folder in class_folders(root):
         if not folder.name.isdigit() or not 0 <= int(folder.name) < 1000:
             raise DataError(f"{folder}: ImageNet-V2 class folders must be named 0..999, got '{folder.name}'")
-        samples += [Sample(path, int(folder.name)) for path in images_in(folder)]
+        samples += [Sample(path, int(folder.name)) for path in list_images(folder)]
     return samples
 
 
@@ -117,7 +120,7 @@ def objectnet_classes() -> tuple[list[str], list[tuple[int, ...]]]:
     return names, groups
 
 
-def objectnet_samples(root: Path) -> list[Sample]:
+def objectnet_samples(root: Path, list_images: Lister = images_in) -> list[Sample]:
     """Images of the ObjectNet folders whose class overlaps ImageNet; other folders are skipped."""
     meta = ood_metadata()["objectnet"]
     names, _ = objectnet_classes()
@@ -128,7 +131,7 @@ def objectnet_samples(root: Path) -> list[Sample]:
         if label_name is None:
             raise DataError(f"{folder}: unknown ObjectNet class folder '{folder.name}'")
         if label_name in index:
-            samples += [Sample(path, index[label_name]) for path in images_in(folder)]
+            samples += [Sample(path, index[label_name]) for path in list_images(folder)]
     return samples
 
 
@@ -147,22 +150,22 @@ class OodFolder:
         return EvalSet(f"ood_{self.name}", DatasetImages(dataset, num_workers=num_workers), self.projection)
 
 
-def scan_ood_folder(name: str, root: Path) -> OodFolder:
+def scan_ood_folder(name: str, root: Path, list_images: Lister = images_in) -> OodFolder:
     """Scan one of ``OOD_SETS``; fails with a one-line ``DataError`` on a missing, malformed or empty folder."""
     root = Path(root)
     meta = ood_metadata()
     projection = LogitProjection()
     crop = 0
     if name == "imagenet_v2":
-        samples = imagenet_v2_samples(root)
+        samples = imagenet_v2_samples(root, list_images)
     elif name == "imagenet_sketch":
-        samples = _wnid_samples(root, 1000, "ImageNet-Sketch")
+        samples = _wnid_samples(root, 1000, "ImageNet-Sketch", list_images)
     elif name in ("imagenet_r", "imagenet_a"):
         sublist = meta[f"{name}_class_sublist"]
-        samples = _wnid_samples(root, len(sublist), "ImageNet-R" if name == "imagenet_r" else "ImageNet-A")
+        samples = _wnid_samples(root, len(sublist), "ImageNet-R" if name == "imagenet_r" else "ImageNet-A", list_images)
         projection = LogitProjection(indices=tuple(sublist))
     elif name == "objectnet":
-        samples = objectnet_samples(root)
+        samples = objectnet_samples(root, list_images)
         projection = LogitProjection(groups=tuple(objectnet_classes()[1]))
         crop = 2
     else:
