@@ -3,7 +3,8 @@
 
 The index of a root (one JSON file in ``<cache>/index/``) keeps each class folder's image file names with the
 folder's modification time; a folder whose mtime changed (a file added, removed or renamed) is listed again, the
-rest are read back. An index that is corrupt or belongs to another root is ignored and rewritten.
+rest are read back. An index that is corrupt or belongs to another root is ignored and rewritten. (Where a file
+system keeps coarse mtimes, a file added within the same tick as a scan is missed until its folder changes again.)
 """
 
 from __future__ import annotations
