@@ -148,11 +148,10 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | o
     check_out_dir(out, resume=resume, overwrite=overwrite)
     set_threads(threads)
     checkpoint, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    run = prepare_run(config, spec, cache, checkpoint=checkpoint if resume else None)
-    if run.resume is None and checkpoint.exists():
-        checkpoint.unlink()  # a fresh run (--overwrite): never resume from another run's checkpoint
+    if not resume:
+        checkpoint.unlink(missing_ok=True)  # a fresh run (--overwrite) never continues another run's checkpoint
+    run = prepare_run(config, spec, cache, checkpoint=checkpoint)
     metrics_path.write_text("".join(json.dumps({**r, **r["metrics"]}) + "\n" for r in run.history))
-    run.checkpoint = checkpoint
     (out / "config.json").write_text(json.dumps({**config.to_dict(), **spec.to_dict()}, indent=2) + "\n")
 
     def report(row: dict[str, Any]) -> None:
@@ -301,21 +300,18 @@ def status(experiment: str | os.PathLike[str]) -> Status:
                   _counts(rows))
 
 
-REPORT_FORMATS = ("html", "png", "csv")
-
-
 def report(experiment: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,
-           formats: Sequence[str] = REPORT_FORMATS, logit_axes: bool = False, gallery: bool = True,
+           formats: Sequence[str] = ("html", "png", "csv"), logit_axes: bool = False, gallery: bool = True,
            cache_dir: str | os.PathLike[str] | None = None) -> ReportResult:
     """Write the Pareto-front report (``index.html``, PNGs, CSVs) into ``out`` (default ``EXPERIMENT/report``).
     ``gallery`` re-computes the counterfactual gallery from the trials' checkpoints (needs torch)."""
-    from robusttune.analysis.report import write_report
+    from robusttune.analysis.report import FORMATS, write_report
 
     path = check_experiment(Path(experiment))
     formats = tuple(formats)
-    unknown = [f for f in formats if f not in REPORT_FORMATS]
+    unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ConfigError(f"--format must be a comma-separated subset of {','.join(REPORT_FORMATS)}, got {','.join(formats)!r}")
+        raise ConfigError(f"--format must be a comma-separated subset of {','.join(FORMATS)}, got {','.join(formats)!r}")
     target = Path(out) if out else report_dir(path)
     galleries: dict[str, str] = {}
     if gallery and ("png" in formats or "html" in formats):
