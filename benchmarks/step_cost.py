@@ -57,6 +57,7 @@ def build(model_name: str, batch_size: int, cache_dir: Path):
 
         prepared = prepare_world(default_world(), cache_dir)
         images, labels = prepared.task().train.batch(torch.arange(batch_size))
+        images = prepared.classifier().prepare(images)
         return prepared.classifier, images, labels
     from robusttune.models.clip import build_classifier, create_clip
 

@@ -173,11 +173,14 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | o
 
 def wise(finetuned: str | os.PathLike[str], *, zero_shot: str | os.PathLike[str] | None = None,
          alphas: Sequence[float] | None = None, cache_dir: str | os.PathLike[str] | None = None,
-         threads: int | None = None) -> list[dict[str, Any]]:
-    """The WiSE-FT curve of a ``train`` run's ``final.pt``: one row ``{alpha, metric: accuracy, ...}`` per alpha."""
+         threads: int | None = None, device: str = "auto", precision: str = "auto") -> list[dict[str, Any]]:
+    """The WiSE-FT curve of a ``train`` run's ``final.pt``: one row ``{alpha, metric: accuracy, ...}`` per alpha,
+    evaluated on ``device`` under ``precision`` (as ``TrainConfig``'s keys)."""
     from robusttune.method.wise import DEFAULT_ALPHAS
     from robusttune.training.checkpoint import load_checkpoint
     from robusttune.training.tasks import build_task
+    from robusttune.training.device import Placement
+    from robusttune.training.evaluate import Evaluator
     from robusttune.training.wise import wise_curve
 
     alphas = tuple(DEFAULT_ALPHAS if alphas is None else alphas)
@@ -187,10 +190,13 @@ def wise(finetuned: str | os.PathLike[str], *, zero_shot: str | os.PathLike[str]
     if "task" not in payload:
         raise ConfigError(f"{finetuned}: not a final checkpoint of 'robusttune train' (no task); use its final.pt")
     spec = parse(TaskSpec, json.loads(payload["task"]), str(finetuned))
+    placement_config = parse(TrainConfig, {"device": device, "precision": precision}, "wise")
     set_threads(threads)
     model, task = build_task(spec, cache_directory(cache_dir))
     base = load_checkpoint(zero_shot)["model"] if zero_shot else {k: v.clone() for k, v in model.state_dict().items()}
-    return wise_curve(model, base, payload["model"], task.eval_sets, alphas=alphas)
+    evaluator = Evaluator(task.eval_sets, num_workers=task.num_workers,
+                          placement=Placement.of(placement_config.device, placement_config.precision))
+    return wise_curve(model, base, payload["model"], evaluator, alphas=alphas)
 
 
 # ------------------------------------------------------------------------------------------------ sweeps

@@ -267,6 +267,17 @@ class Schedule(StrEnum):
     ONECYCLE = "onecycle"  # PyTorch's OneCycleLR as the official code uses it (pct_start = warmup_fraction)
 
 
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 on a CUDA device that supports it, else fp32
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast; fp32 master weights and optimizer
+    FP16 = "fp16"  # autocast with a gradient scaler
+
+
+# TrainConfig keys that say where a run executes, not what it computes: a checkpoint resumes across them.
+PLACEMENT_KEYS = frozenset({"device"})
+
+
 class Preset(StrEnum):
     PAPER = "paper"  # every official default of the paper's code (PAPER_PRESET)
 
@@ -315,6 +326,9 @@ class TrainConfig(Frozen):
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
     eval_batch_size: int = Field(256, ge=1)
     seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="auto: the GPU Ray assigned (or the machine's first GPU), else the CPU")
+    precision: Precision = Field(Precision.AUTO, description="autocast dtype of the forwards; weights stay fp32")
     preset: Preset | None = Field(None, description="'paper': the official defaults under the config's own values")
 
     @model_validator(mode="before")
@@ -353,6 +367,18 @@ class TrainConfig(Frozen):
         if self.batch_size % self.accum_steps:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accum_steps ({self.accum_steps})")
         return self
+
+    def run_identity(self) -> dict[str, Any]:
+        """What a checkpoint of this run must match to resume it: everything but where it runs."""
+        return {k: v for k, v in self.to_dict().items() if k not in PLACEMENT_KEYS}
+
+    def resumes(self, stored: dict[str, Any]) -> bool:
+        """True when a checkpoint written with the config ``stored`` (a ``to_dict``) is this run: equal but for
+        where it runs; keys added since it was written take their defaults."""
+        try:
+            return TrainConfig.model_validate(stored).run_identity() == self.run_identity()
+        except ValidationError:
+            return False
 
     @property
     def uses_masks(self) -> bool:

@@ -36,6 +36,7 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
 
     from robusttune.models.classifier import frozen_copy
     from robusttune.training.checkpoint import load_checkpoint
+    from robusttune.training.device import Placement
     from robusttune.training.loop import StepComputer, step_generator
     from robusttune.training.tasks import build_task
 
@@ -48,10 +49,14 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
     student, task = build_task(space.task, cache_dir, head_folders=[heads_dir(experiment)])
     student.load_state_dict(load_checkpoint(checkpoint)["model"])
     student.eval()
+    placement = Placement.of(config.device, config.precision)  # where the trial ran (or the CPU when no GPU is here)
+    student.to(placement.device)
     picks = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(0))[:n_images]
-    images, labels = task.train.batch(picks.sort().values)
-    computer = StepComputer(config, student, frozen_copy(student))
-    clean = student.run(images, cam=config.cam)
+    images_u8, labels = task.train.batch(picks.sort().values)
+    images, labels = student.prepare(images_u8), labels.to(placement.device)
+    computer = StepComputer(config, student, frozen_copy(student), placement)
+    with placement.autocast():
+        clean = student.run(images, cam=config.cam)
     cam = computer.cam(clean, labels)  # drawn even when the trial's region does not use it
     grid_h, grid_w = student.grid_size
     patches = grid_h * grid_w
@@ -62,6 +67,8 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
         g = step_generator(config, 0)
         mask = computer.patch_mask(cam if config.uses_cam else None, len(labels), patches, g)
         counterfactual, drop = computer.counterfactual(images, mask, g)
+    images, counterfactual, mask, cam = images.cpu(), counterfactual.detach().cpu(), mask.cpu(), cam.detach().cpu()
+    drop = drop.cpu() if drop is not None else None
     mean = torch.tensor(student.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(student.image_std).view(1, 3, 1, 1)
     show = lambda x: (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).detach().numpy()  # noqa: E731

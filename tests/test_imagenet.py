@@ -21,11 +21,14 @@ def write_image(path: Path, value: int, size: int = 12) -> None:
 def to_tensor(image):
     import torchvision.transforms.functional as TF
 
-    return TF.to_tensor(image)
+    return TF.pil_to_tensor(image)  # uint8, as every image source yields
 
 
 class PredictsEncodedClass(torch.nn.Module):
     """Logits over 1000 classes with a 1 at the class encoded in the image's centre pixel."""
+
+    def prepare(self, images):
+        return images.float() / 255
 
     def forward(self, images):
         centre = images[:, :, images.shape[2] // 2, images.shape[3] // 2]

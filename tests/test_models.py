@@ -85,7 +85,7 @@ def test_unknown_block_type_fails_loudly(vit_b32):
 
 def test_tiny_forward_matches_open_clip_and_drop_patches_changes_output(tiny_prepared):
     classifier = tiny_prepared.classifier()
-    images = tiny_prepared.task().train.batch(torch.arange(4))[0]
+    images = classifier.prepare(tiny_prepared.task().train.batch(torch.arange(4))[0])
     with torch.no_grad():
         torch.testing.assert_close(classifier.forward_features(images), classifier.visual(images), atol=1e-5, rtol=1e-5)
         captured = classifier.run(images, cam=CamMethod.RELEVANCE).features

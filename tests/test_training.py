@@ -104,6 +104,7 @@ def test_clean_distillation_uses_one_student_forward(tiny_prepared, monkeypatch)
     monkeypatch.setattr(student, "run", lambda *a, **k: calls.append(k) or original(*a, **k))
     computer = StepComputer(TrainConfig(region="none", w_distill=1.0), student, teacher)
     images, labels = tiny_prepared.task().train.batch(torch.arange(8))
+    images = student.prepare(images)
     computer.loss(images, labels, 0)
     assert len(calls) == 1
     calls.clear()

@@ -28,6 +28,13 @@ def add_common(parser: argparse.ArgumentParser, *, config_help: str | None = Non
         parser.add_argument("--config", metavar="FILE", help=config_help)
 
 
+def add_placement(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision`` (default: the config's, else auto)."""
+    parser.add_argument("--device", metavar="DEV", help="auto (default: a visible GPU, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="autocast dtype (auto: bf16 on a GPU that supports it, else fp32)")
+
+
 def command_group(commands, name: str, *, help: str):
     """A command with subcommands (``robusttune world prepare``): returns the subcommands' registry."""
     group = commands.add_parser(name, help=help)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robusttune.cli.output import add_common, emit, metric_columns, table
+from robusttune.cli.output import add_common, add_placement, emit, metric_columns, table
 from robusttune.errors import ConfigError, TrainingError
 
 TASK_KEYS = ("world", "imagenet")
@@ -31,7 +31,8 @@ def _train_and_task_config(args: argparse.Namespace):
     flags = {"region": args.region, "refill": args.refill, "mask_threshold": args.threshold, "mask_ratio": args.ratio,
              "w_distill": args.w_distill, "distill": args.distill, "lr": args.lr, "steps": args.steps,
              "batch_size": args.batch_size, "seed": args.seed, "cam": args.cam, "trainable": args.trainable,
-             "eval_every": args.eval_every, "preset": args.preset, "schedule": args.schedule}
+             "eval_every": args.eval_every, "preset": args.preset, "schedule": args.schedule,
+             "device": args.device, "precision": args.precision}
     given = {k: v for k, v in flags.items() if v is not None}
     if "mask_ratio" in given:
         raw.pop("mask_threshold", None)
@@ -88,7 +89,7 @@ def cmd_wise(args: argparse.Namespace) -> int:
         if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
             raise ConfigError(f"--out {out}: not writable")
     rows = api.wise(args.finetuned, zero_shot=args.zero_shot, alphas=alphas, cache_dir=args.cache_dir,
-                    threads=args.threads)
+                    threads=args.threads, device=args.device or "auto", precision=args.precision or "auto")
     if out is not None:
         import json
 
@@ -168,6 +169,7 @@ def register(commands) -> None:
     train.add_argument("--eval-every", type=int, metavar="N", help="also evaluate every N steps")
     train.add_argument("--seed", type=int, metavar="S")
     train.add_argument("--threads", type=int, metavar="K", help="torch threads (default: all cores)")
+    add_placement(train)
     train.add_argument("--out", metavar="DIR", help="run directory (default: runs/train-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
@@ -179,6 +181,7 @@ def register(commands) -> None:
     wise.add_argument("--zero-shot", metavar="FILE", help="zero-shot checkpoint (default: rebuilt from the run's task)")
     wise.add_argument("--alphas", metavar="A,B,...", help="mixing coefficients (default 0,0.1,...,1)")
     wise.add_argument("--threads", type=int, metavar="K")
+    add_placement(wise)
     wise.add_argument("--out", metavar="FILE", help="also write the rows as JSON lines")
     wise.set_defaults(handler=cmd_wise)
 

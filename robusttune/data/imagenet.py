@@ -60,7 +60,8 @@ class Sample:
 
 
 class ImageFolderSet(Dataset):
-    """``(transform(image), label)`` for a fixed list of samples; ``crop_border`` trims pixels on every side."""
+    """``(transform(image), label)`` for a fixed list of samples (``transform`` gives uint8 ``(3, H, W)``, e.g.
+    ``robusttune.models.clip.imagenet_preprocess``); ``crop_border`` trims pixels on every side."""
 
     def __init__(self, samples: list[Sample], transform: Callable, *, crop_border: int = 0, root: Path):
         if not samples:
@@ -145,9 +146,9 @@ class OodFolder:
     projection: LogitProjection
     crop: int = 0
 
-    def eval_set(self, transform: Callable, *, num_workers: int = 0) -> EvalSet:
+    def eval_set(self, transform: Callable) -> EvalSet:
         dataset = ImageFolderSet(self.samples, transform, crop_border=self.crop, root=self.root)
-        return EvalSet(f"ood_{self.name}", DatasetImages(dataset, num_workers=num_workers), self.projection)
+        return EvalSet(f"ood_{self.name}", DatasetImages(dataset), self.projection)
 
 
 def scan_ood_folder(name: str, root: Path, list_images: Lister = images_in) -> OodFolder:
@@ -175,11 +176,11 @@ def scan_ood_folder(name: str, root: Path, list_images: Lister = images_in) -> O
     return OodFolder(name, root, samples, projection, crop)
 
 
-def ood_eval_set(name: str, root: Path, transform: Callable, *, num_workers: int = 0) -> EvalSet:
+def ood_eval_set(name: str, root: Path, transform: Callable) -> EvalSet:
     """The evaluation set ``ood_<name>`` for one of ``OOD_SETS`` from its folder."""
-    return scan_ood_folder(name, root).eval_set(transform, num_workers=num_workers)
+    return scan_ood_folder(name, root).eval_set(transform)
 
 
-def imagenet_eval_set(metric: str, root: Path, transform: Callable, *, num_workers: int = 0) -> EvalSet:
+def imagenet_eval_set(metric: str, root: Path, transform: Callable) -> EvalSet:
     dataset = ImageFolderSet(imagenet_samples(Path(root)), transform, root=Path(root))
-    return EvalSet(metric, DatasetImages(dataset, num_workers=num_workers))
+    return EvalSet(metric, DatasetImages(dataset))

@@ -1,12 +1,14 @@
 """Labelled image sources for training and evaluation, independent of where the images come from.
 
-An ``EvalSet`` yields normalised float batches with labels and says how to turn the model's logits into
-the set's label space (all classes, a class sublist, or grouped classes as for ObjectNet).
+Every source yields uint8 ``(N, 3, H, W)`` batches with labels; they are normalised on the model's device
+(``ImageClassifier.prepare``), so loader workers and host-to-device copies move a quarter of the bytes. An
+``EvalSet`` also says how to turn the model's logits into the set's label space (all classes, a class sublist,
+or grouped classes as for ObjectNet).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -37,50 +39,72 @@ IDENTITY = LogitProjection()
 
 
 def normalise(images_u8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 ``(N, 3, H, W)`` -> float normalised with per-channel ``mean``/``std``."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    """uint8 ``(N, 3, H, W)`` -> float normalised with per-channel ``mean``/``std``, on the images' device."""
+    m = torch.tensor(mean, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
     return (images_u8.float() / 255.0 - m) / s
 
 
-class TensorImages:
-    """In-memory uint8 images + labels; batches are normalised on the fly."""
+@dataclass(frozen=True)
+class Loading:
+    """How batches are loaded: worker processes, pinned memory (for a CUDA device), batches prefetched per worker."""
 
-    def __init__(self, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float]):
+    num_workers: int = 0
+    pin_memory: bool = False
+    prefetch_factor: int = 4
+    persistent: bool = False  # keep the workers between passes (evaluation loaders built once per run)
+
+
+class TensorImages:
+    """In-memory uint8 images + labels (the mini world)."""
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        if images.dtype != torch.uint8:
+            raise TypeError(f"TensorImages holds uint8 images, got {images.dtype}")
         self.images, self.labels = images, labels
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return normalise(self.images[indices], self.mean, self.std), self.labels[indices]
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
 
-    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, len(self), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(self)))
-            yield self.batch(index)
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        return self.images[indices], self.labels[indices]
 
 
 class DatasetImages:
-    """A map-style dataset of ``(float image, label)`` pairs (e.g. image folders with a transform)."""
+    """A map-style dataset of ``(uint8 image (3, H, W), label)`` pairs: image folders with a transform, a packed set."""
 
-    def __init__(self, dataset: Dataset, num_workers: int = 0):
-        self.dataset, self.num_workers = dataset, num_workers
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.dataset[index]
 
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         items = [self.dataset[int(i)] for i in indices]
         return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
-    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
-        yield from loader
-
 
 ImageSource = TensorImages | DatasetImages
+
+
+def batch_loader(source: ImageSource, batches: Iterable[Sequence[int]], loading: Loading = Loading()) -> Iterable[tuple[Tensor, Tensor]]:
+    """uint8 batches of ``source`` in the order ``batches`` gives (index lists): a ``DataLoader`` with worker
+    processes for datasets read from disk, plain indexing for in-memory images. The order never depends on the
+    workers, so a run's data is the same with any worker count."""
+    if isinstance(source, TensorImages) or loading.num_workers == 0:
+        return (source.batch(torch.as_tensor(list(b), dtype=torch.long)) for b in batches)
+    return DataLoader(source, batch_sampler=batches, num_workers=loading.num_workers, pin_memory=loading.pin_memory,
+                      prefetch_factor=loading.prefetch_factor, persistent_workers=loading.persistent)
+
+
+def sequential_batches(n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
 
 
 @dataclass(frozen=True)
@@ -103,3 +127,4 @@ class TaskData:
     eval_sets: tuple[EvalSet, ...]
     num_classes: int
     describe: Callable[[], str] = lambda: "task"
+    num_workers: int = 0  # loader worker processes for training and evaluation

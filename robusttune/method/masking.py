@@ -25,6 +25,11 @@ def _masking_region(region: Region | str) -> Region:
     return region
 
 
+def _uniform(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Uniform draws from the (CPU) step generator, moved to ``device``: the same masks on every device."""
+    return torch.rand(shape, generator=generator, device="cpu").to(device)
+
+
 def normalise_cam(cam: Tensor) -> Tensor:
     return cam / (cam.max(dim=1, keepdim=True).values + 1e-8)
 
@@ -36,7 +41,7 @@ def threshold_mask(cam: Tensor, region: Region | str, threshold: float, generato
     random mask without refill keeps ``int(P * (1 - rate))`` random patches)."""
     region = _masking_region(region)
     if region is Region.RANDOM:
-        draws = torch.rand(cam.shape, generator=generator, device=cam.device)
+        draws = _uniform(cam.shape, generator, cam.device)
         if not exact_count:
             return draws < threshold
         keep = int(cam.shape[1] * (1 - threshold))
@@ -51,7 +56,7 @@ def ratio_mask(cam: Tensor, region: Region | str, ratio: float, generator: torch
     batch, patches = cam.shape
     count = int(round(ratio * patches))
     if region is Region.RANDOM:
-        order = torch.rand(cam.shape, generator=generator, device=cam.device).argsort(dim=1)
+        order = _uniform(cam.shape, generator, cam.device).argsort(dim=1)
     else:
         order = torch.sort(cam, dim=1, descending=region is Region.OBJECT, stable=True).indices
     mask = torch.zeros(batch, patches, dtype=torch.bool, device=cam.device)

@@ -14,12 +14,13 @@ from torch import Tensor
 
 
 def single_donors(batch: int, generator: torch.Generator) -> Tensor:
-    return torch.randperm(batch, generator=generator)
+    """Drawn on the CPU step generator (the same donors on every device); ``refill`` moves them."""
+    return torch.randperm(batch, generator=generator, device="cpu")
 
 
 def multi_donors(batch: int, patches: int, generator: torch.Generator) -> Tensor:
-    offsets = torch.randint(1, max(batch, 2), (batch, patches), generator=generator)
-    return (torch.arange(batch)[:, None] + offsets) % batch
+    offsets = torch.randint(1, max(batch, 2), (batch, patches), generator=generator, device="cpu")
+    return (torch.arange(batch, device="cpu")[:, None] + offsets) % batch
 
 
 def to_patches(images: Tensor, patch: tuple[int, int]) -> Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robusttune.config import CamMethod
+from robusttune.data.sets import normalise
 from robusttune.models.vit import VitPass, check_supported, grid_size, patch_size, vit_forward
 
 
@@ -49,6 +50,16 @@ class ImageClassifier(nn.Module):
     @property
     def patch_size(self) -> tuple[int, int]:
         return patch_size(self.visual)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """A loader's uint8 batch -> normalised float on the model's device (non-blocking from pinned memory)."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"prepare expects a uint8 batch, got {images.dtype}")
+        return normalise(images.to(self.device, non_blocking=True), self.image_mean, self.image_std)
 
     def forward_features(self, images: Tensor) -> Tensor:
         return vit_forward(self.visual, images).features

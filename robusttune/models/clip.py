@@ -121,32 +121,36 @@ def zero_shot_head(
     if not classnames or not templates:
         raise ModelError("a zero-shot head needs at least one class name and one template")
     was_training = model.training
-    model.eval()
+    home = next(model.parameters()).device
+    model.to(device).eval()  # the text tower runs where the head is built (a GPU when there is one), then goes home
     try:
         weights = open_clip.build_zero_shot_classifier(
             model, tokenizer=tokenizer, classnames=list(classnames), templates=list(templates),
             num_classes_per_batch=batch_classes, device=device,
         )
     finally:
-        model.train(was_training)
+        model.to(home).train(was_training)
     with torch.no_grad():
         return (model.logit_scale.exp() * weights.T).detach().float().cpu().clone()
 
 
 def build_classifier(
     model: torch.nn.Module, tokenizer: Tokenizer, classnames: Sequence[str], templates: Sequence[str | Callable[[str], str]],
-    *, head_folders: Sequence[Path] = (),
+    *, head_folders: Sequence[Path] = (), device: str | torch.device | None = None,
 ) -> ImageClassifier:
     """The zero-shot classifier (image tower + head) that fine-tuning starts from. With ``head_folders`` the head is
-    read from (or built once into) those folders (``robusttune.models.heads``)."""
+    read from (or built once into) those folders (``robusttune.models.heads``). The head is built on ``device``
+    (default: the first visible GPU, else the CPU)."""
     mean, std = image_stats(model)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if head_folders:
         from robusttune.models.heads import cached_head
 
-        head = cached_head(model, classnames, templates, lambda: zero_shot_head(model, tokenizer, classnames, templates),
-                           folders=head_folders)
+        head = cached_head(model, classnames, templates,
+                           lambda: zero_shot_head(model, tokenizer, classnames, templates, device=device), folders=head_folders)
     else:
-        head = zero_shot_head(model, tokenizer, classnames, templates)
+        head = zero_shot_head(model, tokenizer, classnames, templates, device=device)
     # The classifier shares the tower's modules; the caller drops the CLIP (and its text tower).
     return ImageClassifier(model.visual, head, mean=mean, std=std)
 
@@ -159,6 +163,14 @@ def imagenet_classnames_and_templates() -> tuple[list[str], list[Callable[[str],
 
 
 def imagenet_preprocess(model: torch.nn.Module) -> Callable:
-    """open_clip's evaluation transform for this model (resize + centre crop + normalise, no augmentation)."""
-    return open_clip.image_transform(model.visual.image_size, is_train=False,
+    """open_clip's evaluation transform for this model (resize + centre crop, no augmentation) up to uint8
+    ``(3, H, W)``: its ``ToTensor`` + ``Normalize`` happen on the model's device (``ImageClassifier.prepare``),
+    with the same arithmetic."""
+    from torchvision.transforms import Compose, Normalize, PILToTensor
+
+    full = open_clip.image_transform(model.visual.image_size, is_train=False,
                                      mean=image_stats(model)[0], std=image_stats(model)[1])
+    *geometry, to_tensor, normalize = full.transforms
+    if not isinstance(normalize, Normalize) or "ToTensor" not in type(to_tensor).__name__:
+        raise ModelError(f"unexpected open_clip preprocess layout: {full}")
+    return Compose([*geometry, PILToTensor()])

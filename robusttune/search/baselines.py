@@ -38,7 +38,8 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
 
     from robusttune.config import TrainConfig, parse
     from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
-    from robusttune.training.evaluate import evaluate
+    from robusttune.training.device import Placement
+    from robusttune.training.evaluate import Evaluator
     from robusttune.training.run import prepare_run
     from robusttune.training.tasks import build_task
     from robusttune.training.wise import wise_curve
@@ -52,8 +53,12 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
                for source, _ in sources}
     if {"zero-shot", "vanilla-ft"} <= methods and not any(missing.values()):
         return 0
+    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
+    config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
     student, task = build_task(space.task, Path(cache_dir), head_folders=[heads_dir(exp)])
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    evaluator = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, num_workers=task.num_workers,
+                          placement=Placement.of(config.device, config.precision))  # the trials' device and precision
     written = 0
 
     def record(row: dict[str, Any]) -> None:
@@ -64,12 +69,10 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
         written += 1
 
     if "zero-shot" not in methods:
-        record({"kind": "baseline", "method": "zero-shot", **evaluate(student, task.eval_sets)})
-    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
-    config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
+        record({"kind": "baseline", "method": "zero-shot", **evaluator(student)})
     vanilla_path = baselines_dir(exp) / "vanilla_ft.pt"
     vanilla = load_checkpoint(vanilla_path) if vanilla_path.is_file() else None
-    if vanilla is not None and ("metrics" not in vanilla or json.loads(vanilla["config"]) != config.to_dict()):
+    if vanilla is not None and ("metrics" not in vanilla or not config.resumes(json.loads(vanilla["config"]))):
         vanilla = None  # trained under other fixed settings (or by an older robusttune): train again
     if vanilla is None:
         result = prepare_run(config, space.task, Path(cache_dir), built=(student, task)).train()
@@ -84,7 +87,7 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
             continue
         finetuned = vanilla["model"] if source == "vanilla-ft" else load_checkpoint(path)["model"]
         for alpha in missing[source]:  # one row at a time: a kill loses at most this point of the curve
-            (row,) = wise_curve(student, zero_shot, finetuned, task.eval_sets, alphas=(alpha,))
+            (row,) = wise_curve(student, zero_shot, finetuned, evaluator, alphas=(alpha,))
             record({"kind": "wise", "source": source, **row})
     return written
 

@@ -1,14 +1,16 @@
-"""Accuracy on the ID and OOD evaluation sets (batched, no grad, deterministic)."""
+"""Accuracy on the ID and OOD evaluation sets (batched, no grad, deterministic), on the run's device and precision."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
 import torch
-from torch import nn
+from torch.utils.data import ConcatDataset
 
-from robusttune.data.sets import EvalSet
+from robusttune.data.sets import EvalSet, Loading, TensorImages, batch_loader, sequential_batches
 from robusttune.errors import DataError
+from robusttune.models.classifier import ImageClassifier
+from robusttune.training.device import CPU_FP32, Placement
 
 
 def ood_mean(metrics: Mapping[str, float]) -> float:
@@ -17,38 +19,72 @@ def ood_mean(metrics: Mapping[str, float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, eval_set: EvalSet, *, batch_size: int = 256, device: str | torch.device = "cpu") -> float:
-    correct, total = 0, 0
-    for images, labels in eval_set.source.batches(batch_size):
-        logits = eval_set.projection(model(images.to(device)))
-        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
-        total += int(labels.shape[0])
-    if total == 0:
-        raise DataError(f"evaluation set for {eval_set.metric} is empty")
-    return correct / total
+class Evaluator:
+    """Evaluates a classifier on fixed sets. Sets read from disk share one loader over all of them, built once per
+    run, whose workers stay alive between evaluations (batches never straddle two sets)."""
+
+    def __init__(self, eval_sets: Iterable[EvalSet], *, batch_size: int = 256, placement: Placement = CPU_FP32,
+                 num_workers: int = 0):
+        self.sets = tuple(eval_sets)
+        for eval_set in self.sets:
+            if len(eval_set) == 0:
+                raise DataError(f"evaluation set for {eval_set.metric} is empty")
+        self.batch_size, self.placement = batch_size, placement
+        self.loading = Loading(num_workers, pin_memory=placement.pin_memory, persistent=num_workers > 0)
+        self._shared = None  # (loader, owner of each batch), built on the first evaluation
+
+    def _batches(self):
+        """``(set index, uint8 images, labels)`` over every set in order."""
+        in_memory = all(isinstance(s.source, TensorImages) for s in self.sets)
+        if in_memory or self.loading.num_workers == 0:
+            for index, eval_set in enumerate(self.sets):
+                for images, labels in batch_loader(eval_set.source, sequential_batches(len(eval_set), self.batch_size)):
+                    yield index, images, labels
+            return
+        if self._shared is None:
+            batches, owners, offset = [], [], 0
+            for index, eval_set in enumerate(self.sets):
+                batches += [[offset + i for i in b] for b in sequential_batches(len(eval_set), self.batch_size)]
+                owners += [index] * (len(batches) - len(owners))
+                offset += len(eval_set)
+            concatenated = ConcatDataset([s.source for s in self.sets])  # type: ignore[list-item]
+            self._shared = (batch_loader(concatenated, batches, self.loading), owners)  # type: ignore[arg-type]
+        loader, owners = self._shared
+        for owner, (images, labels) in zip(owners, loader):
+            yield owner, images, labels
+
+    @torch.inference_mode()
+    def __call__(self, model: ImageClassifier) -> dict[str, float]:
+        """``{metric: accuracy}`` for every set, plus ``ood_mean`` when there are OOD sets. Restores train mode."""
+        was_training = model.training
+        model.to(self.placement.device).eval()
+        correct = [0] * len(self.sets)
+        total = [0] * len(self.sets)
+        try:
+            for index, images, labels in self._batches():
+                with self.placement.autocast():
+                    logits = self.sets[index].projection(model(model.prepare(images)))
+                correct[index] += int((logits.argmax(dim=1).cpu() == labels).sum())
+                total[index] += int(labels.shape[0])
+        finally:
+            model.train(was_training)
+        metrics = {s.metric: c / t for s, c, t in zip(self.sets, correct, total)}
+        if any(k.startswith("ood_") for k in metrics):
+            metrics["ood_mean"] = ood_mean(metrics)
+        return metrics
 
 
-def evaluate(model: nn.Module, eval_sets: Iterable[EvalSet], *, batch_size: int = 256,
-             device: str | torch.device = "cpu") -> dict[str, float]:
-    """``{metric: accuracy}`` for every set, plus ``ood_mean`` when there are OOD sets. Restores train mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        metrics = {s.metric: accuracy(model, s, batch_size=batch_size, device=device) for s in eval_sets}
-    finally:
-        model.train(was_training)
-    if any(k.startswith("ood_") for k in metrics):
-        metrics["ood_mean"] = ood_mean(metrics)
-    return metrics
+def evaluate(model: ImageClassifier, eval_sets: Iterable[EvalSet], *, batch_size: int = 256,
+             placement: Placement = CPU_FP32, num_workers: int = 0) -> dict[str, float]:
+    """One evaluation (a run that evaluates repeatedly keeps an ``Evaluator``)."""
+    return Evaluator(eval_sets, batch_size=batch_size, placement=placement, num_workers=num_workers)(model)
 
 
-def evaluate_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], eval_sets: Iterable[EvalSet],
-                        **kwargs) -> dict[str, float]:
+def evaluate_state_dict(model: ImageClassifier, state_dict: Mapping[str, torch.Tensor], evaluator: Evaluator) -> dict[str, float]:
     """Evaluate ``model`` with ``state_dict`` loaded, then put the model's own weights back."""
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state_dict)
     try:
-        return evaluate(model, eval_sets, **kwargs)
+        return evaluator(model)
     finally:
         model.load_state_dict(original)

@@ -65,6 +65,6 @@ def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpo
     resume = None
     if checkpoint is not None and checkpoint.is_file():
         resume = load_checkpoint(checkpoint)
-        if json.loads(resume["config"]) != config.to_dict():
+        if not config.resumes(json.loads(resume["config"])):
             raise CheckpointError(f"{checkpoint}: checkpoint was written with a different config; cannot resume")
     return Run(config, student, task, checkpoint, resume)

@@ -56,14 +56,14 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0, head_folders: Sequence[P
     classifier = build_classifier(clip, tokenizer, classnames, templates, head_folders=head_folders)
     order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed))
     held = set(order[: spec.val_holdout].tolist())
-    train_root, workers = Path(spec.train_dir), spec.num_workers
+    train_root = Path(spec.train_dir)
     train = ImageFolderSet([s for i, s in enumerate(train_samples) if i not in held], transform, root=train_root)
     holdout = ImageFolderSet([s for i, s in enumerate(train_samples) if i in held], transform, root=train_root)
     eval_sets: list[EvalSet] = [
-        EvalSet("id_val_acc", DatasetImages(holdout, workers)),
-        EvalSet("id_acc", DatasetImages(ImageFolderSet(val_samples, transform, root=Path(spec.val_dir)), workers)),
-        *(folder.eval_set(transform, num_workers=workers) for folder in ood_folders),
+        EvalSet("id_val_acc", DatasetImages(holdout)),
+        EvalSet("id_acc", DatasetImages(ImageFolderSet(val_samples, transform, root=Path(spec.val_dir)))),
+        *(folder.eval_set(transform) for folder in ood_folders),
     ]
-    task = TaskData(train=DatasetImages(train, spec.num_workers), eval_sets=tuple(eval_sets), num_classes=1000,
-                    describe=lambda: f"{spec.model} on ImageNet folders")
+    task = TaskData(train=DatasetImages(train), eval_sets=tuple(eval_sets), num_classes=1000,
+                    describe=lambda: f"{spec.model} on ImageNet folders", num_workers=spec.num_workers)
     return classifier, task

@@ -47,9 +47,7 @@ class PreparedWorld:
         return mini_classifier(model, tokenizer)
 
     def task(self) -> TaskData:
-        from robusttune.models.tiny import MINI_MEAN, MINI_STD
-
-        return mini_task(self.world, MINI_MEAN, MINI_STD)
+        return mini_task(self.world)
 
 
 def mini_classifier(model, tokenizer: CompactTokenizer) -> ImageClassifier:
@@ -68,9 +66,7 @@ def pretrain_and_save(world: WorldData, path: Path, *, progress: Progress | None
     model, tokenizer, timing = pretrain_tiny_clip(world, progress=progress)
     save_tiny_clip(path, model, tokenizer, {})  # weights first, so the classifier below reads them back
     classifier = mini_classifier(*load_tiny_clip(path, world.config.model, image_size=world.config.image_size))
-    from robusttune.models.tiny import MINI_MEAN, MINI_STD
-
-    zero_shot = evaluate(classifier, mini_task(world, MINI_MEAN, MINI_STD).eval_sets)
+    zero_shot = evaluate(classifier, mini_task(world).eval_sets)
     meta = {"world": world.config.to_dict(), "world_key": world_key(world.config), "zero_shot": zero_shot, **timing}
     model, tokenizer = load_tiny_clip(path, world.config.model, image_size=world.config.image_size)
     save_tiny_clip(path, model, tokenizer, meta)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from robusttune.data.mini.captions import CLASSNAMES
 from robusttune.data.mini.world import WorldData
 from robusttune.data.sets import EvalSet, TaskData, TensorImages
 
 
-def mini_task(world: WorldData, mean: Sequence[float], std: Sequence[float]) -> TaskData:
+def mini_task(world: WorldData) -> TaskData:
     """``id_val_acc`` (validation), ``id_acc`` (ID test) and one ``ood_<shift>`` per shift."""
     def images(image_set) -> TensorImages:
-        return TensorImages(image_set.images, image_set.labels, mean, std)
+        return TensorImages(image_set.images, image_set.labels)
 
     eval_sets = [EvalSet("id_val_acc", images(world.val)), EvalSet("id_acc", images(world.test))]
     eval_sets += [EvalSet(f"ood_{name}", images(image_set)) for name, image_set in world.ood.items()]
