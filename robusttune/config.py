@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robusttune.errors import ConfigError
 
@@ -326,10 +327,16 @@ class TrainConfig(Frozen):
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
     eval_batch_size: int = Field(256, ge=1)
     seed: int = 0
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
-                        description="auto: the GPU Ray assigned (or the machine's first GPU), else the CPU")
+    device: str = Field("auto", description="auto: the GPU Ray assigned (or the machine's first GPU), else the CPU")
     precision: Precision = Field(Precision.AUTO, description="autocast dtype of the forwards; weights stay fp32")
     preset: Preset | None = Field(None, description="'paper': the official defaults under the config's own values")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -51,6 +51,18 @@ def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
     assert 0 < rows[-1]["mask_fraction"] < 1
     final = torch.load(out / "final.pt", weights_only=True)
     assert final["model"]["head.weight"].shape == (1000, 512)
+    # the same run from packs of the three folders (robusttune data pack, lossless) gives the same numbers
+    for name, kind in (("train", "imagenet"), ("val", "imagenet"), ("v2", "imagenet_v2")):
+        assert main(["data", "pack", str(tmp_path / name), str(tmp_path / f"{name}.pack"), "--kind", kind, "--json"]) == 0
+    packed_config = {**config, "imagenet": {**config["imagenet"], "train_dir": str(tmp_path / "train.pack"),
+                                            "val_dir": str(tmp_path / "val.pack"),
+                                            "ood_dirs": {"imagenet_v2": str(tmp_path / "v2.pack")}}}
+    packed_path = tmp_path / "packed.yaml"
+    packed_path.write_text(yaml.safe_dump(packed_config))
+    assert main(["train", "--config", str(packed_path), "--out", str(tmp_path / "packed_run"), "--json", "--threads", "2",
+                 "--cache-dir", str(cache)]) == 0
+    packed_rows = [json.loads(line) for line in (tmp_path / "packed_run" / "metrics.jsonl").read_text().splitlines()]
+    assert packed_rows[-1]["metrics"] == rows[-1]["metrics"] and packed_rows[-1]["loss_task"] == rows[-1]["loss_task"]
     # the 1,000-class zero-shot head was built once and kept: a second run reads it instead of running the text tower
     (head,) = list((cache / "heads").glob("head-*.pt"))
     import open_clip

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from robusttune.errors import DataError
+
 
 @dataclass(frozen=True)
 class LogitProjection:
@@ -99,8 +101,28 @@ def batch_loader(source: ImageSource, batches: Iterable[Sequence[int]], loading:
     workers, so a run's data is the same with any worker count."""
     if isinstance(source, TensorImages) or loading.num_workers == 0:
         return (source.batch(torch.as_tensor(list(b), dtype=torch.long)) for b in batches)
-    return DataLoader(source, batch_sampler=batches, num_workers=loading.num_workers, pin_memory=loading.pin_memory,
-                      prefetch_factor=loading.prefetch_factor, persistent_workers=loading.persistent)
+    return _OneLineErrors(DataLoader(source, batch_sampler=batches, num_workers=loading.num_workers,
+                                     pin_memory=loading.pin_memory, prefetch_factor=loading.prefetch_factor,
+                                     persistent_workers=loading.persistent))
+
+
+class _OneLineErrors:
+    """Re-raises a worker's ``DataError`` (which the DataLoader wraps in its traceback) with its own one-line message."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except DataError as error:
+            raise DataError(worker_message(error)) from None
+
+
+def worker_message(error: Exception) -> str:
+    """The original message of an error a DataLoader worker raised (its last traceback line, without the type)."""
+    last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return last.removeprefix(f"{type(error).__module__}.{type(error).__name__}: ")
 
 
 def sequential_batches(n: int, batch_size: int) -> list[list[int]]:

@@ -162,15 +162,25 @@ def imagenet_classnames_and_templates() -> tuple[list[str], list[Callable[[str],
     return list(IMAGENET_CLASSNAMES), list(OPENAI_IMAGENET_TEMPLATES)
 
 
-def imagenet_preprocess(model: torch.nn.Module) -> Callable:
-    """open_clip's evaluation transform for this model (resize + centre crop, no augmentation) up to uint8
-    ``(3, H, W)``: its ``ToTensor`` + ``Normalize`` happen on the model's device (``ImageClassifier.prepare``),
-    with the same arithmetic."""
+def preprocess_for(image_size: int | tuple[int, int], mean=open_clip.OPENAI_DATASET_MEAN,
+                   std=open_clip.OPENAI_DATASET_STD) -> Callable:
+    """open_clip's evaluation transform (resize + centre crop, no augmentation) up to uint8 ``(3, H, W)``: its
+    ``ToTensor`` + ``Normalize`` happen on the model's device (``ImageClassifier.prepare``), with the same arithmetic."""
     from torchvision.transforms import Compose, Normalize, PILToTensor
 
-    full = open_clip.image_transform(model.visual.image_size, is_train=False,
-                                     mean=image_stats(model)[0], std=image_stats(model)[1])
+    full = open_clip.image_transform(image_size, is_train=False, mean=mean, std=std)
     *geometry, to_tensor, normalize = full.transforms
     if not isinstance(normalize, Normalize) or "ToTensor" not in type(to_tensor).__name__:
         raise ModelError(f"unexpected open_clip preprocess layout: {full}")
     return Compose([*geometry, PILToTensor()])
+
+
+def imagenet_preprocess(model: torch.nn.Module) -> Callable:
+    """The uint8 evaluation transform of ``model`` (``preprocess_for`` its image size)."""
+    return preprocess_for(model.visual.image_size, *image_stats(model))
+
+
+def model_image_size(name: str) -> int | tuple[int, int]:
+    """A model's input size from open_clip's config (no weights built)."""
+    check_model_name(name)
+    return open_clip.get_model_config(name)["vision_cfg"]["image_size"]

@@ -1,0 +1,273 @@
+"""Packed datasets: an image folder pre-processed once into uint8 shards (the paper trains without augmentation,
+so every image always goes through the same resize + centre crop).
+
+Layout of a pack folder::
+
+    robusttune-pack.json     the index, written last: settings, shard list (file, count, bytes), image shape
+    labels.npy               int64 labels in sample order (the folder's sorted listing, as the folder path reads it)
+    shard-00000.npy          raw: uint8 (n, 3, H, W), memory-mapped on read
+    shard-00000.jpg.npy      jpeg: the encoded images back to back (uint8), with shard-00000.offsets.npy
+    .pack-state.json         only while packing: the settings, so an interrupted pack resumes with the same ones
+
+Every file is written atomically (temporary file + rename) and the index comes last, so a reader never sees a
+half-written pack: a folder without the index is refused with a one-line error saying how to finish it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from robusttune.cache import atomic_write, atomic_write_json
+from robusttune.data.imagenet import OOD_SETS, ImageFolderSet, Lister, images_in, imagenet_samples, scan_ood_folder
+from robusttune.data.sets import LogitProjection, worker_message
+from robusttune.errors import DataError
+
+FORMAT = "robusttune.pack/1"
+INDEX_FILE = "robusttune-pack.json"
+STATE_FILE = ".pack-state.json"
+KINDS = ("imagenet", *OOD_SETS)  # imagenet: a train or val folder of 1000 wnid folders
+ENCODINGS = ("raw", "jpeg")
+
+Progress = Callable[[int, int], None]  # (images done, total)
+
+
+def describe_transform(transform: Callable) -> str:
+    """A transform's text, whitespace-collapsed: a pack is only read by a model whose transform has the same text."""
+    return " ".join(repr(transform).split())
+
+
+def is_pack(root: str | Path) -> bool:
+    root = Path(root)
+    return (root / INDEX_FILE).is_file() or (root / STATE_FILE).is_file()
+
+
+def scan_kind(kind: str, root: Path, list_images: Lister = images_in) -> tuple[list, LogitProjection, int]:
+    """The samples, label space and border crop of a folder of ``kind`` (the folder path's own label handling)."""
+    if kind == "imagenet":
+        return imagenet_samples(root, list_images), LogitProjection(), 0
+    if kind not in OOD_SETS:
+        raise DataError(f"unknown dataset kind '{kind}'; known: {', '.join(KINDS)}")
+    folder = scan_ood_folder(kind, root, list_images)
+    return folder.samples, folder.projection, folder.crop
+
+
+def projection_of(kind: str) -> LogitProjection:
+    """The label space of a pack's kind (stored packs carry the kind, not the projection)."""
+    from robusttune.data.imagenet import objectnet_classes, ood_metadata
+
+    if kind in ("imagenet_r", "imagenet_a"):
+        return LogitProjection(indices=tuple(ood_metadata()[f"{kind}_class_sublist"]))
+    if kind == "objectnet":
+        return LogitProjection(groups=tuple(objectnet_classes()[1]))
+    return LogitProjection()
+
+
+def _shard_files(index: int, encoding: str) -> list[str]:
+    stem = f"shard-{index:05d}"
+    return [f"{stem}.npy"] if encoding == "raw" else [f"{stem}.jpg.npy", f"{stem}.offsets.npy"]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:
+            np.save(stream, array)
+
+    atomic_write(path, write)
+
+
+@dataclass(frozen=True)
+class PackSummary:
+    out: Path
+    images: int
+    shards: int
+    bytes: int
+    resumed_shards: int
+
+
+def pack_folder(source: str | Path, out: str | Path, *, kind: str, transform: Callable, encoding: str = "raw",
+                quality: int = 90, shard_size: int = 1024, workers: int = 0, progress: Progress | None = None) -> PackSummary:
+    """Pack ``source`` (a folder of ``kind``) into ``out``; an interrupted pack with the same settings resumes at its
+    first missing shard. ``transform`` must give uint8 ``(3, H, W)`` (``robusttune.models.clip.preprocess_for``)."""
+    source, out = Path(source), Path(out)
+    if encoding not in ENCODINGS:
+        raise DataError(f"encoding must be one of {', '.join(ENCODINGS)}, got '{encoding}'")
+    if not 1 <= quality <= 100:
+        raise DataError(f"quality must lie in 1..100, got {quality}")
+    if shard_size < 1 or workers < 0:
+        raise DataError(f"shard size must be >= 1 and workers >= 0, got {shard_size} and {workers}")
+    samples, _, crop = scan_kind(kind, source)
+    if not samples:
+        raise DataError(f"{source}: no images found")
+    listing = hashlib.sha256("\n".join(f"{s.path.relative_to(source)}\t{s.label}" for s in samples).encode()).hexdigest()
+    settings = {"format": FORMAT, "kind": kind, "encoding": encoding, "quality": quality if encoding == "jpeg" else None,
+                "shard_size": shard_size, "transform": describe_transform(transform), "crop_border": crop,
+                "images": len(samples), "listing_sha256": listing}
+    if (out / INDEX_FILE).is_file():
+        done = _read_json(out / INDEX_FILE)
+        if {k: done.get(k) for k in settings} == settings:
+            return PackSummary(out, len(samples), len(done["shards"]), _pack_bytes(out, done), len(done["shards"]))
+        raise DataError(f"{out}: already holds a pack of other images or settings; choose another folder or delete it")
+    if (out / STATE_FILE).is_file():
+        if _read_json(out / STATE_FILE) != settings:
+            raise DataError(f"{out}: an interrupted pack with other settings (or a changed source) is here; "
+                            f"rerun with its settings or delete the folder")
+    elif out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: not empty; packs go into a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STATE_FILE, settings)
+
+    dataset = ImageFolderSet(samples, transform, crop_border=crop, root=source)
+    n_shards = -(-len(samples) // shard_size)
+    shards, resumed, shape = [], 0, None
+    for k in range(n_shards):
+        files = _shard_files(k, encoding)
+        first, last = k * shard_size, min((k + 1) * shard_size, len(samples))
+        if all((out / f).is_file() for f in files):
+            resumed += 1
+        else:
+            images = _load_images(dataset, range(first, last), workers)
+            if encoding == "raw":
+                _save_npy(out / files[0], images.numpy())
+            else:
+                _save_jpeg_shard(out, files, images, quality)
+        if shape is None:
+            shape = _shard_image_shape(out, files, encoding)
+        shards.append({"files": files, "count": last - first, "bytes": [(out / f).stat().st_size for f in files]})
+        if progress is not None:
+            progress(last, len(samples))
+    _save_npy(out / "labels.npy", np.asarray([s.label for s in samples], dtype=np.int64))
+    index = {**settings, "image_shape": list(shape), "shards": shards}
+    atomic_write_json(out / INDEX_FILE, index)
+    (out / STATE_FILE).unlink(missing_ok=True)
+    return PackSummary(out, len(samples), n_shards, _pack_bytes(out, index), resumed)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: unreadable pack file ({type(error).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DataError(f"{path}: not a robusttune pack ({FORMAT})")
+    return data
+
+
+def _pack_bytes(out: Path, index: dict[str, Any]) -> int:
+    return sum(sum(shard["bytes"]) for shard in index["shards"]) + (out / "labels.npy").stat().st_size
+
+
+def _load_images(dataset: Dataset, positions: range, workers: int) -> torch.Tensor:
+    """The transformed uint8 images at ``positions``, decoded by ``workers`` processes, in order."""
+    loader = DataLoader(torch.utils.data.Subset(dataset, list(positions)), batch_size=64, num_workers=workers)
+    try:
+        return torch.cat([images for images, _ in loader])
+    except DataError as error:  # raised in a worker: keep the original one-line message
+        raise DataError(worker_message(error)) from None
+
+
+def _save_jpeg_shard(out: Path, files: list[str], images: torch.Tensor, quality: int) -> None:
+    from torchvision.io import encode_jpeg
+
+    encoded = [encode_jpeg(image, quality=quality).numpy() for image in images]
+    offsets = np.cumsum([0, *(len(e) for e in encoded)]).astype(np.int64)
+    _save_npy(out / files[0], np.concatenate(encoded))
+    _save_npy(out / files[1], offsets)  # last: the shard counts as written once its offsets exist
+
+
+def _shard_image_shape(out: Path, files: list[str], encoding: str) -> tuple[int, ...]:
+    if encoding == "raw":
+        return tuple(np.load(out / files[0], mmap_mode="r").shape[1:])
+    from torchvision.io import decode_jpeg
+
+    data, offsets = np.load(out / files[0], mmap_mode="r"), np.load(out / files[1])
+    return tuple(decode_jpeg(torch.from_numpy(np.array(data[offsets[0]:offsets[1]]))).shape)
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A finished pack, checked cheaply (index, file sizes, label count) when opened."""
+
+    root: Path
+    index: dict[str, Any]
+    labels: np.ndarray
+
+    @property
+    def kind(self) -> str:
+        return self.index["kind"]
+
+    def __len__(self) -> int:
+        return int(self.index["images"])
+
+    def check_transform(self, transform: Callable) -> None:
+        if self.index["transform"] != describe_transform(transform):
+            raise DataError(f"{self.root}: packed with another transform ({self.index['transform']}); this model needs "
+                            f"{describe_transform(transform)}: pack it again for this model")
+
+
+def open_pack(root: str | Path, kind: str | None = None) -> Pack:
+    """Open a finished pack (one-line errors for an unfinished, damaged or mismatched one)."""
+    root = Path(root)
+    if not (root / INDEX_FILE).is_file():
+        if (root / STATE_FILE).is_file():
+            raise DataError(f"{root}: unfinished pack; rerun 'robusttune data pack' with the same arguments to finish it")
+        raise DataError(f"{root}: not a pack (no {INDEX_FILE})")
+    index = _read_json(root / INDEX_FILE)
+    if kind is not None and index.get("kind") != kind:
+        raise DataError(f"{root}: a pack of {index.get('kind')}, but {kind} is needed here")
+    for shard in index["shards"]:
+        for name, size in zip(shard["files"], shard["bytes"]):
+            path = root / name
+            if not path.is_file() or path.stat().st_size != size:
+                raise DataError(f"{path}: missing or damaged shard (size differs from the index); pack again")
+    try:
+        labels = np.load(root / "labels.npy")
+    except (OSError, ValueError) as error:
+        raise DataError(f"{root / 'labels.npy'}: unreadable ({type(error).__name__})") from None
+    if len(labels) != index["images"]:
+        raise DataError(f"{root / 'labels.npy'}: {len(labels)} labels for {index['images']} images")
+    return Pack(root, index, labels)
+
+
+class PackedImages(Dataset):
+    """``(uint8 image (3, H, W), label)`` from a pack, for the pack's images at ``positions`` (default: all)."""
+
+    def __init__(self, pack: Pack, positions: Sequence[int] | None = None):
+        self.pack = pack
+        self.positions = np.arange(len(pack)) if positions is None else np.asarray(positions, dtype=np.int64)
+        self.shard_size = int(pack.index["shard_size"])
+        self.encoding = pack.index["encoding"]
+        self._shards: dict[int, tuple[np.ndarray, ...]] = {}  # memory maps, opened lazily in each process
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def _shard(self, k: int) -> tuple[np.ndarray, ...]:
+        if k not in self._shards:
+            files = self.pack.index["shards"][k]["files"]
+            self._shards[k] = tuple(np.load(self.pack.root / f, mmap_mode="r") for f in files)
+        return self._shards[k]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        position = int(self.positions[index])
+        k, offset = divmod(position, self.shard_size)
+        shard = self._shard(k)
+        if self.encoding == "raw":
+            image = torch.from_numpy(np.array(shard[0][offset]))
+        else:
+            from torchvision.io import decode_jpeg
+
+            data, offsets = shard
+            image = decode_jpeg(torch.from_numpy(np.array(data[offsets[offset]:offsets[offset + 1]])))
+        return image, int(self.pack.labels[position])
+
+    def __getstate__(self) -> dict[str, Any]:  # worker processes open their own memory maps
+        return {**self.__dict__, "_shards": {}}
