@@ -1,10 +1,14 @@
 """Wall time per training step of vanilla FT, FT + FD (clean) and FT + FD with object-mask single-fill,
 on the same model, batch and thread count, measured side by side (interleaved rounds, medians).
 
-    python benchmarks/step_cost.py [--model tiny|ViT-B-32] [--batch-size B] [--threads K] [--rounds R] [--json]
+    python benchmarks/step_cost.py [--model tiny|ViT-B-32] [--batch-size B] [--threads K] [--rounds R]
+                                   [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16] [--json]
 
-Prints a table, then (with --json) one JSON object as the last line with seconds per step of each method,
-the ratio ``cf_over_ft`` (exact counterfactual method / vanilla FT), and peak memory.
+Also timed, in the same rounds: the counterfactual and vanilla steps with *explicit* attention in every pass
+(probabilities materialised, as before fused attention), and the vanilla step through open_clip's own
+``visual(x)`` forward. Prints a table, then (with --json) one JSON object as the last line with seconds per step,
+the ratios ``cf_over_ft``, ``fused_over_explicit_cf``, ``fused_over_explicit_ft``, ``ft_over_open_clip`` and
+peak memory (host RSS; CUDA peak allocation on a GPU).
 """
 
 from __future__ import annotations
@@ -17,18 +21,46 @@ import sys
 import time
 from pathlib import Path
 
+import contextlib
+
 import torch
 
 from robusttune.config import CamMethod, TrainConfig, default_world
+from robusttune.models import vit
 from robusttune.models.classifier import frozen_copy
+from robusttune.training.device import Placement
 from robusttune.training.loop import StepComputer
 
+CF = dict(region="object", refill="single", mask_threshold=0.3, w_distill=1.0)
 METHODS = {
     "ft": dict(region="none", w_distill=0.0),
     "ft_fd": dict(region="none", w_distill=1.0),
-    "cf_object_single": dict(region="object", refill="single", mask_threshold=0.3, w_distill=1.0),
-    "cf_official_passes": dict(region="object", refill="single", mask_threshold=0.3, w_distill=1.0),
+    "cf_object_single": CF,
+    "cf_official_passes": CF,
+    "ft_explicit_attention": dict(region="none", w_distill=0.0),
+    "cf_explicit_attention": CF,
+    "ft_open_clip_forward": dict(region="none", w_distill=0.0),
 }
+
+
+class OpenClipForward(StepComputer):
+    """Vanilla FT through open_clip's own ``visual(x)`` (its nn.MultiheadAttention, no probabilities)."""
+
+    def loss(self, images, labels, step):
+        with self.placement.autocast():
+            logits = self.student.forward_head(self.student.visual(images))
+        return torch.nn.functional.cross_entropy(logits.float(), labels), {}
+
+
+@contextlib.contextmanager
+def explicit_attention():
+    """Every attention materialises its probabilities (the path before fused attention)."""
+    fused = vit._attention
+    vit._attention = lambda block, x, key_mask, keep_probs: fused(block, x, key_mask, True)
+    try:
+        yield
+    finally:
+        vit._attention = fused
 
 
 class OfficialPasses(StepComputer):
@@ -39,15 +71,18 @@ class OfficialPasses(StepComputer):
         from robusttune.training.loop import step_generator
 
         g = step_generator(self.config, step)
-        cam_pass = self.student.run(images, cam=CamMethod.RELEVANCE)
+        with self.placement.autocast():
+            cam_pass = self.student.run(images, cam=CamMethod.RELEVANCE)
         relevance = self.cam(cam_pass, labels)
         mask = self.patch_mask(relevance, images.shape[0], self._patches(), g)
-        task = torch.nn.functional.cross_entropy(self.student(images), labels)
+        with self.placement.autocast():
+            task = torch.nn.functional.cross_entropy(self.student(images).float(), labels)
         cf_images, drop = self.counterfactual(images, mask, g)
-        student_cf = self.student.run(cf_images, drop_patches=drop)
-        with torch.inference_mode():
+        with self.placement.autocast():
+            student_cf = self.student.run(cf_images, drop_patches=drop)
+        with torch.inference_mode(), self.placement.autocast():
             teacher_cf = self.teacher.run(cf_images, drop_patches=drop)
-        teacher_cf.features, teacher_cf.logits = teacher_cf.features.clone(), teacher_cf.logits.clone()
+        teacher_cf.features, teacher_cf.logits = teacher_cf.features.float().clone(), teacher_cf.logits.float().clone()
         return task + self.config.w_distill * self.distill_loss(student_cf, teacher_cf), {}
 
 
@@ -66,7 +101,8 @@ def build(model_name: str, batch_size: int, cache_dir: Path):
         clip, tokenizer = create_clip(model_name, None)
         return build_classifier(clip, tokenizer, [f"class {i}" for i in range(10)], ["a photo of a {}."])
 
-    return make, torch.randn(batch_size, 3, 224, 224), torch.randint(0, 10, (batch_size,))
+    generator = torch.Generator().manual_seed(0)
+    return make, torch.randn(batch_size, 3, 224, 224, generator=generator), torch.randint(0, 10, (batch_size,), generator=generator)
 
 
 def peak_rss_mb() -> float:
@@ -81,38 +117,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps-per-round", type=int, default=5)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--device", default="auto", help="auto (a visible GPU, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from robusttune.cache import resolve_cache_dir
 
+    placement = Placement.of(args.device, args.precision)
+    cuda = placement.device.type == "cuda"
     make, images, labels = build(args.model, args.batch_size, resolve_cache_dir(args.cache_dir))
-    students = {name: make() for name in METHODS}
+    images, labels = images.to(placement.device), labels.to(placement.device)
+    students = {name: make().to(placement.device) for name in METHODS}
     computers = {}
     for name, overrides in METHODS.items():
         student = students[name]
-        computer_class = OfficialPasses if name == "cf_official_passes" else StepComputer
-        computers[name] = (computer_class(TrainConfig(**overrides), student, frozen_copy(student)),
-                           torch.optim.AdamW(student.parameters(), lr=1e-5))
+        computer_class = {"cf_official_passes": OfficialPasses, "ft_open_clip_forward": OpenClipForward}.get(name, StepComputer)
+        computers[name] = (computer_class(TrainConfig(**overrides), student, frozen_copy(student), placement),
+                           torch.optim.AdamW(student.parameters(), lr=1e-5), placement.grad_scaler())
     times: dict[str, list[float]] = {name: [] for name in METHODS}
     for round_index in range(args.rounds + 1):  # round 0 warms up
-        for name, (computer, optimizer) in computers.items():
-            started = time.perf_counter()
-            for step in range(args.steps_per_round):
-                optimizer.zero_grad(set_to_none=True)
-                loss, _ = computer.loss(images, labels, step)
-                loss.backward()
-                optimizer.step()
+        for name, (computer, optimizer, scaler) in computers.items():
+            with explicit_attention() if "explicit" in name else contextlib.nullcontext():
+                if cuda:
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                for step in range(args.steps_per_round):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, _ = computer.loss(images, labels, step)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                if cuda:
+                    torch.cuda.synchronize()
             if round_index:
                 times[name].append((time.perf_counter() - started) / args.steps_per_round)
     seconds = {name: statistics.median(values) for name, values in times.items()}
     result = {
         "model": args.model, "batch_size": args.batch_size, "threads": args.threads,
+        "device": str(placement.device), "precision": placement.describe(),
         "seconds_per_step": {k: round(v, 5) for k, v in seconds.items()},
         "ft_fd_over_ft": round(seconds["ft_fd"] / seconds["ft"], 3),
         "cf_over_ft": round(seconds["cf_object_single"] / seconds["ft"], 3),
         "official_passes_over_ft": round(seconds["cf_official_passes"] / seconds["ft"], 3),
+        "fused_over_explicit_cf": round(seconds["cf_object_single"] / seconds["cf_explicit_attention"], 3),
+        "fused_over_explicit_ft": round(seconds["ft"] / seconds["ft_explicit_attention"], 3),
+        "ft_over_open_clip": round(seconds["ft"] / seconds["ft_open_clip_forward"], 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        **({"cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else {}),
     }
     for name, value in seconds.items():
         print(f"{name:<20} {1000 * value:8.1f} ms/step   x{value / seconds['ft']:.2f}")
