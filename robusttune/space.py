@@ -208,6 +208,10 @@ class SearchSpace(Frozen):
                 raise ValueError(f"objective metric '{metric}' is not reported by this task{hint}; it reports "
                                  f"{', '.join(reported)}")
         self._check_a_trial()
+        if str(self.fixed.get("device", "auto")).startswith("cuda") and self.resources.gpu == 0:
+            raise ValueError("device 'cuda' needs a GPU per trial: set resources.gpu (or use device: auto)")
+        if "device" in self.parameters:
+            raise ValueError("'device' says where trials run, not what they compute: set it in 'fixed', not as a parameter")
         if self.sampler.name is SamplerName.GRID:
             for name, parameter in self.parameters.items():
                 if parameter.when:
