@@ -215,7 +215,8 @@ def _runner_for(manifest: Mapping[str, Any], cache: Path):
     if runner.get("kind") == "train":
         from robusttune.search.trainable import TrainingRunner
 
-        return TrainingRunner(cache, baselines=bool(runner.get("baselines", True)))
+        return TrainingRunner(cache, baselines=bool(runner.get("baselines", True)),
+                              heartbeat_seconds=float(runner.get("heartbeat_seconds", 30.0)))
     raise DataError(f"manifest names an unknown trial runner {runner.get('kind')!r}")
 
 
@@ -230,10 +231,13 @@ def _finished(experiment: Path, space: SearchSpace, seconds: float) -> SweepResu
 def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "runs", name: str | None = None,
           trials: int | None = None, concurrency: int | None = None, seed: int | None = None, address: str | None = None,
           max_failures: int = 0, overwrite: bool = False, cache_dir: str | os.PathLike[str] | None = None,
-          verbose: int = 1, runner: Any = None) -> SweepResult:
+          verbose: int = 1, runner: Any = None, loggers: Sequence[str] = (), heartbeat_seconds: float = 30.0) -> SweepResult:
     """Run a multi-objective search over ``space`` (a built-in name or a YAML file) into ``storage/name``, then
-    the baselines. ``runner`` replaces the fine-tuning trials (e.g. ``robusttune.bench.replay.ReplayRunner``)."""
+    the baselines. ``runner`` replaces the fine-tuning trials (e.g. ``robusttune.bench.replay.ReplayRunner``).
+    ``loggers``: experiment trackers (``wandb``, ``mlflow``, ``tensorboard``); trials report a heartbeat (step, loss,
+    images/s, ETA) between evaluations at most every ``heartbeat_seconds``."""
     from robusttune.search.sweep import SweepOptions, check_runnable, run_sweep
+    from robusttune.search.trackers import check_loggers
     from robusttune.search.trainable import TrainingRunner
 
     # Validate everything first: nothing is created (or replaced) until all of it holds
@@ -243,10 +247,13 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
             raise ConfigError(f"--{flag} must be >= 1, got {value}")
     if max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
+    if heartbeat_seconds < 0:
+        raise ConfigError(f"--heartbeat must be >= 0 seconds, got {heartbeat_seconds}")
+    check_loggers(loggers)
     cache = cache_directory(cache_dir)
     options = SweepOptions(trials=trials or loaded.budget.trials, concurrency=concurrency or loaded.budget.concurrency,
                            seed=loaded.sampler.seed if seed is None else seed, address=address,
-                           max_failures=max_failures, verbose=verbose)
+                           max_failures=max_failures, verbose=verbose, loggers=tuple(loggers))
     check_runnable(loaded, options)
     name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new_experiment(Path(storage), name, overwrite=overwrite)
@@ -254,7 +261,7 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
     started = time.perf_counter()
     try:
         with ExperimentLock(experiment, f"robusttune sweep {space}"):
-            run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache))
+            run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache, heartbeat_seconds=heartbeat_seconds))
     except BaseException:
         _remove_if_nothing_ran(experiment)
         raise
@@ -274,11 +281,13 @@ def _remove_if_nothing_ran(experiment: Path) -> None:
 
 def resume(experiment: str | os.PathLike[str], *, address: str | None = None, max_failures: int = 0,
            cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1,
-           allow_space_change: bool = False) -> SweepResult:
+           allow_space_change: bool = False, loggers: Sequence[str] | None = None) -> SweepResult:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoints,
     the rest of the budget runs, then the missing baselines. Refuses rather than starting afresh, refuses an
-    edited ``space.yaml`` unless ``allow_space_change``, and refuses while another process runs the experiment."""
+    edited ``space.yaml`` unless ``allow_space_change``, and refuses while another process runs the experiment.
+    ``loggers`` (default: those the sweep started with) keep logging to the same trackers."""
     from robusttune.search.sweep import SweepOptions, resume_sweep
+    from robusttune.search.trackers import check_loggers
 
     path = check_experiment(Path(experiment))
     if max_failures < 0:
@@ -289,7 +298,9 @@ def resume(experiment: str | os.PathLike[str], *, address: str | None = None, ma
     options = SweepOptions(trials=int(manifest.get("trials") or space.budget.trials),
                            concurrency=int(manifest.get("concurrency") or space.budget.concurrency),
                            seed=int(manifest.get("seed", space.sampler.seed)), address=address,
-                           max_failures=max_failures, verbose=verbose)
+                           max_failures=max_failures, verbose=verbose,
+                           loggers=tuple(manifest.get("loggers", ()) if loggers is None else loggers))
+    check_loggers(options.loggers)
     runner = _runner_for(manifest, cache_directory(cache_dir))
     started = time.perf_counter()
     with ExperimentLock(path, f"robusttune resume {experiment}"):

@@ -31,7 +31,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,7 +230,7 @@ def _versions() -> dict[str, str]:
 
 
 def write_manifest(experiment: Path, space: Any, space_text: str, *, seed: int, trials: int, concurrency: int,
-                   runner: Mapping[str, Any]) -> None:
+                   runner: Mapping[str, Any], loggers: Sequence[str] = ()) -> None:
     """The frozen space and the manifest; ``runner`` says how trials run (see ``robusttune.search.runners``)."""
     from robusttune.cache import atomic_write_json, atomic_write_text
 
@@ -241,7 +241,7 @@ def write_manifest(experiment: Path, space: Any, space_text: str, *, seed: int, 
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "seed": seed,
         "trials": trials, "concurrency": concurrency, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(), "objective": space.objective.to_dict(), "parameters": list(space.parameters),
-        "runner": dict(runner), "space_sha256": _sha256(text),
+        "runner": dict(runner), "space_sha256": _sha256(text), "loggers": list(loggers),
     })
 
 

@@ -9,8 +9,12 @@ from robusttune.cli.output import add_common, emit, table, trial_columns
 
 
 def _print_result(result, args: argparse.Namespace) -> int:
+    from robusttune.experiment import read_manifest
+    from robusttune.search.trackers import tracker_places
+
+    trackers = tracker_places(read_manifest(result.experiment).get("loggers", []), result.experiment)
     payload = {"experiment": str(result.experiment), "counts": result.counts, "pareto": result.pareto,
-               "seconds": result.seconds}
+               "seconds": result.seconds, "trackers": trackers}
     metrics = list(result.space.objective.metrics)
 
     def human() -> None:
@@ -20,9 +24,17 @@ def _print_result(result, args: argparse.Namespace) -> int:
         counts = result.counts
         print(f"\n{sum(counts.values())} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) in {result.seconds:.0f} s")
         print(f"experiment: {result.experiment}   (status: robusttune status {result.experiment})")
+        for name, place in trackers.items():
+            print(f"{name} logs: {place}")
 
     emit(payload, args.json, human)
     return 0
+
+
+def add_loggers(parser: argparse.ArgumentParser, *, resume: bool = False) -> None:
+    parser.add_argument("--logger", action="append", choices=["wandb", "mlflow", "tensorboard"],
+                        help="log to an experiment tracker (repeatable; W&B offline and a local MLflow store by default)"
+                             + ("; default: the sweep's own" if resume else ""))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -31,7 +43,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = api.sweep(args.space, storage=args.storage, name=args.name, trials=args.trials,
                        concurrency=args.concurrency, seed=args.seed, address=args.address,
                        max_failures=args.max_failures, overwrite=args.overwrite, cache_dir=args.cache_dir,
-                       verbose=0 if args.json else 1)
+                       verbose=0 if args.json else 1, loggers=args.logger or (), heartbeat_seconds=args.heartbeat)
     return _print_result(result, args)
 
 
@@ -40,7 +52,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     result = api.resume(args.experiment, address=args.address, max_failures=args.max_failures,
                         cache_dir=args.cache_dir, verbose=0 if args.json else 1,
-                        allow_space_change=args.allow_space_change)
+                        allow_space_change=args.allow_space_change, loggers=args.logger)
     return _print_result(result, args)
 
 
@@ -97,6 +109,9 @@ def register(commands) -> None:
     sweep.add_argument("--seed", type=int, metavar="S", help="sampler and training seed (default: the space's)")
     sweep.add_argument("--max-failures", type=int, default=0, metavar="N", help="retries of a crashed trial from its checkpoint")
     sweep.add_argument("--overwrite", action="store_true", help="replace an existing experiment of the same name")
+    add_loggers(sweep)
+    sweep.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
+                       help="trials report step, loss, images/s and ETA between evaluations at most every S seconds (default 30)")
     sweep.set_defaults(handler=cmd_sweep)
 
     resume = commands.add_parser("resume", help="continue an interrupted sweep")
@@ -104,6 +119,7 @@ def register(commands) -> None:
     resume.add_argument("experiment", metavar="EXPDIR")
     resume.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: local")
     resume.add_argument("--max-failures", type=int, default=0, metavar="N")
+    add_loggers(resume, resume=True)
     resume.add_argument("--allow-space-change", action="store_true",
                         help="resume although space.yaml was edited since the sweep started")
     resume.set_defaults(handler=cmd_resume)

@@ -26,6 +26,10 @@ class RobustOptunaSearch(OptunaSearch):
     it failed. On restore it marks trials that Optuna lists as RUNNING but no restored Tune trial owns (asked just
     before a crash) as FAIL."""
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not result.get("heartbeat"):  # a heartbeat is progress, not an intermediate value
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         status = "failed" if error else end_status(result or {})
         if status == "failed":
@@ -79,7 +83,8 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 class RecordsCallback(Callback):
-    """Appends every reported evaluation and every trial end to ``records.jsonl`` (driver side)."""
+    """Appends every reported evaluation and every trial end to ``records.jsonl`` (driver side); heartbeats are not
+    evaluations and are left out."""
 
     def __init__(self, experiment: Path, space_yaml: str):
         self.experiment = Path(experiment)
@@ -100,6 +105,8 @@ class RecordsCallback(Callback):
                 "sampled": dict(trial.config), **_metrics(result), **extra}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("heartbeat"):  # progress between evaluations: for trackers and the console, not the records
+            return
         status = "failed" if result.get("trial_status") == "failed" else "running"
         append_record(self.experiment, self._row(trial, status, result))
 

@@ -65,7 +65,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         return True  # our metrics are our own; Tune's single metric/mode is not needed
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self.time_attr not in result or any(m not in result for m in self.metrics):
+        if result.get("heartbeat") or self.time_attr not in result or any(m not in result for m in self.metrics):
             return TrialScheduler.CONTINUE
         t = result[self.time_attr]
         if t >= self.max_t:

@@ -47,6 +47,7 @@ class SweepOptions:
     address: str | None = None
     max_failures: int = 0
     verbose: int = 1
+    loggers: tuple[str, ...] = ()  # trackers: wandb, mlflow, tensorboard (robusttune.search.trackers)
 
 
 def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> None:
@@ -82,7 +83,16 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> N
                           f"on that cluster, or unset RAY_ADDRESS to sweep on this machine")
 
 
-def _init_ray(address: str | None) -> None:
+def _callbacks(experiment: Path, space_text: str, options: SweepOptions) -> list:
+    """The driver's callbacks: the records, the trackers asked for, and the heartbeat lines (unless quiet)."""
+    from robusttune.search.adapters import RecordsCallback
+    from robusttune.search.trackers import HeartbeatPrinter, tracker_callbacks
+
+    callbacks = [RecordsCallback(experiment.resolve(), space_text), *tracker_callbacks(options.loggers, experiment)]
+    return callbacks + ([HeartbeatPrinter()] if options.verbose > 0 else [])
+
+
+def _init_ray(address: str | None, *, log_to_driver: bool = False) -> None:
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
@@ -92,12 +102,12 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():  # a caller (a notebook, a test session) started Ray already: use it
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=log_to_driver)
     else:
         # No dashboard. Ray 2.60 binds its GCS, raylet and worker ports to every interface whatever node IP it is
         # given (ray.init maps 127.0.0.1 to the node's address); its default token authentication for local
         # clusters (Ray >= 2.59) is what guards them, so robusttune never turns it off.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver, configure_logging=False)
 
 
 @contextmanager
@@ -143,7 +153,7 @@ def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, s
 def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner):
     """Run a new sweep into ``experiment`` (already created and empty). Returns Tune's ResultGrid."""
     write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
-                   concurrency=options.concurrency, runner=runner.describe())
+                   concurrency=options.concurrency, runner=runner.describe(), loggers=list(options.loggers))
     return _search(experiment, space, space_text, options, runner, trials=options.trials)
 
 
@@ -156,7 +166,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from robusttune.search.adapters import RecordsCallback, RobustOptunaSearch
+    from robusttune.search.adapters import RobustOptunaSearch
     from robusttune.search.samplers import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -169,7 +179,8 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
     )
     searcher.fail_orphans()  # trials a killed driver had asked for (nothing when the study is new)
     limited = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
-    _init_ray(options.address)
+    callbacks = _callbacks(experiment, space_text, options)
+    _init_ray(options.address, log_to_driver=options.verbose > 0)  # trials' warnings reach the console
     tuner = tune.Tuner(
         _tune_trainable(runner, experiment, space, space_text),
         param_space={"seed": options.seed},
@@ -177,7 +188,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
                                     num_samples=trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=tune_dir(experiment).name, storage_path=str(experiment.resolve()), verbose=options.verbose,
-            callbacks=[RecordsCallback(experiment.resolve(), space_text)],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             stop=runner.stopper(experiment.resolve()),
         ),
@@ -226,7 +237,7 @@ def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
                          f"refusing to continue as a fresh sweep")
     end_torn_tail(journal(experiment))  # a crash mid-append must not corrupt the study's next write
     _close_lost_trials(experiment, recorded, restored)
-    _init_ray(options.address)
+    _init_ray(options.address, log_to_driver=options.verbose > 0)
     options = replace(options, seed=manifest.get("seed", options.seed))
     try:
         tuner = tune.Tuner.restore(str(saved), trainable=_tune_trainable(runner, experiment, space, space_text),
@@ -270,13 +281,13 @@ def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, opti
     call's ``max_failures``; and tell the searcher which journal to use once Tune has restored it."""
     from ray import tune
 
-    from robusttune.search.adapters import RecordsCallback, RobustOptunaSearch
+    from robusttune.search.adapters import RobustOptunaSearch
 
     internal = getattr(tuner, "_local_tuner", None)
     if internal is None or not hasattr(internal, "_run_config") or not hasattr(internal, "_tune_config"):
         raise SweepError(f"{experiment}: this Ray version restores sweeps in a way robusttune does not know; "
                          f"nothing was changed")
-    internal._run_config = replace(internal._run_config, callbacks=[RecordsCallback(experiment.resolve(), space_text)],
+    internal._run_config = replace(internal._run_config, callbacks=_callbacks(experiment, space_text, options),
                                    stop=runner.stopper(experiment.resolve()),
                                    failure_config=tune.FailureConfig(max_failures=options.max_failures))
     internal._tune_config.scheduler = make_scheduler(space, experiment)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,22 @@ def failure_result(space: SearchSpace, last: dict[str, float], **fields: Any) ->
     return {**{m: nan for m in space.objective.metrics}, **last, "objective": nan, **fields, "trial_status": "failed"}
 
 
-def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experiment: str) -> None:
+HEARTBEAT_KEYS = ("step", "total_steps", "epoch", "loss", "images_per_s", "eta_s")
+
+
+def heartbeat_result(space: SearchSpace, last: dict[str, float], progress: dict[str, Any]) -> dict[str, Any]:
+    """A progress report between evaluations: marked ``heartbeat``, without ``evaluation`` (the schedulers' time axis,
+    so ASHA and MO-ASHA pass it by) and carrying the last evaluation's metrics (NaN before the first: Tune requires
+    the searcher's metrics in every report). The searcher and the records skip it; trackers and the driver show it."""
+    nan = float("nan")
+    values = {**{m: nan for m in space.objective.metrics}, **last}
+    objective = space.objective.scalar(last) if last else nan
+    return {**values, "objective": objective, **{k: progress[k] for k in HEARTBEAT_KEYS}, "heartbeat": True,
+            "trial_status": "running"}
+
+
+def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experiment: str,
+              heartbeat_seconds: float = 30.0) -> None:
     import ray
     import torch
 
@@ -97,7 +113,15 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
         report(run.history[-1])
         if run.finished:
             return
-    run.train(report=report, after_save=keep_best)
+    last_beat = time.monotonic()
+
+    def heartbeat(progress: dict[str, Any]) -> None:
+        nonlocal last_beat
+        if time.monotonic() - last_beat >= heartbeat_seconds and progress["step"] < total:
+            last_beat = time.monotonic()
+            tune.report(heartbeat_result(space, last, progress))
+
+    run.train(report=report, after_save=keep_best, on_step=heartbeat)
 
 
 @dataclass(frozen=True)
@@ -106,10 +130,11 @@ class TrainingRunner:
 
     cache_dir: Path
     baselines: bool = True
+    heartbeat_seconds: float = 30.0  # a progress report between evaluations at most this often
 
     def trainable(self, experiment: Path, space: SearchSpace, space_text: str):
         return functools.partial(run_trial, space_yaml=space_text, cache_dir=str(self.cache_dir),
-                                 experiment=str(experiment))
+                                 experiment=str(experiment), heartbeat_seconds=self.heartbeat_seconds)
 
     def stopper(self, experiment: Path) -> None:
         return None
@@ -126,4 +151,4 @@ class TrainingRunner:
         run_baselines(experiment, space_text, self.cache_dir, front, cpu=space.resources.cpu, gpu=space.resources.gpu)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "train", "baselines": self.baselines}
+        return {"kind": "train", "baselines": self.baselines, "heartbeat_seconds": self.heartbeat_seconds}

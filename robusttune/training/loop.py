@@ -37,6 +37,7 @@ from robusttune.training.evaluate import Evaluator
 from robusttune.training.schedule import warmup_cosine
 
 Report = Callable[[dict[str, Any]], None]
+OnStep = Callable[[dict[str, Any]], None]  # after every optimizer step: step, total_steps, loss, images_per_s, eta_s
 SaveCheckpoint = Callable[[dict[str, Any]], None]
 
 _STEP_SALT = 1_000_003
@@ -217,11 +218,12 @@ def train(
     save_checkpoint: SaveCheckpoint | None = None,
     resume: dict[str, Any] | None = None,
     placement: Placement | None = None,
+    on_step: OnStep | None = None,
 ) -> TrainResult:
     """Fine-tune ``student`` in place on ``placement`` (default: the config's device and precision). Evaluates (and
     checkpoints) at each epoch end, or every ``eval_every`` steps when that is set, and at the last step; ``report``
-    receives every evaluation row. A non-finite loss ends the run with ``status='failed'`` (the process and earlier
-    results survive)."""
+    receives every evaluation row; ``on_step`` a light progress row after every step (never an evaluation). A
+    non-finite loss ends the run with ``status='failed'`` (the process and earlier results survive)."""
     placement = placement or Placement.of(config.device, config.precision)
     n_train = len(task.train)
     total = total_steps(config, n_train)
@@ -286,6 +288,11 @@ def train(
         scaler.update()
         schedule.step()
         done = step + 1
+        if on_step is not None:
+            seconds = time.perf_counter() - started  # this process's share: training and its evaluations so far
+            rate = (done - start) * min(config.batch_size, n_train) / seconds
+            on_step({"step": done, "total_steps": total, "epoch": round(done / per_epoch, 4), "loss": float(loss.detach()),
+                     "images_per_s": round(rate, 1), "eta_s": round((total - done) * seconds / (done - start), 1)})
         due = done % config.eval_every == 0 if config.eval_every else done % per_epoch == 0
         if done == total or due:
             evaluation(done, {"lr": schedule.get_last_lr()[0], **parts})

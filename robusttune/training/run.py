@@ -17,7 +17,7 @@ from robusttune.data.sets import TaskData
 from robusttune.errors import CheckpointError
 from robusttune.models.classifier import ImageClassifier, frozen_copy
 from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
-from robusttune.training.loop import Report, TrainResult, total_steps, train
+from robusttune.training.loop import OnStep, Report, TrainResult, total_steps, train
 from robusttune.training.tasks import build_task
 
 
@@ -45,8 +45,8 @@ class Run:
         """The evaluations the resumed checkpoint holds (empty for a fresh run)."""
         return json.loads(self.resume["history"]) if self.resume is not None else []
 
-    def train(self, *, report: Report | None = None,
-              after_save: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    def train(self, *, report: Report | None = None, after_save: Callable[[dict[str, Any]], None] | None = None,
+              on_step: OnStep | None = None) -> TrainResult:
         """Fine-tune (in place), writing the checkpoint at every evaluation; ``after_save`` sees each state saved."""
         def save(state: dict[str, Any]) -> None:
             save_checkpoint(self.checkpoint, state)  # type: ignore[arg-type]
@@ -54,7 +54,7 @@ class Run:
                 after_save(state)
 
         return train(self.config, self.student, frozen_copy(self.student), self.task, report=report,
-                     save_checkpoint=save if self.checkpoint is not None else None, resume=self.resume)
+                     save_checkpoint=save if self.checkpoint is not None else None, resume=self.resume, on_step=on_step)
 
 
 def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpoint: Path | None = None,

@@ -1,0 +1,99 @@
+"""Experiment trackers and live progress, as Ray Tune callbacks (driver side).
+
+``--logger wandb|mlflow|tensorboard`` adds Ray Tune's own integration callbacks: every reported result (each
+evaluation's metrics and the heartbeats between them) and each trial's sampled config reach the tracker. They
+default to places inside the experiment that need no network: W&B offline runs in ``<exp>/wandb`` (upload later with
+``wandb sync``; ``WANDB_MODE=online`` and an API key log live), an MLflow SQLite store ``<exp>/mlflow.db`` (or
+``$MLFLOW_TRACKING_URI``; ``mlflow ui --backend-store-uri sqlite:///<exp>/mlflow.db``), TensorBoard event files
+beside each trial in ``<exp>/tune``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from robusttune.errors import ConfigError
+
+LOGGERS = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX", "tensorboard")}
+
+
+def check_loggers(loggers: Sequence[str]) -> None:
+    """Each tracker's package is importable (one-line error naming the extra to install otherwise)."""
+    import importlib.util
+
+    for name in loggers:
+        if name not in LOGGERS:
+            raise ConfigError(f"unknown logger '{name}'; known: {', '.join(LOGGERS)}")
+        module, extra = LOGGERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"--logger {name} needs the '{module}' package: pip install 'robusttune[{extra}]'")
+
+
+def tracker_callbacks(loggers: Sequence[str], experiment: Path) -> list[Callback]:
+    check_loggers(loggers)
+    callbacks: list[Callback] = []
+    for name in dict.fromkeys(loggers):
+        if name == "tensorboard":
+            from ray.tune.logger import TBXLoggerCallback
+
+            callbacks.append(TBXLoggerCallback())
+        elif name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_store(experiment)
+            callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment.name, save_artifact=False))
+        elif name == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            (experiment / "wandb").mkdir(exist_ok=True)
+            mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+            if mode == "offline":
+                os.environ["WANDB_MODE"] = mode  # Ray's callback asks for an API key unless the mode says offline
+            callbacks.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "robusttune"),
+                                                 group=experiment.name, mode=mode, dir=str(experiment.resolve()),
+                                                 log_config=True))
+    return callbacks
+
+
+def mlflow_store(experiment: Path) -> str:
+    """The experiment's own MLflow store: SQLite (MLflow 3 keeps its file store in maintenance mode)."""
+    return f"sqlite:///{(experiment / 'mlflow.db').resolve()}"
+
+
+def tracker_places(loggers: Sequence[str], experiment: Path) -> dict[str, str]:
+    """Where each tracker writes (for the sweep's closing lines)."""
+    places = {"wandb": str(experiment / "wandb"), "mlflow": os.environ.get("MLFLOW_TRACKING_URI") or mlflow_store(experiment),
+              "tensorboard": str(experiment / "tune")}
+    return {name: places[name] for name in dict.fromkeys(loggers)}
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class HeartbeatPrinter(Callback):
+    """One compact line per heartbeat on stderr: ``trial 3a2f_00001  step 120/400  loss 1.234  312 img/s  ETA 4m10s``."""
+
+    def __init__(self, stream=None, min_interval_s: float = 0.0):
+        self.stream, self.min_interval_s = stream, min_interval_s
+        self._last: dict[str, float] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
+        if not result.get("heartbeat"):
+            return
+        now = time.monotonic()
+        if now - self._last.get(trial.trial_id, -1e9) < self.min_interval_s:
+            return
+        self._last[trial.trial_id] = now
+        line = (f"trial {trial.trial_id}  step {result['step']}/{result['total_steps']}  loss {result['loss']:.4f}  "
+                f"{result['images_per_s']:.0f} img/s  ETA {_duration(result['eta_s'])}")
+        print(line, file=self.stream or sys.stderr, flush=True)
