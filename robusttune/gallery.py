@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from robusttune import progress
 from robusttune.cache import atomic_write
 from robusttune.config import TrainConfig, parse
 from robusttune.experiment import heads_dir, latest_by_trial, load_frozen_space, trial_checkpoints
@@ -107,8 +108,11 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
 def write_galleries(experiment: Path, out_dir: Path, *, cache_dir: Path) -> dict[str, str]:
     """``gallery_best_ood.png`` and ``gallery_best_joint.png`` in ``out_dir`` (the report embeds them)."""
     written = {}
-    for name, trial_id in _pick_trials(experiment).items():
-        path = draw_gallery(experiment, trial_id, out_dir / f"gallery_{name}.png", cache_dir=cache_dir)
-        if path is not None:
-            written[f"gallery_{name}.png"] = str(path)
+    picks = _pick_trials(experiment)
+    with progress.bar("counterfactual gallery", len(picks), unit="trial") as bar:
+        for name, trial_id in picks.items():
+            path = draw_gallery(experiment, trial_id, out_dir / f"gallery_{name}.png", cache_dir=cache_dir)
+            if path is not None:
+                written[f"gallery_{name}.png"] = str(path)
+            bar.update(1)
     return written

@@ -35,6 +35,7 @@ def test_lossless_pack_equals_the_on_the_fly_transform_bit_for_bit(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])
     assert summary["images"] == 9 and summary["shards"] == 3 and summary["resumed_shards"] == 0
+    assert result.stderr == ""  # no progress bar under --json
     samples, _, crop = scan_kind("imagenet_v2", source)
     on_the_fly = ImageFolderSet(samples, preprocess_for(224), crop_border=crop, root=source)
     pack = open_pack(tmp_path / "pack", "imagenet_v2")
@@ -107,6 +108,8 @@ def test_bad_inputs_get_one_line_errors_and_keep_finished_shards(tmp_path, worke
     Image.new("RGB", (40, 40)).save(source / "999" / "2.jpg")
     result = invoke("data", "pack", str(source), str(out), "--kind", "imagenet_v2", "--shard-size", "4", "--json")
     assert result.returncode == 0 and json.loads(result.stdout.splitlines()[-1])["resumed_shards"] == 2
+    shown = invoke("data", "pack", str(source), str(tmp_path / "shown"), "--kind", "imagenet_v2")
+    assert shown.returncode == 0 and f"pack {source}: " in shown.stderr  # the bar, on stderr
 
     wrong = invoke("data", "pack", str(source), str(tmp_path / "other"), "--kind", "imagenet")
     assert wrong.returncode == 2 and "ImageNet needs 1000 class folders, found 3" in wrong.stderr

@@ -86,3 +86,25 @@ def test_trackers_and_heartbeats_on_a_mo_asha_sweep(tmp_path, tiny_world_config,
     assert f"mlflow logs: sqlite:///{(experiment / 'mlflow.db').resolve()}" in result.stdout
     manifest = json.loads((experiment / "manifest.json").read_text())
     assert manifest["loggers"] == ["tensorboard", "mlflow", "wandb"]
+
+
+@pytest.mark.slow
+def test_a_trials_warning_reaches_the_console(tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+    import os
+    import subprocess
+
+    from conftest import NAN_LR, nan_fault_env
+    from test_sweep import tiny_space, write_space
+
+    space = tiny_space(tiny_world_config, parameters={"lr": {"type": "categorical", "choices": [NAN_LR]}},
+                       budget={"trials": 1, "concurrency": 1})
+    space["fixed"].pop("lr")
+    env = {**os.environ, **nan_fault_env((1, NAN_LR)), "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+    env.pop("RAY_ADDRESS", None)
+    sweep = subprocess.run([sys.executable, "-m", "robusttune.cli", "sweep", str(write_space(tmp_path / "s.yaml", space)),
+                            "--storage", str(tmp_path), "--name", "warns"], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    shown = sweep.stdout + sweep.stderr
+    # Ray prefixes a worker's lines with the task and its pid (and colours the prefix)
+    assert re.search(r"\(robusttune_trial pid=\d+[^)]*\)\S* trial \S+ failed: non-finite loss \(nan\) at step 1", shown), shown[-3000:]

@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from robusttune import progress
+
+    progress.show_bars(not getattr(args, "json", False))
     try:
         return int(args.handler(args) or 0)
     except RobustTuneError as error:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from robusttune.cli.output import add_common, command_group, emit
@@ -13,25 +12,17 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
     from robusttune.data.packed import pack_folder
     from robusttune.models.clip import model_image_size, preprocess_for
 
+    from robusttune import progress
+
     transform = preprocess_for(model_image_size(args.model))
-    bar = None
-    if not args.json:
-        from tqdm import tqdm
-
-        bar = tqdm(desc=f"pack {args.source}", unit="img", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
     started = time.perf_counter()
-    try:
+    with progress.bar(f"pack {args.source}", unit="img") as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
         summary = pack_folder(args.source, args.out, kind=args.kind, transform=transform, encoding=args.encoding,
-                              quality=args.quality, shard_size=args.shard_size, workers=args.workers,
-                              progress=progress if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
+                              quality=args.quality, shard_size=args.shard_size, workers=args.workers, progress=advance)
     seconds = round(time.perf_counter() - started, 2)
     payload = {"out": str(summary.out), "images": summary.images, "shards": summary.shards, "bytes": summary.bytes,
                "resumed_shards": summary.resumed_shards, "seconds": seconds}

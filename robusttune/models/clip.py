@@ -16,6 +16,7 @@ import open_clip
 import torch
 from torch import Tensor
 
+from robusttune import progress
 from robusttune.errors import CheckpointError, ModelError
 from robusttune.models.classifier import ImageClassifier
 
@@ -126,7 +127,7 @@ def zero_shot_head(
     try:
         weights = open_clip.build_zero_shot_classifier(
             model, tokenizer=tokenizer, classnames=list(classnames), templates=list(templates),
-            num_classes_per_batch=batch_classes, device=device,
+            num_classes_per_batch=batch_classes, device=device, use_tqdm=progress.bars_shown(),
         )
     finally:
         model.to(home).train(was_training)

@@ -36,6 +36,7 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     vanilla fine-tuning run is trained once (``baselines/vanilla_ft.pt``). Returns the number of rows written."""
     import torch
 
+    from robusttune import progress
     from robusttune.config import TrainConfig, parse
     from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
     from robusttune.training.device import Placement
@@ -82,13 +83,14 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
         student.load_state_dict(zero_shot)
     if "vanilla-ft" not in methods:
         record({"kind": "baseline", "method": "vanilla-ft", "config": config.to_dict(), **json.loads(vanilla["metrics"])})
-    for source, path in sources:
-        if not missing[source] or (source != "vanilla-ft" and path is None):
-            continue
-        finetuned = vanilla["model"] if source == "vanilla-ft" else load_checkpoint(path)["model"]
-        for alpha in missing[source]:  # one row at a time: a kill loses at most this point of the curve
-            (row,) = wise_curve(student, zero_shot, finetuned, evaluator, alphas=(alpha,))
-            record({"kind": "wise", "source": source, **row})
+    todo = [(source, path) for source, path in sources if missing[source] and (source == "vanilla-ft" or path is not None)]
+    with progress.bar("WiSE-FT baselines", sum(len(missing[source]) for source, _ in todo), unit="point") as bar:
+        for source, path in todo:
+            finetuned = vanilla["model"] if source == "vanilla-ft" else load_checkpoint(path)["model"]
+            for alpha in missing[source]:  # one row at a time: a kill loses at most this point of the curve
+                (row,) = wise_curve(student, zero_shot, finetuned, evaluator, alphas=(alpha,))
+                record({"kind": "wise", "source": source, **row})
+                bar.update(1)
     return written
 
 

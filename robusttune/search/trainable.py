@@ -94,6 +94,7 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     def report(row: dict[str, Any]) -> None:
         nonlocal evaluations
         if row.get("status") == "failed":
+            log.warning("trial %s failed: %s", tune.get_context().get_trial_id(), row["failure"])  # reaches the console
             tune.report(failure_result(space, last, step=row["step"], epoch=row["epoch"], total_steps=total,
                                        evaluation=evaluations, failure=row["failure"]))
             return

@@ -7,10 +7,14 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch.utils.data import ConcatDataset
 
+from robusttune import progress
 from robusttune.data.sets import EvalSet, Loading, TensorImages, batch_loader, sequential_batches
 from robusttune.errors import DataError
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
+
+
+LARGE_EVALUATION = 20_000  # images: a progress bar (on the command line) from this size on
 
 
 def ood_mean(metrics: Mapping[str, float]) -> float:
@@ -60,12 +64,15 @@ class Evaluator:
         model.to(self.placement.device).eval()
         correct = [0] * len(self.sets)
         total = [0] * len(self.sets)
+        images_total = sum(len(s) for s in self.sets)
         try:
-            for index, images, labels in self._batches():
-                with self.placement.autocast():
-                    logits = self.sets[index].projection(model(model.prepare(images)))
-                correct[index] += int((logits.argmax(dim=1).cpu() == labels).sum())
-                total[index] += int(labels.shape[0])
+            with progress.bar("evaluate", images_total, unit="img", min_total=LARGE_EVALUATION) as bar:
+                for index, images, labels in self._batches():
+                    with self.placement.autocast():
+                        logits = self.sets[index].projection(model(model.prepare(images)))
+                    correct[index] += int((logits.argmax(dim=1).cpu() == labels).sum())
+                    total[index] += int(labels.shape[0])
+                    bar.update(int(labels.shape[0]))
         finally:
             model.train(was_training)
         metrics = {s.metric: c / t for s, c, t in zip(self.sets, correct, total)}

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from robusttune import progress
 from robusttune.config import ImageNetTask, TaskSpec, default_world
 from robusttune.data.folder_index import FolderIndex
 from robusttune.data.imagenet import ImageFolderSet
@@ -52,7 +53,12 @@ def scan_set(kind: str, root: str | Path, index_dir: Path | None) -> ScannedSet:
 
         return ScannedSet(root, len(pack), projection_of(kind), packed)
     index = FolderIndex(root, index_dir)
-    samples, projection, crop = scan_kind(kind, root, index.images_in)
+    with progress.bar(f"list {root}", unit="folder") as bar:
+        def listed(folder: Path) -> list[Path]:
+            bar.update(1)
+            return index.images_in(folder)
+
+        samples, projection, crop = scan_kind(kind, root, listed)
     index.save()
 
     def folder(transform: Callable, positions: Sequence[int] | None) -> Dataset:
