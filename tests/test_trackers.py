@@ -46,6 +46,27 @@ def test_a_missing_tracker_package_is_a_one_line_error_before_anything_starts(tm
     assert bad.returncode == 2 and "invalid choice: 'neptune'" in bad.stderr
 
 
+def dashboard_states(journal) -> list[str]:
+    """Trial states as optuna-dashboard's web API serves them, from its own storage loader."""
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+    from optuna_dashboard._storage_url import get_storage
+
+    app = wsgi(get_storage(str(journal)))
+
+    def get(path: str):
+        environ, answer = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}, {}
+        setup_testing_defaults(environ)
+        body = b"".join(app(environ, lambda status, headers, *_: answer.setdefault("status", status)))
+        assert answer["status"].startswith("200"), (path, answer)
+        return json.loads(body)
+
+    (study,) = get("/api/studies")["study_summaries"]
+    return [trial["state"] for trial in get(f"/api/studies/{study['study_id']}")["trials"]]
+
+
 @pytest.mark.slow
 def test_trackers_and_heartbeats_on_a_mo_asha_sweep(tmp_path, tiny_world_config, tiny_prepared, cache_dir, ray_local):
     import optuna
@@ -70,6 +91,10 @@ def test_trackers_and_heartbeats_on_a_mo_asha_sweep(tmp_path, tiny_world_config,
     assert all(r["step"] % 4 == 0 for r in rows if r.get("status") != "failed")
     study = optuna.load_study(study_name="tracked", storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))))
     assert len(study.trials) == 3 and all(len(t.intermediate_values) <= 2 for t in study.trials)
+    # optuna-dashboard opens the journal as `optuna-dashboard EXP/optuna.journal` does, and serves the states we recorded
+    finals = {r["trial_id"]: r["status"] for r in rows if r.get("final")}
+    expected = sorted({"complete": "Complete", "stopped-early": "Pruned", "failed": "Fail"}[s] for s in finals.values())
+    assert sorted(dashboard_states(experiment / "optuna.journal")) == expected
     # MLflow: one run per trial, the sampled config as params, heartbeats as a per-step 'loss' series
     from mlflow.tracking import MlflowClient
 
