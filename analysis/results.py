@@ -59,6 +59,8 @@ def trials(experiment: Path) -> pd.DataFrame:
         record |= {f"param.{k}": v for k, v in (row.get("sampled") or {}).items() if k != "seed"}
         record |= {k: v for k, v in row.items() if k.startswith(("id_", "ood_")) or k == "objective"}
         mine = evals[evals["trial_id"] == trial_id] if not evals.empty else evals
+        if "eval_subset" in mine:  # best_* compares like with like: full-set evaluations only, never subset ones
+            mine = mine[mine["eval_subset"].isna()]
         scored = mine["objective"].dropna() if not mine.empty and "objective" in mine else pd.Series(dtype=float)
         if not scored.empty:
             best = mine.loc[scored.idxmax()]

@@ -275,8 +275,18 @@ class Precision(StrEnum):
     FP16 = "fp16"  # autocast with a gradient scaler
 
 
-# TrainConfig keys that say where a run executes, not what it computes: a checkpoint resumes across them.
-PLACEMENT_KEYS = frozenset({"device"})
+class Keep(StrEnum):
+    """What a sweep trial keeps once it has ended (complete or stopped early); a running trial always has its full
+    latest checkpoint (weights + optimizer state) to resume from."""
+
+    BEST = "best"  # the final and the best weights (no optimizer state)
+    FINAL = "final"  # the final weights only
+    ALL = "all"  # the final checkpoint with its optimizer state, and the best weights
+
+
+# TrainConfig keys that say where a run executes or what it keeps, not what it computes: a checkpoint resumes
+# across them.
+PLACEMENT_KEYS = frozenset({"device", "checkpoints"})
 
 
 class Preset(StrEnum):
@@ -326,10 +336,22 @@ class TrainConfig(Frozen):
     accum_steps: int = Field(1, ge=1)
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
     eval_batch_size: int = Field(256, ge=1)
+    eval_subset: int | None = Field(None, ge=1, description="intermediate evaluations on a fixed, seeded subset of N "
+                                    "images per set (the same for every trial); the last one on the full sets")
+    train_subset: float | None = Field(None, gt=0.0, description="train on a fixed, seeded subset: N images per class "
+                                       "(an integer >= 1) or a fraction (< 1) of each class")
+    checkpoints: Keep = Field(Keep.BEST, description="what an ended sweep trial keeps (best | final | all)")
     seed: int = 0
     device: str = Field("auto", description="auto: the GPU Ray assigned (or the machine's first GPU), else the CPU")
     precision: Precision = Field(Precision.AUTO, description="autocast dtype of the forwards; weights stay fp32")
     preset: Preset | None = Field(None, description="'paper': the official defaults under the config's own values")
+
+    @field_validator("train_subset")
+    @classmethod
+    def _per_class_or_fraction(cls, value: float | None) -> float | None:
+        if value is not None and value >= 1 and not float(value).is_integer():
+            raise ValueError("must be a whole number of images per class (>= 1) or a fraction (< 1)")
+        return value
 
     @field_validator("device")
     @classmethod

@@ -109,6 +109,12 @@ def test_trackers_and_heartbeats_on_a_mo_asha_sweep(tmp_path, tiny_world_config,
     assert len(list((experiment / "wandb").glob("offline-run-*"))) == 3
     # the closing lines say where the trackers wrote
     assert f"mlflow logs: sqlite:///{(experiment / 'mlflow.db').resolve()}" in result.stdout
+    # ended trials keep lean checkpoints (the default policy 'best'): weights, no optimizer state
+    from robusttune.training.checkpoint import load_checkpoint
+
+    for trial_id, status in finals.items():
+        assert "optimizer" not in load_checkpoint(experiment / "checkpoints" / trial_id / "latest.pt"), status
+        assert set(load_checkpoint(experiment / "checkpoints" / trial_id / "best.pt")) == {"format", "model", "step", "config"}
     manifest = json.loads((experiment / "manifest.json").read_text())
     assert manifest["loggers"] == ["tensorboard", "mlflow", "wandb"]
 

@@ -71,6 +71,10 @@ class ImageFolderSet(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
     def __getitem__(self, index: int):
         sample = self.samples[index]
         try:

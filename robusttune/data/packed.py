@@ -250,6 +250,10 @@ class PackedImages(Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
+    @property
+    def labels(self) -> np.ndarray:
+        return self.pack.labels[self.positions]
+
     def _shard(self, k: int) -> tuple[np.ndarray, ...]:
         if k not in self._shards:
             files = self.pack.index["shards"][k]["files"]

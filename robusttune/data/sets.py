@@ -91,8 +91,58 @@ class DatasetImages:
         items = [self.dataset[int(i)] for i in indices]
         return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
+    @property
+    def labels(self) -> Tensor:
+        """Every image's label without reading an image (folder listings and packs know them)."""
+        labels = getattr(self.dataset, "labels", None)
+        if labels is None:
+            raise TypeError(f"{type(self.dataset).__name__} does not list its labels")
+        return torch.as_tensor(labels, dtype=torch.long)
+
 
 ImageSource = TensorImages | DatasetImages
+
+SUBSET_SEED = 20_230_306  # one fixed seed: every trial trains and evaluates on the same subsets
+
+
+class LabelledSubset(Dataset):
+    """``dataset`` at ``positions``, with their labels."""
+
+    def __init__(self, dataset: Dataset, positions: Tensor, labels: Tensor):
+        self.dataset, self.positions, self.labels = dataset, positions.tolist(), labels
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.positions[index]]
+
+
+def restrict(source: ImageSource, positions: Tensor) -> ImageSource:
+    """The images of ``source`` at ``positions`` (in that order)."""
+    if isinstance(source, TensorImages):
+        return TensorImages(source.images[positions], source.labels[positions])
+    return DatasetImages(LabelledSubset(source.dataset, positions, source.labels[positions]))
+
+
+def class_subset(labels: Tensor, per_class_or_fraction: float) -> Tensor:
+    """Sorted positions of a seeded subset: ``n`` images of each class (all when it has fewer), or that fraction of
+    each class (at least one image)."""
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    chosen = []
+    for cls in torch.unique(labels).tolist():
+        members = (labels == cls).nonzero().flatten()
+        keep = (int(per_class_or_fraction) if per_class_or_fraction >= 1
+                else max(1, round(per_class_or_fraction * len(members))))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
+    return torch.cat(chosen).sort().values
+
+
+def fixed_subset(size: int, n: int) -> Tensor:
+    """Sorted positions of a seeded subset of ``n`` of ``size`` images (all when ``n >= size``)."""
+    if n >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values
 
 
 def batch_loader(source: ImageSource, batches: Iterable[Sequence[int]], loading: Loading = Loading()) -> Iterable[tuple[Tensor, Tensor]]:

@@ -10,13 +10,13 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from robusttune.experiment import append_record, end_status, parse_space_text
+from robusttune.experiment import append_record, end_status, parse_space_text, trial_checkpoints
 
 log = logging.getLogger(__name__)
 
 METRIC_PREFIXES = ("id_", "ood_")
 RESULT_KEYS = ("objective", "step", "epoch", "evaluation", "total_steps", "node_id", "failure", "loss_task", "loss_distill",
-               "mask_fraction", "lr", "time_total_s")
+               "mask_fraction", "lr", "time_total_s", "eval_images", "eval_subset")
 
 
 class RobustOptunaSearch(OptunaSearch):
@@ -112,7 +112,16 @@ class RecordsCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        append_record(self.experiment, self._row(trial, end_status(result), result, final=True))
+        status = end_status(result)
+        row = self._row(trial, status, result, final=True)
+        append_record(self.experiment, row)
+        if status in ("complete", "stopped-early"):  # it never trains again: its checkpoints policy applies
+            from robusttune.training.checkpoint import keep_checkpoints
+
+            try:
+                keep_checkpoints(trial_checkpoints(self.experiment, trial.trial_id), row["config"].get("checkpoints", "best"))
+            except Exception as error:  # a full disk or a damaged file: the sweep goes on with the files as they are
+                log.warning("trial %s: checkpoints left as they are (%s)", trial.trial_id, error)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         """A trial crashed (e.g. its node died) and Tune retries it: it resumes from its own latest checkpoint."""

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,7 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     import ray
     import torch
 
+    from robusttune.training.checkpoint import save_checkpoint
     from robusttune.training.run import prepare_run
 
     space = parse_space_text(space_yaml)
@@ -83,13 +83,18 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     evaluations = len(run.history)
 
     def keep_best(state: dict[str, Any]) -> None:
+        """``best.pt``: the weights (only) of the best evaluation among those on the same images (with
+        ``eval_subset``, the subset ones: the last, full evaluation is not compared with them)."""
         nonlocal best_objective
-        objective = space.objective.scalar(json.loads(state["history"])[-1]["metrics"])
+        row = json.loads(state["history"])[-1]
+        objective = space.objective.scalar(row["metrics"])
+        subset = "eval_subset" in row
+        if best_meta.is_file() and json.loads(best_meta.read_text()).get("subset", False) != subset:
+            return
         if objective > best_objective:
             best_objective = objective
-            shutil.copyfile(latest, best.with_suffix(".tmp"))
-            os.replace(best.with_suffix(".tmp"), best)
-            atomic_write_json(best_meta, {"objective": objective, "step": state["step"]})
+            save_checkpoint(best, {"model": state["model"], "step": state["step"], "config": state["config"]})
+            atomic_write_json(best_meta, {"objective": objective, "step": state["step"], "subset": subset})
 
     def report(row: dict[str, Any]) -> None:
         nonlocal evaluations
@@ -104,6 +109,7 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
         # 'evaluation' (not Tune's iteration counter, which restarts on resume) is the scheduler's time axis
         tune.report({**metrics, "objective": space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
                      "evaluation": evaluations, "total_steps": total, "node_id": node_id,
+                     **{k: row[k] for k in ("eval_images", "eval_subset") if k in row},
                      "trial_status": "complete" if row["step"] >= total else "running"})
 
     if run.resume is not None:
@@ -112,7 +118,7 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
         # (trial, evaluation) and the scheduler gives a re-reported rung its earlier decision.
         evaluations -= 1
         report(run.history[-1])
-        if run.finished:
+        if run.finished or "optimizer" not in run.resume:  # finished, or ended early and kept without optimizer state
             return
     last_beat = time.monotonic()
 

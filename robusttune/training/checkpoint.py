@@ -30,3 +30,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a robusttune checkpoint")
     return payload
+
+
+RESUME_ONLY = ("optimizer", "scheduler", "scaler")  # what only a run that continues training needs
+
+
+def drop_resume_state(path: str | Path) -> int:
+    """Rewrite the checkpoint at ``path`` without its optimizer, scheduler and scaler state (weights, step, history
+    and config stay: enough to evaluate, interpolate, and re-report a finished run). Returns the bytes saved."""
+    path = Path(path)
+    payload = load_checkpoint(path)
+    if not any(key in payload for key in RESUME_ONLY):
+        return 0
+    before = path.stat().st_size
+    save_checkpoint(path, {k: v for k, v in payload.items() if k not in RESUME_ONLY and k != "format"})
+    return before - path.stat().st_size
+
+
+def keep_checkpoints(folder: str | Path, keep: str) -> None:
+    """Apply an ended trial's ``checkpoints`` policy (``robusttune.config.Keep``) to its folder: ``best`` keeps the final
+    and the best weights, ``final`` the final weights only, ``all`` everything (optimizer state included)."""
+    folder = Path(folder)
+    if keep == "all":
+        return
+    if (folder / "latest.pt").is_file():
+        drop_resume_state(folder / "latest.pt")
+    if keep == "final":
+        (folder / "best.pt").unlink(missing_ok=True)
+        (folder / "best.json").unlink(missing_ok=True)

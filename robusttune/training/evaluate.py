@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch.utils.data import ConcatDataset
 
 from robusttune import progress
-from robusttune.data.sets import EvalSet, Loading, TensorImages, batch_loader, sequential_batches
+from robusttune.data.sets import EvalSet, Loading, TensorImages, batch_loader, fixed_subset, restrict, sequential_batches
 from robusttune.errors import DataError
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
@@ -34,6 +35,7 @@ class Evaluator:
             if len(eval_set) == 0:
                 raise DataError(f"evaluation set for {eval_set.metric} is empty")
         self.batch_size, self.placement = batch_size, placement
+        self.sizes = {s.metric: len(s) for s in self.sets}  # images behind each metric
         self.loading = Loading(num_workers, pin_memory=placement.pin_memory, persistent=num_workers > 0)
         self._shared = None  # (loader, owner of each batch), built on the first evaluation
 
@@ -79,6 +81,15 @@ class Evaluator:
         if any(k.startswith("ood_") for k in metrics):
             metrics["ood_mean"] = ood_mean(metrics)
         return metrics
+
+
+def subset_evaluator(full: Evaluator, n: int) -> Evaluator | None:
+    """``full`` on a fixed, seeded subset of ``n`` images per set (the same for every run); None when no set has more
+    than ``n`` images."""
+    if all(len(s) <= n for s in full.sets):
+        return None
+    sets = [dataclasses.replace(s, source=restrict(s.source, fixed_subset(len(s), n))) for s in full.sets]
+    return Evaluator(sets, batch_size=full.batch_size, placement=full.placement, num_workers=full.loading.num_workers)
 
 
 def evaluate(model: ImageClassifier, eval_sets: Iterable[EvalSet], *, batch_size: int = 256,

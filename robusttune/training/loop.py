@@ -33,7 +33,7 @@ from robusttune.method import cam as cam_lib
 from robusttune.method import losses, masking, refill
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
-from robusttune.training.evaluate import Evaluator
+from robusttune.training.evaluate import Evaluator, subset_evaluator
 from robusttune.training.schedule import warmup_cosine
 
 Report = Callable[[dict[str, Any]], None]
@@ -235,8 +235,8 @@ def train(
     schedule = make_schedule(optimizer, config, total)
     scaler = placement.grad_scaler()
     computer = StepComputer(config, student, teacher, placement)
-    evaluator = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, placement=placement,
-                          num_workers=task.num_workers)
+    full = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, placement=placement, num_workers=task.num_workers)
+    quick = subset_evaluator(full, config.eval_subset) if config.eval_subset else None
     start, history, elapsed_before = 0, [], 0.0
     if resume is not None:
         student.load_state_dict(resume["model"])
@@ -251,9 +251,11 @@ def train(
 
     def evaluation(step: int, loss_parts: dict[str, float]) -> None:
         nonlocal metrics
+        evaluator = full if step >= total or quick is None else quick  # the last evaluation: always the full sets
         metrics = evaluator(student)
         row = {"step": step, "epoch": round(step / per_epoch, 4), "metrics": metrics,
-               "elapsed": round(elapsed_before + time.perf_counter() - started, 3), **loss_parts}
+               "elapsed": round(elapsed_before + time.perf_counter() - started, 3), "eval_images": dict(evaluator.sizes),
+               **({"eval_subset": config.eval_subset} if evaluator is quick else {}), **loss_parts}
         history.append(row)
         if save_checkpoint is not None:
             state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),

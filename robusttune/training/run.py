@@ -6,6 +6,7 @@ baseline alike. Callers choose where the checkpoint lives and what happens to ea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from robusttune.config import TaskSpec, TrainConfig
-from robusttune.data.sets import TaskData
+from robusttune.data.sets import TaskData, class_subset, restrict
 from robusttune.errors import CheckpointError
 from robusttune.models.classifier import ImageClassifier, frozen_copy
 from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
@@ -57,11 +58,20 @@ class Run:
                      save_checkpoint=save if self.checkpoint is not None else None, resume=self.resume, on_step=on_step)
 
 
+def with_train_subset(task: TaskData, config: TrainConfig) -> TaskData:
+    """The task trained on ``config.train_subset`` (a fixed, seeded per-class subset; the same for every trial)."""
+    if config.train_subset is None:
+        return task
+    positions = class_subset(task.train.labels, config.train_subset)
+    return dataclasses.replace(task, train=restrict(task.train, positions))
+
+
 def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpoint: Path | None = None,
                 built: tuple[ImageClassifier, TaskData] | None = None, head_folders: Sequence[Path] = ()) -> Run:
     """Build the task (or take ``built``; ``head_folders`` keep its zero-shot head) and read ``checkpoint`` if it
     exists; a checkpoint written with another config is refused."""
     student, task = built if built is not None else build_task(spec, cache_dir, head_folders=head_folders)
+    task = with_train_subset(task, config)
     resume = None
     if checkpoint is not None and checkpoint.is_file():
         resume = load_checkpoint(checkpoint)
