@@ -308,6 +308,19 @@ def resume(experiment: str | os.PathLike[str], *, address: str | None = None, ma
     return _finished(path, space, time.perf_counter() - started)
 
 
+def plan(space: str | os.PathLike[str], *, trials: int | None = None, calibrate: bool = False,
+         cache_dir: str | os.PathLike[str] | None = None):
+    """What a sweep of ``space`` will cost (``robusttune.search.plan.Plan``): device-hours per trial and for the
+    sweep, the evaluation share, storage and the scheduler's expected saving, from a calibration on this machine
+    (cached; ``calibrate`` measures again)."""
+    from robusttune.search.plan import plan as make_plan
+
+    loaded, _ = load_space(str(space))
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    return make_plan(loaded, cache_directory(cache_dir), trials=trials, calibrate_again=calibrate)
+
+
 def status(experiment: str | os.PathLike[str]) -> Status:
     """The experiment's trials from its records (works while the sweep runs; never starts Ray)."""
     path = check_experiment(Path(experiment))

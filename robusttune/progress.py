@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 _shown = False
+DELAY_S = 1.0  # a bar appears only once its job has run this long: quick jobs print nothing
 
 
 def show_bars(on: bool) -> None:
@@ -47,4 +48,4 @@ def bar(desc: str, total: int | None = None, *, unit: str = "it", min_total: int
         return _Silent()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True, delay=DELAY_S)

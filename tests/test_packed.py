@@ -95,7 +95,7 @@ def test_an_interrupted_pack_is_never_read_and_resumes_to_the_same_pack(tmp_path
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_bad_inputs_get_one_line_errors_and_keep_finished_shards(tmp_path, workers):
+def test_bad_inputs_get_one_line_errors_and_keep_finished_shards(tmp_path, workers, monkeypatch):
     source = v2_folder(tmp_path / "v2")
     (source / "999" / "2.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "pack"
@@ -108,6 +108,9 @@ def test_bad_inputs_get_one_line_errors_and_keep_finished_shards(tmp_path, worke
     Image.new("RGB", (40, 40)).save(source / "999" / "2.jpg")
     result = invoke("data", "pack", str(source), str(out), "--kind", "imagenet_v2", "--shard-size", "4", "--json")
     assert result.returncode == 0 and json.loads(result.stdout.splitlines()[-1])["resumed_shards"] == 2
+    from robusttune import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)  # bars appear after a second; this pack takes less
     shown = invoke("data", "pack", str(source), str(tmp_path / "shown"), "--kind", "imagenet_v2")
     assert shown.returncode == 0 and f"pack {source}: " in shown.stderr  # the bar, on stderr
 

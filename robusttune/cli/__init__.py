@@ -13,12 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from robusttune.cli import bench, data, launch, report, sweep, train, world
+from robusttune.cli import bench, data, launch, plan, report, sweep, train, world
 from robusttune.cli.output import Parser
 from robusttune.errors import RobustTuneError
 
 PROG = "robusttune"
-COMMAND_GROUPS = (world, data, train, sweep, report, launch, bench)  # each registers its commands, in this order
+COMMAND_GROUPS = (world, data, train, sweep, plan, report, launch, bench)  # each registers its commands, in this order
 
 
 def build_parser() -> argparse.ArgumentParser:

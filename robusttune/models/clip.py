@@ -127,7 +127,8 @@ def zero_shot_head(
     try:
         weights = open_clip.build_zero_shot_classifier(
             model, tokenizer=tokenizer, classnames=list(classnames), templates=list(templates),
-            num_classes_per_batch=batch_classes, device=device, use_tqdm=progress.bars_shown(),
+            num_classes_per_batch=batch_classes, device=device,
+            use_tqdm=progress.bars_shown() and len(classnames) * len(templates) >= 1000,  # only a long build draws a bar
         )
     finally:
         model.to(home).train(was_training)
