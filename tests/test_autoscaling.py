@@ -200,3 +200,25 @@ def test_a_killed_worker_node_costs_at_most_one_evaluation(fake_cluster, tmp_pat
     first = after[0]["step"]
     assert last_on_victim <= first <= last_on_victim + 20 and first >= 40, (last_on_victim, first)
     print(f"node killed after step {last_on_victim}; the retry resumed from the checkpoint of step {first}")
+
+
+def test_a_folder_no_worker_node_sees_stops_the_sweep_before_any_trial(fake_cluster, tmp_path, cache_dir):
+    """The check runs where trials run (a 1-CPU worker the autoscaler starts: the head has no CPU)."""
+    (tmp_path / "train").mkdir()
+    space = {"name": "staged", "objective": {"metrics": ["id_val_acc", "id_acc"], "directions": ["max", "max"]},
+             "task": {"imagenet": {"model": "ViT-B-32", "train_dir": str(tmp_path / "train"),
+                                   "val_dir": str(tmp_path / "missing-val"),
+                                   "pretrained": str(tmp_path / "weights" / "vit_b32.pt")}},
+             "parameters": {"w_distill": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
+             "budget": {"trials": 1, "concurrency": 1}, "resources": {"cpu": 1}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    env = {**fake_cluster, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+    sweep = subprocess.run([sys.executable, "-m", "robusttune.cli", "sweep", str(tmp_path / "space.yaml"), "--address",
+                            env["RAY_ADDRESS"], "--storage", str(tmp_path / "runs"), "--name", "staged", "--json"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    error = sweep.stderr.strip().splitlines()[-1]
+    assert sweep.returncode == 1, sweep.stderr[-2000:]
+    assert error.startswith("robusttune: error: not visible from worker node ")
+    assert f"val_dir {tmp_path / 'missing-val'}; pretrained weights {tmp_path / 'weights' / 'vit_b32.pt'} (every node" in error
+    assert "train_dir" not in error  # the folder that exists is seen
+    assert not (tmp_path / "runs" / "staged").exists()  # nothing ran: nothing is left behind

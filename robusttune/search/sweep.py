@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from robusttune.errors import ConfigError, Interrupted, SweepError
 from robusttune.experiment import (MANIFEST_FORMAT, append_record, end_torn_tail, journal, latest_by_trial,
                                    load_frozen_space, read_manifest, scheduler_state, tune_dir, write_manifest)
+from robusttune.search.staging import check_worker_visibility
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,8 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
     limited = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
     callbacks = _callbacks(experiment, space_text, options)
     _init_ray(options.address, log_to_driver=options.verbose > 0)  # trials' warnings reach the console
+    if options.address:  # a cluster: can the nodes that run trials see the data and the experiment?
+        check_worker_visibility(space, experiment)
     tuner = tune.Tuner(
         _tune_trainable(runner, experiment, space, space_text),
         param_space={"seed": options.seed},
@@ -238,6 +241,8 @@ def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
     end_torn_tail(journal(experiment))  # a crash mid-append must not corrupt the study's next write
     _close_lost_trials(experiment, recorded, restored)
     _init_ray(options.address, log_to_driver=options.verbose > 0)
+    if options.address:
+        check_worker_visibility(space, experiment)
     options = replace(options, seed=manifest.get("seed", options.seed))
     try:
         tuner = tune.Tuner.restore(str(saved), trainable=_tune_trainable(runner, experiment, space, space_text),
