@@ -113,9 +113,11 @@ def test_mixed_precision_training_keeps_fp32_weights(tiny_prepared, precision, t
 
 def _fused_vs_explicit(visual, images, drop):
     with torch.no_grad():
-        fused = vit_forward(visual, images, drop_patches=drop).features
+        fused = vit_forward(visual, images, drop_patches=drop).features  # open_clip's own forward when drop is None
+        fused_ours = vit_forward(visual, images, drop_patches=drop, capture_last_ln1=True).features  # our SDPA path
         explicit = vit_forward(visual, images, drop_patches=drop, capture_attention=True).features
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_ours, explicit, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_attention_equals_the_explicit_path_on_the_tiny_clip(tiny_prepared):

@@ -95,6 +95,10 @@ def vit_forward(
     ``drop_patches``: optional bool ``(N, P)``; True patches are removed from attention as keys in every
     block (their own outputs never reach the class token), which is how the paper's "no refill" works.
     """
+    if drop_patches is None and not capture_attention and not capture_last_ln1:
+        # nothing to capture or drop: open_clip's own forward (the same modules, its fused attention), which is what
+        # vanilla fine-tuning, the teacher on refilled images and evaluation run
+        return VitPass(features=visual(images))
     x = visual._embeds(images)
     key_mask = None
     if drop_patches is not None:
