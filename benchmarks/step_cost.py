@@ -26,7 +26,7 @@ import contextlib
 import torch
 
 from robusttune.config import CamMethod, TrainConfig, default_world
-from robusttune.models import vit
+from robusttune.models import classifier
 from robusttune.models.classifier import frozen_copy
 from robusttune.training.device import Placement
 from robusttune.training.loop import StepComputer
@@ -54,13 +54,14 @@ class OpenClipForward(StepComputer):
 
 @contextlib.contextmanager
 def explicit_attention():
-    """Every attention materialises its probabilities (the path before fused attention)."""
-    fused = vit._attention
-    vit._attention = lambda block, x, key_mask, keep_probs: fused(block, x, key_mask, True)
+    """Every pass through our forward with its attention probabilities materialised (the path before fused
+    attention and before open_clip's own forward was used for passes that capture nothing)."""
+    forward = classifier.vit_forward
+    classifier.vit_forward = lambda visual, images, **kwargs: forward(visual, images, **{**kwargs, "capture_attention": True})
     try:
         yield
     finally:
-        vit._attention = fused
+        classifier.vit_forward = forward
 
 
 class OfficialPasses(StepComputer):
