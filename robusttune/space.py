@@ -314,7 +314,7 @@ def load_space(name_or_path: str) -> tuple[SearchSpace, str]:
     """A space by built-in name (``demo``) or file path; returns it and its YAML text (for the frozen copy)."""
     path = Path(name_or_path)
     builtin = builtin_spaces()
-    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+    if path.suffix in (".yaml", ".yml", ".json") or path.is_file():  # a folder named 'demo' never hides the built-in
         data, source, text = load_mapping(path), str(path), path.read_text() if path.is_file() else ""
     elif name_or_path in builtin:
         text = builtin[name_or_path].read_text()

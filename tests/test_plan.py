@@ -68,3 +68,11 @@ def test_plan_on_the_mini_world_uses_a_cached_calibration(tmp_path, tiny_world_c
     human = invoke("plan", str(path), env=env)
     assert human.returncode == 0 and "sweep:" in human.stdout and "saved by the scheduler" in human.stdout
     assert invoke("plan", str(path), "--trials", "0").returncode == 2
+
+
+def test_a_folder_named_like_a_built_in_space_does_not_hide_it(tmp_path, monkeypatch):
+    from robusttune.space import load_space
+
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_space("demo")[0].name == "demo"
