@@ -18,6 +18,9 @@ from robusttune.cache import atomic_write
 
 MIN_TRIALS = 8
 FOLDS = 4
+READING = ("Each number is the drop in held-out R^2 (in %) when that parameter's values are shuffled: how much of the "
+           "objective it predicts on trials the forest did not see. The numbers are not normalised; 0 means it predicts "
+           "nothing on unseen trials, however the others score.")
 
 
 def _design(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:

@@ -210,7 +210,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
             shown = importance.reset_index().rename(columns={"index": "parameter"})
             parts.append("<h2>Parameter importance</h2>" + _table_html(shown, ["parameter", *importance.columns], percent=set(importance.columns))
                          + f'<p class="note">{html.escape(importance.attrs.get("method", ""))}. '
-                         f'{html.escape(effects.__doc__.split(chr(10) + chr(10))[1].replace(chr(10), " "))}</p>')
+                         f'{html.escape(effects.READING)}</p>')
         elif importance is not None:
             reason = importance.attrs.get("reason", "not computed")
             parts.append(f'<h2>Parameter importance</h2><p class="note">{html.escape(reason)}.</p>')
