@@ -3,7 +3,7 @@
 The Python API (``robusttune.api``) is re-exported here::
 
     import robusttune as rt
-    result = rt.sweep("demo", trials=4)      # also: rt.train, rt.resume, rt.status, rt.report, rt.wise
+    result = rt.sweep("demo", trials=4)      # also: rt.train, rt.resume, rt.status, rt.plan, rt.report, rt.wise
 
 The library logs; the CLI (``robusttune``) prints. Heavy imports (torch, ray, optuna) happen in the functions
 that need them, never at import time, so ``import robusttune`` stays cheap.
@@ -17,7 +17,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-API = ("train", "wise", "sweep", "resume", "status", "report", "TrainSummary", "SweepResult", "Status", "ReportResult")
+API = ("train", "wise", "sweep", "resume", "status", "plan", "report", "TrainSummary", "SweepResult", "Status", "ReportResult")
 
 __all__ = ["__version__", *API]
 
