@@ -26,7 +26,7 @@ from robusttune.config import TaskSpec, TrainConfig, parse
 from robusttune.errors import ConfigError, DataError
 from robusttune.experiment import (STATUSES, ExperimentLock, check_experiment, check_new_experiment,
                                    check_space_unchanged, latest_by_trial, load_frozen_space, new_experiment_dir,
-                                   pareto_trials, read_manifest, report_dir)
+                                   pareto_trials, read_heartbeats, read_manifest, report_dir)
 from robusttune.space import SearchSpace, load_space
 
 
@@ -59,6 +59,7 @@ class Status:
     parameters: list[str]
     trials: list[dict[str, Any]]
     counts: dict[str, int]
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # running trials' latest heartbeats
 
 
 @dataclass(frozen=True)
@@ -326,8 +327,10 @@ def status(experiment: str | os.PathLike[str]) -> Status:
     path = check_experiment(Path(experiment))
     manifest = read_manifest(path)
     rows = trial_table(path)
+    running = {r["trial_id"] for r in rows if r["status"] == "running"}
+    progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
     return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
-                  _counts(rows))
+                  _counts(rows), progress)
 
 
 def report(experiment: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,

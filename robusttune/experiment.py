@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST, SPACE, JOURNAL, RECORDS, TUNE_DIR = "manifest.json", "space.yaml", "optuna.journal", "records.jsonl", "tune"
 CHECKPOINTS_DIR, BASELINES_DIR, SCHEDULER_STATE, REPORT_DIR = "checkpoints", "baselines", "scheduler.json", "report"
-HEADS_DIR = "heads"
+HEADS_DIR, HEARTBEATS = "heads", "heartbeats.json"
 MANIFEST_FORMAT = "robusttune.experiment/1"
 STATUSES = ("running", "complete", "stopped-early", "failed")
 REFERENCE_KINDS = ("baseline", "wise")
@@ -77,6 +77,20 @@ def baselines_dir(experiment: str | Path) -> Path:
 
 def scheduler_state(experiment: str | Path) -> Path:
     return Path(experiment) / SCHEDULER_STATE
+
+
+def heartbeats(experiment: str | Path) -> Path:
+    """Each running trial's latest heartbeat (step, loss, images/s, ETA, when), rewritten by the sweep driver."""
+    return Path(experiment) / HEARTBEATS
+
+
+def read_heartbeats(experiment: str | Path) -> dict[str, dict[str, Any]]:
+    """``{trial_id: heartbeat}``; empty when there is none or the file is unreadable (it is only a progress view)."""
+    try:
+        data = json.loads(heartbeats(experiment).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
 
 def tune_dir(experiment: str | Path) -> Path:

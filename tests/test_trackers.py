@@ -115,6 +115,17 @@ def test_trackers_and_heartbeats_on_a_mo_asha_sweep(tmp_path, tiny_world_config,
     for trial_id, status in finals.items():
         assert "optimizer" not in load_checkpoint(experiment / "checkpoints" / trial_id / "latest.pt"), status
         assert set(load_checkpoint(experiment / "checkpoints" / trial_id / "best.pt")) == {"format", "model", "step", "config"}
+    # the driver kept each trial's latest heartbeat for `robusttune status` (shown for running trials only)
+    beats = json.loads((experiment / "heartbeats.json").read_text())
+    assert set(beats) == set(finals) and all(b["total_steps"] == 8 and b["step"] < 8 for b in beats.values())
+    assert "progress" in json.loads(invoke("status", str(experiment), "--json").stdout.splitlines()[-1])
+    with (experiment / "records.jsonl").open("a") as stream:  # as if one trial were still running
+        stream.write(json.dumps({"trial_id": "live", "status": "running", "step": 4, "evaluation": 1}) + "\n")
+    (experiment / "heartbeats.json").write_text(json.dumps({**beats, "live": {"step": 6, "total_steps": 8, "loss": 0.5,
+                                                                               "images_per_s": 40.0, "eta_s": 130, "time": 0}}))
+    shown = invoke("status", str(experiment))
+    assert shown.returncode == 0 and "trial live: step 6/8, loss 0.5000, 40 img/s, ETA 2m" in shown.stdout
+    assert sum(line.startswith("trial ") for line in shown.stdout.splitlines()) == 1  # ended trials show none
     manifest = json.loads((experiment / "manifest.json").read_text())
     assert manifest["loggers"] == ["tensorboard", "mlflow", "wandb"]
 

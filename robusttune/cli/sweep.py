@@ -65,8 +65,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"experiment {found.experiment} (space '{found.space}', {found.planned} trials planned)")
         print(table(found.trials, trial_columns(found.trials, found.parameters)) if found.trials else "(no trial has reported yet)")
         print(", ".join(f"{v} {k}" for k, v in found.counts.items()))
+        for trial_id, beat in sorted(found.progress.items()):
+            ago = max(0.0, time.time() - float(beat["time"] if beat.get("time") is not None else time.time()))
+            print(f"trial {trial_id}: step {beat.get('step')}/{beat.get('total_steps')}, loss {beat.get('loss', float('nan')):.4f}, "
+                  f"{beat.get('images_per_s', 0):.0f} img/s, ETA {int(beat.get('eta_s') or 0) // 60}m (heartbeat {ago:.0f} s ago)")
 
-    emit({"trials": found.trials, "counts": found.counts, "planned": found.planned}, args.json, human)
+    emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress},
+         args.json, human)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from robusttune.experiment import append_record, end_status, parse_space_text, trial_checkpoints
+from robusttune.cache import atomic_write_json
+from robusttune.experiment import append_record, end_status, heartbeats, parse_space_text, trial_checkpoints
 
 log = logging.getLogger(__name__)
 
 METRIC_PREFIXES = ("id_", "ood_")
+HEARTBEAT_KEYS = ("step", "total_steps", "loss", "images_per_s", "eta_s")
 RESULT_KEYS = ("objective", "step", "epoch", "evaluation", "total_steps", "node_id", "failure", "loss_task", "loss_distill",
                "mask_fraction", "lr", "time_total_s", "eval_images", "eval_subset")
 
@@ -90,6 +93,18 @@ class RecordsCallback(Callback):
         self.experiment = Path(experiment)
         self.space_yaml = space_yaml
         self._space = None
+        self._beats: dict[str, dict[str, Any]] = {}
+        self._beats_written = 0.0
+
+    def _keep_heartbeat(self, trial, result: dict[str, Any]) -> None:
+        """The latest heartbeat per trial in ``heartbeats.json`` (at most every 2 s), for ``robusttune status``."""
+        self._beats[trial.trial_id] = {**{k: result.get(k) for k in HEARTBEAT_KEYS}, "time": time.time()}
+        if time.monotonic() - self._beats_written >= 2.0:
+            self._beats_written = time.monotonic()
+            try:
+                atomic_write_json(heartbeats(self.experiment), self._beats)
+            except OSError as error:  # a progress view must never stop the sweep
+                log.warning("cannot write %s: %s", heartbeats(self.experiment), error)
 
     def _full_config(self, trial) -> dict[str, Any]:
         if self._space is None:
@@ -105,7 +120,8 @@ class RecordsCallback(Callback):
                 "sampled": dict(trial.config), **_metrics(result), **extra}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if result.get("heartbeat"):  # progress between evaluations: for trackers and the console, not the records
+        if result.get("heartbeat"):  # progress between evaluations: for trackers, the console and status, not records
+            self._keep_heartbeat(trial, result)
             return
         status = "failed" if result.get("trial_status") == "failed" else "running"
         append_record(self.experiment, self._row(trial, status, result))
