@@ -76,3 +76,33 @@ def test_a_folder_named_like_a_built_in_space_does_not_hide_it(tmp_path, monkeyp
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_space("demo")[0].name == "demo"
+
+
+@pytest.mark.slow
+def test_plan_on_imagenet_folders_counts_images_without_building_the_head(tmp_path, cache_dir, monkeypatch):
+    import open_clip
+    import yaml
+    from PIL import Image
+
+    for split, per_class in (("train", 2), ("val", 1)):
+        for k in range(1000):
+            folder = tmp_path / split / f"n{k:08d}"
+            folder.mkdir(parents=True)
+            for j in range(per_class if k < 10 else 0):
+                Image.new("RGB", (40, 40), (k, j, 0)).save(folder / f"{j}.png")
+    space = {"name": "inet", "task": {"imagenet": {"model": "ViT-B-32", "pretrained": None, "train_dir": str(tmp_path / "train"),
+                                                   "val_dir": str(tmp_path / "val"), "val_holdout": 4}},
+             "objective": {"metrics": ["id_val_acc", "id_acc"], "directions": ["max", "max"]},
+             "parameters": {"lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}},
+             "fixed": {"region": "none", "w_distill": 0.0, "batch_size": 2, "epochs": 1, "eval_batch_size": 4,
+                       "train_subset": 0.5},
+             "budget": {"trials": 2, "concurrency": 1}, "resources": {"cpu": 2}}
+    (tmp_path / "inet.yaml").write_text(yaml.safe_dump(space))
+    monkeypatch.setattr(open_clip, "build_zero_shot_classifier", lambda *a, **k: pytest.fail("plan built a zero-shot head"))
+    result = invoke("plan", str(tmp_path / "inet.yaml"), "--json", env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout.splitlines()[-1])
+    # 20 train images - 4 held out = 16, half of them (train_subset 0.5) = 8 -> 4 steps of batch 2; one evaluation
+    assert plan["steps_per_trial"] == 4 and plan["evaluations_per_trial"] == 1
+    assert plan["eval_images_per_trial"] == 4 + 10  # the holdout and the val folder
+    assert list(plan["methods"]) == ["vanilla-all"] and plan["calibration"]["parameters"] > 80_000_000
