@@ -198,3 +198,30 @@ def test_uint8_preprocess_normalised_on_the_device_equals_open_clips_transform()
     assert ours.dtype is torch.uint8 and ours.shape == (3, 224, 224)
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     torch.testing.assert_close(normalise(ours[None], mean, std)[0], reference, atol=1e-6, rtol=0)
+
+
+def test_a_bf16_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(tiny_prepared, tmp_path):
+    """bf16 autocast is deterministic on a given device: the resumed run is bit-identical, as in fp32."""
+    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
+
+    config = TrainConfig(**SMALL, precision="bf16", region="context", refill="multi", mask_ratio=0.4)
+
+    def run(**kwargs):
+        student = tiny_prepared.classifier()
+        return student, train(config, student, frozen_copy(student), tiny_prepared.task(), **kwargs)
+
+    full_student, full = run()
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(row):
+        if row["step"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(save_checkpoint=lambda s: save_checkpoint(tmp_path / "ck.pt", s), report=stop)
+    resumed_student, resumed = run(resume=load_checkpoint(tmp_path / "ck.pt"))
+    assert [r["metrics"] for r in resumed.history] == [r["metrics"] for r in full.history]
+    for key, value in full_student.state_dict().items():
+        assert torch.equal(value, resumed_student.state_dict()[key]), key
