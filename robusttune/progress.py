@@ -42,6 +42,13 @@ class _Silent:
         pass
 
 
+def duration(seconds: float) -> str:
+    """``4m10s``, ``2h05m``: an ETA for people."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def bar(desc: str, total: int | None = None, *, unit: str = "it", min_total: int = 0):
     """A tqdm bar (a context manager with ``update``), or a silent one when bars are off or the job is small."""
     if not _shown or (total is not None and total < min_total):

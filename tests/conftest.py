@@ -136,3 +136,36 @@ def _kill_9_when(args, env, ready, *, timeout: float, never: str) -> None:
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
+
+
+def train_run(prepared, config, task=None, **kwargs):
+    """One fine-tuning run of the prepared world's zero-shot classifier: ``(student, TrainResult)``."""
+    from robusttune.models.classifier import frozen_copy
+    from robusttune.training.loop import train
+
+    student = prepared.classifier()
+    return student, train(config, student, frozen_copy(student), task or prepared.task(), **kwargs)
+
+
+def interrupted_then_resumed(prepared, config, checkpoint: Path, *, stop_at: int, task=None):
+    """Train until the evaluation at step ``stop_at`` is saved, stop there as a kill would, and resume from that
+    checkpoint in a fresh run: ``(student, TrainResult)`` of the resumed run."""
+    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(row):
+        if row["step"] == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_run(prepared, config, task, save_checkpoint=lambda state: save_checkpoint(checkpoint, state), report=stop)
+    return train_run(prepared, config, task, resume=load_checkpoint(checkpoint))
+
+
+def assert_same_run(a, b) -> None:
+    """Two ``(student, TrainResult)`` pairs with equal evaluations and bit-identical weights."""
+    assert [r["metrics"] for r in a[1].history] == [r["metrics"] for r in b[1].history]
+    for key, value in a[0].state_dict().items():
+        assert torch.equal(value, b[0].state_dict()[key]), key

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import assert_same_run, interrupted_then_resumed, train_run
 
 from robusttune.config import CamMethod, TrainConfig, parse
 from robusttune.data.sets import DatasetImages, TaskData
@@ -147,33 +148,12 @@ def _disk_like(task: TaskData, workers: int) -> TaskData:
 
 
 def test_loader_workers_and_resume_give_the_uninterrupted_run(tiny_prepared, tmp_path):
-    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
-
     config = TrainConfig(**SMALL, region="object", refill="single", mask_threshold=0.3)
     task = tiny_prepared.task()
-
-    def run(task, **kwargs):
-        student = tiny_prepared.classifier()
-        return student, train(config, student, frozen_copy(student), task, **kwargs)
-
-    in_memory_student, in_memory = run(task)
-    workers_student, workers = run(_disk_like(task, 2))
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(row):
-        if row["step"] == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(_disk_like(task, 1), save_checkpoint=lambda s: save_checkpoint(tmp_path / "ck.pt", s), report=stop)
-    resumed_student, resumed = run(_disk_like(task, 1), resume=load_checkpoint(tmp_path / "ck.pt"))
-    assert [r["metrics"] for r in workers.history] == [r["metrics"] for r in in_memory.history]
-    assert [r["metrics"] for r in resumed.history] == [r["metrics"] for r in in_memory.history]
-    for key, value in in_memory_student.state_dict().items():
-        assert torch.equal(value, workers_student.state_dict()[key]), key
-        assert torch.equal(value, resumed_student.state_dict()[key]), key
+    in_memory = train_run(tiny_prepared, config, task)
+    assert_same_run(in_memory, train_run(tiny_prepared, config, _disk_like(task, 2)))
+    assert_same_run(in_memory, interrupted_then_resumed(tiny_prepared, config, tmp_path / "ck.pt", stop_at=2,
+                                                        task=_disk_like(task, 1)))
 
 
 def test_one_shared_evaluation_loader_scores_each_set_as_alone(tiny_prepared):
@@ -202,26 +182,6 @@ def test_uint8_preprocess_normalised_on_the_device_equals_open_clips_transform()
 
 def test_a_bf16_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(tiny_prepared, tmp_path):
     """bf16 autocast is deterministic on a given device: the resumed run is bit-identical, as in fp32."""
-    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
-
     config = TrainConfig(**SMALL, precision="bf16", region="context", refill="multi", mask_ratio=0.4)
-
-    def run(**kwargs):
-        student = tiny_prepared.classifier()
-        return student, train(config, student, frozen_copy(student), tiny_prepared.task(), **kwargs)
-
-    full_student, full = run()
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(row):
-        if row["step"] == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(save_checkpoint=lambda s: save_checkpoint(tmp_path / "ck.pt", s), report=stop)
-    resumed_student, resumed = run(resume=load_checkpoint(tmp_path / "ck.pt"))
-    assert [r["metrics"] for r in resumed.history] == [r["metrics"] for r in full.history]
-    for key, value in full_student.state_dict().items():
-        assert torch.equal(value, resumed_student.state_dict()[key]), key
+    assert_same_run(train_run(tiny_prepared, config),
+                    interrupted_then_resumed(tiny_prepared, config, tmp_path / "ck.pt", stop_at=2))

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import assert_same_run, interrupted_then_resumed
 
 from robusttune.config import CamMethod, TrainConfig
 from robusttune.models.classifier import frozen_copy
@@ -36,30 +37,8 @@ def test_different_seeds_change_the_run(tiny_prepared):
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_prepared, tmp_path):
-    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
-
     config = TrainConfig(**SMALL, region="object", refill="multi", mask_ratio=0.3)
-    full_student, full = run(tiny_prepared, config)
-    saved = []
-
-    def keep_first(state):
-        if not saved:
-            save_checkpoint(tmp_path / "ck.pt", state)
-            saved.append(state["step"])
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_first(row):
-        if row["step"] == 3:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(tiny_prepared, config, save_checkpoint=keep_first, report=stop_after_first)
-    resumed_student, resumed = run(tiny_prepared, config, resume=load_checkpoint(tmp_path / "ck.pt"))
-    assert [r["metrics"] for r in resumed.history] == [r["metrics"] for r in full.history]
-    for key, value in full_student.state_dict().items():
-        assert torch.equal(value, resumed_student.state_dict()[key]), key
+    assert_same_run(run(tiny_prepared, config), interrupted_then_resumed(tiny_prepared, config, tmp_path / "ck.pt", stop_at=3))
 
 
 def test_non_finite_loss_ends_the_run_with_a_failed_status(tiny_prepared, monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -77,18 +76,16 @@ def trial_columns(rows: Sequence[dict[str, Any]], parameters: Sequence[str]) -> 
     return ["trial_id", "status", "id_val_acc", "id_acc", *oods, "ood_mean", *parameters]
 
 
-def progress_bar(quiet: bool):
-    """A progress callback drawing one tqdm bar per phase (to stderr); None when ``quiet``."""
-    if quiet:
-        return None
-    from tqdm import tqdm
+def progress_bar():
+    """A pre-training progress callback: one bar per phase (``robusttune.progress``: none under ``--json``)."""
+    from robusttune import progress
 
     bars: dict[str, Any] = {}
 
     def update(phase: str, step: int, total: int, loss: float) -> None:
         bar = bars.get(phase)
         if bar is None:
-            bar = bars[phase] = tqdm(total=total, desc=f"pre-train ({phase})", unit="step", file=sys.stderr)
+            bar = bars[phase] = progress.bar(f"pre-train ({phase})", total, unit="step")
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}")
         if step == total:

@@ -58,6 +58,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from robusttune import api
+    from robusttune.progress import duration
 
     found = api.status(args.experiment)
 
@@ -68,7 +69,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for trial_id, beat in sorted(found.progress.items()):
             ago = max(0.0, time.time() - float(beat["time"] if beat.get("time") is not None else time.time()))
             print(f"trial {trial_id}: step {beat.get('step')}/{beat.get('total_steps')}, loss {beat.get('loss', float('nan')):.4f}, "
-                  f"{beat.get('images_per_s', 0):.0f} img/s, ETA {int(beat.get('eta_s') or 0) // 60}m (heartbeat {ago:.0f} s ago)")
+                  f"{beat.get('images_per_s', 0):.0f} img/s, ETA {duration(beat.get('eta_s') or 0)} (heartbeat {ago:.0f} s ago)")
 
     emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress},
          args.json, human)

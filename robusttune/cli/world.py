@@ -22,7 +22,7 @@ def cmd_world_prepare(args: argparse.Namespace) -> int:
 
     config = _world_config(args.config)
     started = time.perf_counter()
-    prepared = prepare_world(config, cache_directory(args.cache_dir), progress=progress_bar(args.json))
+    prepared = prepare_world(config, cache_directory(args.cache_dir), progress=progress_bar())
     seconds = round(time.perf_counter() - started, 2)
     payload = {"world": config.name, "weights": str(prepared.weights), "weights_source": prepared.source,
                "zero_shot": prepared.zero_shot, "seconds": seconds,
@@ -48,7 +48,7 @@ def cmd_world_pretrain(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else world_dir(config, cache) / f"tiny_clip_{world_key(config)}.pt"
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: file exists (pass --overwrite to replace it)")
-    meta = pretrain_and_save(load_world(config, cache), out, progress=progress_bar(args.json))
+    meta = pretrain_and_save(load_world(config, cache), out, progress=progress_bar())
     payload = {"weights": str(out), **meta}
 
     def human() -> None:

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from robusttune.cache import atomic_write, atomic_write_json
 from robusttune.data.imagenet import OOD_SETS, ImageFolderSet, Lister, images_in, imagenet_samples, scan_ood_folder
-from robusttune.data.sets import LogitProjection, worker_message
+from robusttune.data.sets import DatasetImages, Loading, LogitProjection, batch_loader
 from robusttune.errors import DataError
 
 FORMAT = "robusttune.pack/1"
@@ -167,11 +167,8 @@ def _pack_bytes(out: Path, index: dict[str, Any]) -> int:
 
 def _load_images(dataset: Dataset, positions: range, workers: int) -> torch.Tensor:
     """The transformed uint8 images at ``positions``, decoded by ``workers`` processes, in order."""
-    loader = DataLoader(torch.utils.data.Subset(dataset, list(positions)), batch_size=64, num_workers=workers)
-    try:
-        return torch.cat([images for images, _ in loader])
-    except DataError as error:  # raised in a worker: keep the original one-line message
-        raise DataError(worker_message(error)) from None
+    batches = [list(positions[i:i + 64]) for i in range(0, len(positions), 64)]
+    return torch.cat([images for images, _ in batch_loader(DatasetImages(dataset), batches, Loading(workers))])
 
 
 def _save_jpeg_shard(out: Path, files: list[str], images: torch.Tensor, quality: int) -> None:

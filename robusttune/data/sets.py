@@ -41,9 +41,10 @@ IDENTITY = LogitProjection()
 
 
 def normalise(images_u8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 ``(N, 3, H, W)`` -> float normalised with per-channel ``mean``/``std``, on the images' device."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
+    """uint8 ``(N, 3, H, W)`` -> float normalised with per-channel ``mean``/``std`` (sequences, or fp32 tensors already
+    on the images' device, which are used as they are), on the images' device."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
     return (images_u8.float() / 255.0 - m) / s
 
 
@@ -166,10 +167,10 @@ class _OneLineErrors:
         try:
             yield from self.loader
         except DataError as error:
-            raise DataError(worker_message(error)) from None
+            raise DataError(_worker_message(error)) from None
 
 
-def worker_message(error: Exception) -> str:
+def _worker_message(error: Exception) -> str:
     """The original message of an error a DataLoader worker raised (its last traceback line, without the type)."""
     last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     return last.removeprefix(f"{type(error).__module__}.{type(error).__name__}: ")

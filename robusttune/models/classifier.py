@@ -38,6 +38,9 @@ class ImageClassifier(nn.Module):
         # The preprocessing statistics travel with the model so images are normalised consistently.
         self.image_mean = tuple(float(m) for m in mean)
         self.image_std = tuple(float(s) for s in std)
+        # on the model's device, so that normalising a batch copies nothing to it (not part of the weights)
+        self.register_buffer("_mean", torch.tensor(self.image_mean), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.image_std), persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -59,7 +62,7 @@ class ImageClassifier(nn.Module):
         """A loader's uint8 batch -> normalised float on the model's device (non-blocking from pinned memory)."""
         if images.dtype != torch.uint8:
             raise TypeError(f"prepare expects a uint8 batch, got {images.dtype}")
-        return normalise(images.to(self.device, non_blocking=True), self.image_mean, self.image_std)
+        return normalise(images.to(self.device, non_blocking=True), self._mean, self._std)
 
     def forward_features(self, images: Tensor) -> Tensor:
         return vit_forward(self.visual, images).features

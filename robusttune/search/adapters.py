@@ -13,11 +13,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from robusttune.cache import atomic_write_json
 from robusttune.experiment import append_record, end_status, heartbeats, parse_space_text, trial_checkpoints
+from robusttune.search.trainable import HEARTBEAT_KEYS
 
 log = logging.getLogger(__name__)
 
 METRIC_PREFIXES = ("id_", "ood_")
-HEARTBEAT_KEYS = ("step", "total_steps", "loss", "images_per_s", "eta_s")
 RESULT_KEYS = ("objective", "step", "epoch", "evaluation", "total_steps", "node_id", "failure", "loss_task", "loss_distill",
                "mask_fraction", "lr", "time_total_s", "eval_images", "eval_subset")
 

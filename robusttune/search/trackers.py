@@ -20,6 +20,7 @@ from typing import Any
 from ray.tune import Callback
 
 from robusttune.errors import ConfigError
+from robusttune.progress import duration
 
 LOGGERS = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX", "tensorboard")}
 
@@ -38,6 +39,7 @@ def check_loggers(loggers: Sequence[str]) -> None:
 
 def tracker_callbacks(loggers: Sequence[str], experiment: Path) -> list[Callback]:
     check_loggers(loggers)
+    places = tracker_places(LOGGERS, experiment)
     callbacks: list[Callback] = []
     for name in dict.fromkeys(loggers):
         if name == "tensorboard":
@@ -47,12 +49,12 @@ def tracker_callbacks(loggers: Sequence[str], experiment: Path) -> list[Callback
         elif name == "mlflow":
             from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_store(experiment)
-            callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment.name, save_artifact=False))
+            callbacks.append(MLflowLoggerCallback(tracking_uri=places["mlflow"], experiment_name=experiment.name,
+                                                  save_artifact=False))
         elif name == "wandb":
             from ray.air.integrations.wandb import WandbLoggerCallback
 
-            (experiment / "wandb").mkdir(exist_ok=True)
+            Path(places["wandb"]).mkdir(exist_ok=True)
             mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
             if mode == "offline":
                 os.environ["WANDB_MODE"] = mode  # Ray's callback asks for an API key unless the mode says offline
@@ -74,12 +76,6 @@ def tracker_places(loggers: Sequence[str], experiment: Path) -> dict[str, str]:
     return {name: places[name] for name in dict.fromkeys(loggers)}
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 class HeartbeatPrinter(Callback):
     """One compact line per heartbeat on stderr: ``trial 3a2f_00001  step 120/400  loss 1.234  312 img/s  ETA 4m10s``."""
 
@@ -95,5 +91,5 @@ class HeartbeatPrinter(Callback):
             return
         self._last[trial.trial_id] = now
         line = (f"trial {trial.trial_id}  step {result['step']}/{result['total_steps']}  loss {result['loss']:.4f}  "
-                f"{result['images_per_s']:.0f} img/s  ETA {_duration(result['eta_s'])}")
+                f"{result['images_per_s']:.0f} img/s  ETA {duration(result['eta_s'])}")
         print(line, file=self.stream or sys.stderr, flush=True)

@@ -78,21 +78,22 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     run = prepare_run(train_config, space.task, Path(cache_dir), checkpoint=latest, head_folders=[heads_dir(experiment)])
     node_id = ray.get_runtime_context().get_node_id()  # which node ran it (cluster tests, post-mortems)
     total = run.total_steps
-    best_objective = json.loads(best_meta.read_text())["objective"] if best_meta.is_file() else float("-inf")
+    best_saved = json.loads(best_meta.read_text()) if best_meta.is_file() else {}
+    best_objective, best_subset = best_saved.get("objective", float("-inf")), best_saved.get("subset")
     last: dict[str, float] = {}
     evaluations = len(run.history)
 
     def keep_best(state: dict[str, Any]) -> None:
         """``best.pt``: the weights (only) of the best evaluation among those on the same images (with
         ``eval_subset``, the subset ones: the last, full evaluation is not compared with them)."""
-        nonlocal best_objective
+        nonlocal best_objective, best_subset
         row = json.loads(state["history"])[-1]
         objective = space.objective.scalar(row["metrics"])
         subset = "eval_subset" in row
-        if best_meta.is_file() and json.loads(best_meta.read_text()).get("subset", False) != subset:
+        if best_subset is not None and best_subset != subset:
             return
         if objective > best_objective:
-            best_objective = objective
+            best_objective, best_subset = objective, subset
             save_checkpoint(best, {"model": state["model"], "step": state["step"], "config": state["config"]})
             atomic_write_json(best_meta, {"objective": objective, "step": state["step"], "subset": subset})
 
