@@ -176,13 +176,15 @@ def wise(finetuned: str | os.PathLike[str], *, zero_shot: str | os.PathLike[str]
          alphas: Sequence[float] | None = None, cache_dir: str | os.PathLike[str] | None = None,
          threads: int | None = None, device: str = "auto", precision: str = "auto") -> list[dict[str, Any]]:
     """The WiSE-FT curve of a ``train`` run's ``final.pt``: one row ``{alpha, metric: accuracy, ...}`` per alpha,
-    evaluated on ``device`` under ``precision`` (as ``TrainConfig``'s keys)."""
+    evaluated on ``device`` under ``precision`` (as ``TrainConfig``'s keys). ``zero_shot``: the weights at alpha 0
+    (default: the task's own zero-shot model); a checkpoint that carries its task must carry ``finetuned``'s.
+    Weights holding NaN/inf are refused before anything is built or evaluated."""
     from robusttune.method.wise import DEFAULT_ALPHAS
     from robusttune.training.checkpoint import load_checkpoint
     from robusttune.training.tasks import build_task
     from robusttune.training.device import Placement
     from robusttune.training.evaluate import Evaluator
-    from robusttune.training.wise import wise_curve
+    from robusttune.training.wise import check_same_task, checkpoint_weights, wise_curve
 
     alphas = tuple(DEFAULT_ALPHAS if alphas is None else alphas)
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
@@ -191,13 +193,21 @@ def wise(finetuned: str | os.PathLike[str], *, zero_shot: str | os.PathLike[str]
     if "task" not in payload:
         raise ConfigError(f"{finetuned}: not a final checkpoint of 'robusttune train' (no task); use its final.pt")
     spec = parse(TaskSpec, json.loads(payload["task"]), str(finetuned))
+    weights = checkpoint_weights(payload, str(finetuned))
+    base = None
+    if zero_shot:
+        start = load_checkpoint(zero_shot)
+        if "task" in start:  # a final.pt: the same task, or its weights mean nothing next to these
+            check_same_task(spec, parse(TaskSpec, json.loads(start["task"]), str(zero_shot)), str(finetuned), str(zero_shot))
+        base = checkpoint_weights(start, str(zero_shot))  # a plain state dict: interpolate checks keys and shapes
     placement_config = parse(TrainConfig, {"device": device, "precision": precision}, "wise")
     set_threads(threads)
     model, task = build_task(spec, cache_directory(cache_dir))
-    base = load_checkpoint(zero_shot)["model"] if zero_shot else {k: v.clone() for k, v in model.state_dict().items()}
+    if base is None:
+        base = {k: v.clone() for k, v in model.state_dict().items()}
     evaluator = Evaluator(task.eval_sets, num_workers=task.num_workers,
                           placement=Placement.of(placement_config.device, placement_config.precision))
-    return wise_curve(model, base, payload["model"], evaluator, alphas=alphas)
+    return wise_curve(model, base, weights, evaluator, alphas=alphas)
 
 
 # ------------------------------------------------------------------------------------------------ sweeps

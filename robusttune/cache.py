@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from robusttune.errors import storage_error
+
 CACHE_ENV_VAR = "ROBUSTTUNE_CACHE_DIR"
 
 
@@ -36,17 +38,23 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     flushed to disk before the rename, so a crash after it never leaves an empty or torn file in place.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         with open(tmp, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(tmp, target)
+    except Exception as error:
+        translated = storage_error(error, target.parent)
+        if translated is None:
+            raise
+        raise translated from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
     return target
 

@@ -3,30 +3,68 @@
 Every config is a frozen pydantic model that rejects unknown keys. ``parse`` turns raw data (from YAML,
 JSON or flags) into a config and turns validation failures into one-line ``ConfigError`` messages of
 the form ``<source>: <key>: <rule>``, with a "did you mean" suggestion for misspelt keys.
+
+Every config file is read by one strict loader (``load_yaml_text``, ``load_json_text``, ``load_mapping``): a
+duplicated key, an empty file, more than one document, a set or binary tag, or a file over its bounds (size,
+values with aliases expanded, depth) is refused in one line, so that loading and validating any file is cheap.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from robusttune.errors import ConfigError
 
 
 class Frozen(BaseModel):
-    """Base for every config: immutable, unknown keys rejected, enums kept as enums."""
+    """Base for every config: immutable, unknown keys rejected, enums kept as enums, numbers finite (no NaN or
+    infinity) and never booleans (``steps: yes`` is not one step)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool | list | tuple) and info.field_name is not None:
+            kind = numeric_kind(cls.model_fields[info.field_name].annotation)
+            if kind == "number" and isinstance(value, bool) or kind == "numbers" and isinstance(value, list | tuple) \
+                    and any(isinstance(v, bool) for v in value):
+                raise ValueError("Input should be a number, not a boolean")
+        return value
+
+
+def numeric_kind(annotation: Any) -> str | None:
+    """``"number"`` for an int/float annotation (or ``| None``), ``"numbers"`` for a tuple of them, else None."""
+    import types
+    import typing
+
+    def numeric(arg: Any) -> bool:
+        args = typing.get_args(arg) if typing.get_origin(arg) in (typing.Union, types.UnionType) else (arg,)
+        return all(a in (int, float, type(None)) for a in args) and any(a in (int, float) for a in args)
+
+    if numeric(annotation):
+        return "number"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # ``tuple[float, ...] | None``
+        kinds = {numeric_kind(a) for a in typing.get_args(annotation) if a is not type(None)}
+        return "numbers" if kinds == {"numbers"} else None
+    if typing.get_origin(annotation) is tuple and all(numeric(a) for a in typing.get_args(annotation) if a is not ...):
+        return "numbers"
+    return None
 
 
 ConfigT = TypeVar("ConfigT", bound=Frozen)
@@ -62,17 +100,17 @@ def format_validation_error(model: type[BaseModel], error: ValidationError, sour
     """The first validation problem as one line: ``source: key: rule``."""
     first = error.errors()[0]
     loc = tuple(first.get("loc", ()))
-    key = ".".join(str(part) for part in loc) or "(top level)"
+    key = ".".join(shorten(str(part)) for part in loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         name = str(loc[-1]) if loc else ""
-        close = difflib.get_close_matches(name, _allowed_keys(model, loc), n=1)
+        close = difflib.get_close_matches(name, _allowed_keys(model, loc), n=1) if len(name) < 100 else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{source}: unknown key '{key}'{hint}"
     message = first["msg"]
     if first["type"] in {"value_error", "assertion_error"}:
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     given = first.get("input")
-    shown = "" if isinstance(given, dict | list) or first["type"] == "missing" else f", got {given!r}"
+    shown = "" if isinstance(given, dict | list) or first["type"] == "missing" else f", got {shorten(repr(given))}"
     return f"{source}: {key}: {message}{shown}" if loc else f"{source}: {message}"
 
 
@@ -85,31 +123,324 @@ def parse(model: type[ConfigT], data: Any, source: str) -> ConfigT:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(model, error, source)) from None
+        raise ConfigError(one_line(format_validation_error(model, error, source))) from None
 
 
-def load_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file into a dict, with one-line errors naming the file."""
+# --------------------------------------------------------------------------------------------------
+# Reading config files: one strict loader for every YAML and JSON config (search spaces, frozen copies, world and
+# training configs). Whatever a file holds, reading and validating it takes well under a second and a few MB:
+
+MAX_FILE_BYTES = 2**20  # 1 MiB; the shipped search spaces are under 2 KiB
+MAX_NODES = 100_000  # values in a file (scalars, lists, mappings, keys), aliases counted as what they expand to
+MAX_DEPTH = 32  # nesting of lists and mappings (a search space needs 5)
+MAX_MESSAGE = 2000  # characters of an error message; longer ones are cut
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` (a key or a repr from a config) cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
+
+
+def one_line(message: str) -> str:
+    """``message`` as one printable line: line breaks and other control characters escaped, cut to MAX_MESSAGE."""
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    return shorten(message, MAX_MESSAGE)
+
+
+class _Refused(Exception):
+    """Raised inside the loader for a file that parses but is refused: a duplicated key, too many values."""
+
+    def __init__(self, message: str, mark: Any = None):
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# Standard tags that build what no config key takes: an unordered set (choices would lose their order), ordered
+# pairs instead of a mapping, bytes.
+_REFUSED_TAGS = frozenset(f"tag:yaml.org,2002:{kind}" for kind in ("set", "omap", "pairs", "binary"))
+_TOO_MANY = f"a config file must hold at most {MAX_NODES} values (scalars, list items and keys), got more"
+_TOO_DEEP = f"lists and mappings must nest at most {MAX_DEPTH} levels deep, got deeper"
+_EXPANDED = " (aliases expanded)"
+
+
+class _StrictComposing:
+    """Composer and constructor rules of the strict loader (mixed into libyaml's parser, or PyYAML's own): at most
+    MAX_DEPTH levels and MAX_NODES nodes while composing, then duplicated keys, recursive aliases and the expanded
+    size checked on the node graph before anything is constructed; a scalar no constructor can read (``!!int abc``,
+    an integer of 5,000 digits) is refused like a syntax error."""
+
+    def _strict_init(self) -> None:
+        self._depth = self._composed = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        self._composed += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(_TOO_DEEP, self.peek_event().start_mark)
+            if self._composed > MAX_NODES:
+                raise _Refused(_TOO_MANY, self.peek_event().start_mark)
+            node = Composer.compose_node(self, parent, index)
+        finally:
+            self._depth -= 1
+        if node.tag in _REFUSED_TAGS:
+            raise _Refused(f"the YAML tag !!{node.tag.rsplit(':', 1)[-1]} is not allowed (a config holds mappings, "
+                           f"lists, strings, numbers, booleans and null)", node.start_mark)
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return SafeConstructor.construct_object(self, node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+            kind = node.tag.rsplit(":", 1)[-1]
+            value = str(getattr(node, "value", ""))
+            why = (f"an integer of {len(value)} characters is too long" if "integer string conversion" in str(error)
+                   else f"{shorten(repr(value), 40)} is not a valid !!{kind}")
+            raise _Refused(why, node.start_mark) from None
+
+    def check_graph(self, root) -> None:
+        """Refuse duplicated keys, recursive aliases and a document that expands (through aliases) beyond MAX_NODES
+        values or MAX_DEPTH levels. One pass over the node graph: each list and mapping is measured once."""
+        size: dict[int, int] = {}  # lists and mappings measured so far; a scalar is 1 value, 1 level
+        depth: dict[int, int] = {}
+        entered: set[int] = set()
+        stack: list[tuple[Any, str, bool]] = [(root, "", False)]
+        while stack:
+            node, path, leaving = stack.pop()
+            key = id(node)
+            if isinstance(node, yaml.ScalarNode):
+                continue
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            if leaving:
+                size[key] = 1 + sum(size.get(id(child), 1) for child in children)
+                depth[key] = 1 + max((depth.get(id(child), 1) for child in children), default=0)
+                if size[key] > MAX_NODES:
+                    raise _Refused(_TOO_MANY + _EXPANDED, node.start_mark)
+                if depth[key] > MAX_DEPTH:
+                    raise _Refused(_TOO_DEEP + _EXPANDED, node.start_mark)
+                continue
+            if key in size:
+                continue
+            if key in entered:
+                raise _Refused("an alias must not refer to a list or mapping that contains it", node.start_mark)
+            entered.add(key)
+            stack.append((node, path, True))
+            if isinstance(node, yaml.MappingNode):
+                self._check_unique_keys(node, path)
+                labelled = [(v, _label(k)) for k, v in node.value] + [(k, "?") for k, _ in node.value]
+            else:
+                labelled = [(child, str(i)) for i, child in enumerate(node.value)]
+            stack.extend((child, f"{path}.{label}" if path else label, False) for child, label in reversed(labelled)
+                         if not isinstance(child, yaml.ScalarNode) and id(child) not in size)
+
+    def _check_unique_keys(self, node, path: str) -> None:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue  # a list or mapping as a key is refused when constructed; merged keys may be overridden
+            try:
+                key = self.construct_object(key_node)
+                hash(key)
+            except (_Refused, TypeError):
+                key = (key_node.tag, key_node.value)
+            if key in seen:
+                dotted = f"{path}.{_label(key_node)}" if path else _label(key_node)
+                raise _Refused(f"key '{dotted}' must appear once, got it again (first at line {seen[key].line + 1})",
+                               key_node.start_mark)
+            seen[key] = key_node.start_mark
+
+
+def _label(key_node) -> str:
+    """How a mapping key appears in a dotted path (``budget.trials``)."""
+    return shorten(str(key_node.value), 40) if isinstance(key_node, yaml.ScalarNode) else "?"
+
+
+def _strict_loader_class() -> type:
+    try:  # libyaml's parser (ten times faster), with PyYAML's composer so that depth and size are checked as it goes
+        from yaml.cyaml import CParser
+
+        class Loader(_StrictComposing, CParser, Composer, SafeConstructor, Resolver):
+            def __init__(self, stream: str):
+                CParser.__init__(self, stream)
+                Composer.__init__(self)
+                SafeConstructor.__init__(self)
+                Resolver.__init__(self)
+                self._strict_init()
+
+            get_single_node = Composer.get_single_node  # CParser's own would compose in C, unchecked
+            check_node, get_node = Composer.check_node, Composer.get_node
+    except ImportError:  # PyYAML without libyaml
+        from yaml.parser import Parser
+        from yaml.reader import Reader
+        from yaml.scanner import Scanner
+
+        class Loader(_StrictComposing, Reader, Scanner, Parser, Composer, SafeConstructor,  # type: ignore[no-redef]
+                     Resolver):
+            def __init__(self, stream: str):
+                Reader.__init__(self, stream)
+                Scanner.__init__(self)
+                Parser.__init__(self)
+                Composer.__init__(self)
+                SafeConstructor.__init__(self)
+                Resolver.__init__(self)
+                self._strict_init()
+
+    return Loader
+
+
+StrictLoader = _strict_loader_class()
+
+
+def _check_size(text: str, source: str) -> None:
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: a config file must be at most {MAX_FILE_BYTES // 2**20} MiB, got "
+                          f"{len(text.encode('utf-8', 'surrogatepass'))} bytes")
+
+
+def _top_level(data: Any, source: str) -> dict[str, Any]:
+    if data is None:
+        raise ConfigError(f"{source}: expected a mapping at the top level, got null")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_yaml_text(text: str, source: str) -> dict[str, Any]:
+    """YAML text as a mapping, strictly: one document, no duplicated key at any depth, no Python tags, at most
+    MAX_FILE_BYTES, MAX_NODES values (aliases expanded, so an alias bomb is refused) and MAX_DEPTH levels.
+    An empty file (or only comments) is refused: it would otherwise mean every default. One-line ``ConfigError``
+    naming ``source`` otherwise."""
+    _check_size(text, source)
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{source}: the file is empty; expected a mapping of keys to values")
+        loader.check_graph(node)
+        data = loader.construct_document(node)
+    except _Refused as refused:
+        where = f" line {refused.mark.line + 1}:" if refused.mark is not None else ""
+        raise ConfigError(one_line(f"{source}:{where} {refused.message}")) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(one_line(_yaml_error(error, source))) from None
+    finally:
+        loader.dispose()
+    return _top_level(data, source)
+
+
+def _yaml_error(error: yaml.YAMLError, source: str) -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1})" if mark is not None else ""
+    problem = getattr(error, "problem", None)
+    context = getattr(error, "context", None)
+    if problem:
+        detail = f"{context}: {problem}" if context else problem
+    else:
+        lines = str(error).strip().splitlines()
+        detail = lines[0] if lines else type(error).__name__
+    return f"{source}: not valid YAML{where}: {detail}"
+
+
+def load_json_text(text: str, source: str) -> dict[str, Any]:
+    """JSON text as a mapping, with the YAML loader's rules: no duplicated key, bounded size, values and depth."""
+    _check_size(text, source)
+    if not text.strip():
+        raise ConfigError(f"{source}: the file is empty; expected a mapping of keys to values")
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        mapping: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in mapping:
+                raise _Refused(f"key '{shorten(key, 40)}' must appear once in a JSON object, got it again")
+            mapping[key] = value
+        return mapping
+
+    try:
+        data = json.loads(text, object_pairs_hook=unique)
+    except _Refused as refused:
+        raise ConfigError(one_line(f"{source}: {refused.message}")) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: {_TOO_DEEP}") from None
+    except ValueError as error:  # json.JSONDecodeError, or an integer beyond Python's digit limit
+        detail = "an integer is too long" if "integer string conversion" in str(error) else str(error).splitlines()[0]
+        raise ConfigError(one_line(f"{source}: not valid JSON: {detail}")) from None
+    _check_json_tree(data, source)
+    return _top_level(data, source)
+
+
+def _check_json_tree(data: Any, source: str) -> None:
+    count, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ConfigError(f"{source}: {_TOO_MANY}")
+        if level > MAX_DEPTH:
+            raise ConfigError(f"{source}: {_TOO_DEEP}")
+        if isinstance(value, dict):
+            stack.extend((v, level + 1) for v in value.values())
+            count += len(value)  # the keys
+        elif isinstance(value, list):
+            stack.extend((v, level + 1) for v in value)
+
+
+def read_config_text(path: str | Path) -> str:
+    """A config file's text: at most MAX_FILE_BYTES of UTF-8 (a leading BOM dropped), with one-line errors."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{file}: config file not found")
     try:
-        text = file.read_text(encoding="utf-8")
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}{where}: {first_line}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+        with file.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)  # never more: a huge file (or a device) costs nothing
+            size = max(len(raw), os.fstat(stream.fileno()).st_size)
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the config file ({error.strerror or error})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{file}: a config file must be at most {MAX_FILE_BYTES // 2**20} MiB, got {size} bytes")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        kind = "JSON" if file.suffix == ".json" else "YAML"
+        raise ConfigError(f"{file}: not valid {kind}: must be UTF-8 text, got byte {raw[error.start]:#04x} at "
+                          f"position {error.start}") from None
+
+
+def load_text(text: str, source: str, *, json_format: bool = False) -> dict[str, Any]:
+    """Config text (YAML, or JSON when ``json_format``) as a mapping; see ``load_yaml_text``."""
+    return load_json_text(text, source) if json_format else load_yaml_text(text, source)
+
+
+def load_mapping_and_text(path: str | Path) -> tuple[dict[str, Any], str]:
+    """A YAML or JSON config file as a mapping, and its text (read once)."""
+    text = read_config_text(path)
+    return load_text(text, str(path), json_format=Path(path).suffix == ".json"), text
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict, with one-line errors naming the file."""
+    return load_mapping_and_text(path)[0]
 
 
 def load_config(model: type[ConfigT], path: str | Path) -> ConfigT:
     return parse(model, load_mapping(path), source=str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Upper bounds on numbers whose cost grows with them where the code allocates or spawns (a batch, an image, a
+# worker process): far above any sensible value, low enough that a typo fails here rather than as an out-of-memory
+# error minutes into a sweep. Step and trial counts are not bounded here: their cost is the user's to choose, and
+# what reads them (``robusttune plan``, the schedulers) is arithmetic in them.
+
+MAX_SEED = 2**32  # seeds are in [0, 2**32): what NumPy and every sweep accept
+MAX_BATCH = 2**16  # images in one (eval) batch; the paper's is 512
+MAX_IMAGE_SIZE = 224  # mini-world image side in pixels (ImageNet's); the default is 24
+MAX_CANVAS_SIZE = 448  # mini-world canvas side before cropping; the default is 32
+MAX_WIDTH = 1024  # tiny CLIP widths (ViT-L's is 1024)
+MAX_LAYERS = 48  # tiny CLIP layers per tower
+MAX_CONTEXT = 256  # tiny CLIP text context (CLIP's is 77; the mini world's captions need 16)
+MAX_WORKERS = 256  # data-loading worker processes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,15 +458,15 @@ class OodShift(StrEnum):
 class TinyClipConfig(Frozen):
     """Sizes of the mini world's tiny open_clip CLIP (a real ``open_clip.model.CLIP``)."""
 
-    embed_dim: int = Field(64, ge=8)
-    vision_width: int = Field(64, ge=8)
-    vision_layers: int = Field(4, ge=1)
-    vision_head_width: int = Field(16, ge=4)
-    patch_size: int = Field(4, ge=1)
-    text_width: int = Field(64, ge=8)
-    text_heads: int = Field(4, ge=1)
-    text_layers: int = Field(2, ge=1)
-    context_length: int = Field(16, ge=8)
+    embed_dim: int = Field(64, ge=8, le=MAX_WIDTH)
+    vision_width: int = Field(64, ge=8, le=MAX_WIDTH)
+    vision_layers: int = Field(4, ge=1, le=MAX_LAYERS)
+    vision_head_width: int = Field(16, ge=4, le=MAX_WIDTH)
+    patch_size: int = Field(4, ge=1, le=MAX_IMAGE_SIZE)
+    text_width: int = Field(64, ge=8, le=MAX_WIDTH)
+    text_heads: int = Field(4, ge=1, le=MAX_WIDTH)
+    text_layers: int = Field(2, ge=1, le=MAX_LAYERS)
+    context_length: int = Field(16, ge=8, le=MAX_CONTEXT)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TinyClipConfig:
@@ -151,12 +482,12 @@ class PretrainConfig(Frozen):
 
     supervised_steps: int = Field(300, ge=0)
     clip_steps: int = Field(700, ge=0)
-    batch_size: int = Field(128, ge=2)
+    batch_size: int = Field(128, ge=2, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(30, ge=0)
     max_logit_scale: float = Field(100.0, gt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
 
 
 class WorldConfig(Frozen):
@@ -168,9 +499,9 @@ class WorldConfig(Frozen):
     """
 
     name: str = "default"
-    seed: int = 0
-    image_size: int = Field(24, ge=8)
-    canvas_size: int = Field(32, ge=8)
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
+    image_size: int = Field(24, ge=8, le=MAX_IMAGE_SIZE)
+    canvas_size: int = Field(32, ge=8, le=MAX_CANVAS_SIZE)
     n_pretrain_mnist: int = Field(2500, ge=10)
     n_pretrain_uci: int = Field(900, ge=0)
     n_train: int = Field(1300, ge=10)
@@ -327,7 +658,7 @@ class TrainConfig(Frozen):
     trainable: Trainable = Trainable.ALL
     lr: float = Field(3e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.1, ge=0.0)
-    batch_size: int = Field(64, ge=2)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
     steps: int | None = Field(None, ge=0)
     epochs: float | None = Field(None, gt=0.0)
     schedule: Schedule = Schedule.COSINE
@@ -335,13 +666,13 @@ class TrainConfig(Frozen):
     grad_clip: float = Field(1.0, ge=0.0)
     accum_steps: int = Field(1, ge=1)
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     eval_subset: int | None = Field(None, ge=1, description="intermediate evaluations on a fixed, seeded subset of N "
                                     "images per set (the same for every trial); the last one on the full sets")
     train_subset: float | None = Field(None, gt=0.0, description="train on a fixed, seeded subset: N images per class "
                                        "(an integer >= 1) or a fraction (< 1) of each class")
     checkpoints: Keep = Field(Keep.BEST, description="what an ended sweep trial keeps (best | final | all)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
     device: str = Field("auto", description="auto: the GPU Ray assigned (or the machine's first GPU), else the CPU")
     precision: Precision = Field(Precision.AUTO, description="autocast dtype of the forwards; weights stay fp32")
     preset: Preset | None = Field(None, description="'paper': the official defaults under the config's own values")
@@ -439,7 +770,7 @@ class ImageNetTask(Frozen):
     templates: str = Field("openai", pattern="^(openai|simple)$",
                            description="zero-shot prompts: the 80 OpenAI templates, or 'a photo of a {}.' only")
     val_holdout: int = Field(10000, ge=1, description="train images held out as the ID validation split")
-    num_workers: int = Field(4, ge=0)
+    num_workers: int = Field(4, ge=0, le=MAX_WORKERS)
 
 
 class TaskSpec(Frozen):

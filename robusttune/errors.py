@@ -55,7 +55,44 @@ class LaunchError(RobustTuneError):
     exit_code = 1
 
 
+class StorageError(RobustTuneError):
+    """A place robusttune must write to is full or read-only (exit code 1); what was already written is kept."""
+
+    exit_code = 1
+
+
 class Interrupted(RobustTuneError):
-    """The user stopped a sweep (Ctrl-C); its state is saved and ``robusttune resume`` continues it (exit 130)."""
+    """A signal stopped a sweep (Ctrl-C, SIGTERM, SIGHUP); its state is saved and ``robusttune resume`` continues it.
+    Exit code 128 + the signal's number, as shells report it: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
 
     exit_code = 130
+
+    def __init__(self, message: str, *, signal_number: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+# Errors a full disk raises without saying so: torch.save's zip writer, and readers of a file cut short by one.
+_FULL_DISK_MARKERS = ("unexpected pos", "PytorchStreamWriter failed writing", "No space left on device")
+
+
+def storage_error(error: BaseException, place: object) -> StorageError | None:
+    """``error`` said in one line when it means that ``place`` (a folder) is full or cannot be written, else None.
+
+    Checks the error and what caused it: ``OSError`` with ENOSPC/EDQUOT (full), EROFS/EACCES/EPERM (read-only or not
+    ours), and torch's ``RuntimeError: ... unexpected pos`` that ``torch.save`` raises on a full disk."""
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        number = getattr(current, "errno", None) if isinstance(current, OSError) else None
+        if number in (errno.ENOSPC, errno.EDQUOT) or any(m in str(current) for m in _FULL_DISK_MARKERS):
+            return StorageError(f"no space left on {place}; free some space, then run the command again "
+                                f"(what was written before is kept)")
+        if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+            what = "read-only" if number == errno.EROFS else "not writable (permission denied)"
+            return StorageError(f"{place}: {what}")
+        current = current.__cause__ or current.__context__
+    return None

@@ -218,6 +218,9 @@ def check_experiment(path: str | Path) -> Path:
         raise DataError(f"{path}: experiment directory not found")
     if not (path / MANIFEST).is_file():
         raise DataError(f"{path}: not a robusttune experiment (no {MANIFEST})")
+    for name in (RECORDS, JOURNAL, SPACE):  # what a reader opens as a file must be one (checked before anything starts)
+        if (path / name).exists() and not (path / name).is_file():
+            raise DataError(f"{path / name}: not a file; the experiment is damaged")
     return path
 
 
@@ -285,13 +288,13 @@ def load_frozen_space(experiment: str | Path):
     """The experiment's search space as it was validated when the sweep started, and its YAML text."""
     import yaml
 
-    from robusttune.config import parse
+    from robusttune.config import load_yaml_text, parse
     from robusttune.space import SearchSpace
 
     path = Path(experiment) / SPACE
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text, str(path))
     except FileNotFoundError:
         raise DataError(f"{path}: the experiment's frozen search space is missing") from None
     except (yaml.YAMLError, UnicodeDecodeError):
@@ -303,10 +306,10 @@ def parse_space_text(text: str, source: str = "frozen search space"):
     """A frozen space's YAML text (as trials receive it) back into a validated ``SearchSpace``."""
     import yaml
 
-    from robusttune.config import parse
+    from robusttune.config import load_yaml_text, parse
     from robusttune.space import SearchSpace
 
-    return parse(SearchSpace, yaml.safe_load(text), source)
+    return parse(SearchSpace, load_yaml_text(text, source), source)
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -315,16 +318,29 @@ def parse_space_text(text: str, source: str = "frozen search space"):
 def append_record(experiment: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk. A crash loses at most the line being written: a torn last line
     left by an earlier crash is ended first, so it never swallows this record."""
+    from robusttune.errors import storage_error
+
     line = json.dumps({"time": round(time.time(), 3), **row}, sort_keys=True, default=float) + "\n"
-    with open(Path(experiment) / RECORDS, "ab+") as stream:
-        stream.seek(0, os.SEEK_END)
-        if stream.tell() > 0:
-            stream.seek(-1, os.SEEK_END)
-            if stream.read(1) != b"\n":
-                line = "\n" + line
-        stream.write(line.encode("utf-8"))
-        stream.flush()
-        os.fsync(stream.fileno())
+    try:
+        with open(Path(experiment) / RECORDS, "ab+", buffering=0) as stream:  # unbuffered: we see every short write
+            end = stream.seek(0, os.SEEK_END)
+            if end > 0:
+                stream.seek(-1, os.SEEK_END)
+                if stream.read(1) != b"\n":
+                    line = "\n" + line
+            data = memoryview(line.encode("utf-8"))
+            try:
+                while data:
+                    data = data[stream.write(data):]
+                os.fsync(stream.fileno())
+            except OSError:
+                os.ftruncate(stream.fileno(), end)  # a full disk: the records as they were, never a torn line
+                raise
+    except OSError as error:
+        translated = storage_error(error, Path(experiment))
+        if translated is None:
+            raise
+        raise translated from None
 
 
 def end_torn_tail(path: Path) -> int:
@@ -371,8 +387,10 @@ def load_records(experiment: str | Path) -> Records:
     path = Path(experiment) / RECORDS
     rows: list[dict[str, Any]] = []
     skipped = 0
-    if not path.is_file():
+    if not path.exists():
         return Records(rows, 0)
+    if not path.is_file():
+        raise DataError(f"{path}: the experiment's records are not a file")
     with open(path, "rb") as stream:
         for raw in stream:
             if not raw.strip():
@@ -430,6 +448,19 @@ def latest_by_trial(experiment: str | Path) -> dict[str, dict[str, Any]]:
         if is_trial_row(row):
             latest[row["trial_id"]] = {**latest.get(row["trial_id"], {}), **row}
     return latest
+
+
+LOST_BEFORE_SAVE = "interrupted before Ray Tune saved this trial; its budget slot is run again"
+
+
+def budget_used(latest: Mapping[str, dict[str, Any]]) -> set[str]:
+    """The trials that used a slot of the sweep's budget, by the records: every trial that ended (complete, stopped
+    early, failed on its own, e.g. a non-finite loss), whenever Ray Tune last saved its state. A trial lost to an
+    interruption before Tune saved it, or one that raised (a full disk, a lost node: ``errored``), did not end on its
+    own: Tune resumes it when it can, else its slot is run again."""
+    return {trial_id for trial_id, row in latest.items()
+            if row.get("final") and row.get("failure") != LOST_BEFORE_SAVE
+            and not (row.get("status") == "failed" and row.get("errored"))}
 
 
 def end_status(result: Mapping[str, Any]) -> str:

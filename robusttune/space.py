@@ -27,24 +27,38 @@ Optuna suggestions and Ray Tune trials.
 
 ``when`` makes a parameter conditional: it is sampled only when an earlier categorical parameter took one of
 the listed values (e.g. the mask ratio only for masking regions); otherwise the TrainConfig default applies.
+
+A space file is read by the strict loader of ``robusttune.config`` (one non-empty document, no duplicated key, at
+most 1 MiB, 100,000 values and 32 levels) and bounded here so that validating it is cheap: at most 1,000 values in
+a ``choices``, ``grid`` or ``when`` list, 100,000 grid points, 100,000 trials, 10,000 at a time, 101 WiSE-FT alphas;
+numbers are finite and never booleans.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from robusttune.config import Frozen, TaskSpec, TrainConfig, load_mapping, parse
+from robusttune.config import (MAX_SEED, Frozen, TaskSpec, TrainConfig, load_mapping_and_text, load_yaml_text, parse,
+                               shorten)
 from robusttune.errors import ConfigError
 
 OBJECTIVE_METRIC = "objective"
 KNOWN_METRICS = ("id_acc", "id_val_acc", "ood_mean")
+
+# Upper bounds that keep validating a space, and building its sampler, fast and small (see also the loader's
+# robusttune.config.MAX_FILE_BYTES / MAX_NODES / MAX_DEPTH):
+MAX_TRIALS = 100_000  # budget.trials
+MAX_CONCURRENCY = 10_000  # budget.concurrency: trials at a time
+MAX_CHOICES = 1_000  # values in one parameter's choices, grid or 'when' list
+MAX_GRID_POINTS = 100_000  # the grid sampler's combinations (Optuna lists them all when it is built)
+MAX_WISE_ALPHAS = 101  # WiSE-FT mixing coefficients (one evaluation each): steps of 0.01
 
 
 class Direction(StrEnum):
@@ -68,7 +82,10 @@ class Objective(Frozen):
             raise ValueError("objective.metrics and objective.directions must have the same, non-zero length")
         for metric in self.metrics:
             if metric not in KNOWN_METRICS and not metric.startswith("ood_"):
-                raise ValueError(f"unknown objective metric '{metric}' (use id_acc, id_val_acc, ood_mean or ood_<set>)")
+                raise ValueError(f"unknown objective metric {shorten(repr(metric))} (use id_acc, id_val_acc, ood_mean "
+                                 f"or ood_<set>)")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError("objective.metrics must name each metric once")
         weights = self.scalarization.weights
         if weights is not None and (len(weights) != len(self.metrics) or any(w < 0 for w in weights) or sum(weights) <= 0):
             raise ValueError("objective.scalarization.weights must be one non-negative weight per metric, not all zero")
@@ -93,27 +110,32 @@ class SamplerName(StrEnum):
 
 class Sampler(Frozen):
     name: SamplerName = SamplerName.TPE
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
     options: dict[str, Any] = {}
 
 
 class Parameter(Frozen):
     type: Literal["categorical", "float", "int"]
-    choices: tuple[Any, ...] | None = None
+    choices: tuple[Any, ...] | None = Field(None, max_length=MAX_CHOICES)
     low: float | None = None
     high: float | None = None
     log: bool = False
-    step: float | None = None
-    grid: tuple[Any, ...] | None = None  # values for the grid sampler (numeric parameters)
-    when: dict[str, tuple[Any, ...]] | None = None
+    step: float | None = Field(None, gt=0)
+    grid: tuple[Any, ...] | None = Field(None, max_length=MAX_CHOICES)  # the grid sampler's values (numeric parameters)
+    when: dict[str, Annotated[tuple[Any, ...], Field(min_length=1, max_length=MAX_CHOICES)]] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Parameter:
+        for value in self.choices or ():
+            if not isinstance(value, CHOICE_TYPES):  # what Optuna stores: a list, a mapping or a date would not be
+                raise ValueError(f"choices must be strings, numbers or null, got {shorten(repr(value))}")
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs a non-empty 'choices' list")
-            if self.low is not None or self.high is not None:
-                raise ValueError("a categorical parameter takes 'choices', not 'low'/'high'")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("a categorical parameter takes 'choices', not 'low'/'high'/'step'/'log'")
+            if self.grid is not None:
+                raise ValueError("a categorical parameter takes 'choices', not 'grid' (a grid sweep uses its choices)")
         else:
             if self.low is None or self.high is None or not self.low < self.high:
                 raise ValueError(f"a {self.type} parameter needs low < high, got low={self.low}, high={self.high}")
@@ -123,12 +145,26 @@ class Parameter(Frozen):
                 raise ValueError("a log-scale parameter takes no 'step' (Optuna samples it continuously in log space)")
             if self.choices is not None:
                 raise ValueError(f"a {self.type} parameter takes 'low'/'high', not 'choices'")
+            if self.type == "int":
+                for what, value in (("low", self.low), ("high", self.high), ("step", self.step)):
+                    if value is not None and not float(value).is_integer():
+                        raise ValueError(f"an int parameter needs whole-number low, high and step, got {what}={value}")
+            for value in self.grid or ():
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                    raise ValueError(f"grid values of a {self.type} parameter must be finite numbers, got "
+                                     f"{shorten(repr(value))}")
+                if not self.low <= value <= self.high or self.type == "int" and not float(value).is_integer():
+                    raise ValueError(f"grid values must be {'whole numbers ' if self.type == 'int' else ''}within "
+                                     f"[low, high] = [{self.low}, {self.high}], got {value!r}")
         return self
 
 
+CHOICE_TYPES = (str, int, float, type(None))  # bool is an int
+
+
 class Budget(Frozen):
-    trials: int = Field(12, ge=1)
-    concurrency: int = Field(1, ge=1)
+    trials: int = Field(12, ge=1, le=MAX_TRIALS)
+    concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY)
 
 
 class Resources(Frozen):
@@ -142,7 +178,8 @@ class Scheduler(Frozen):
 
     name: Literal["none", "asha", "mo_asha"] = "none"
     grace_period: int = Field(1, ge=1, description="evaluations before a trial can be stopped")
-    reduction_factor: float = Field(3.0, gt=1)
+    # at least 1.1: Ray's ASHA and MO-ASHA keep a list of rungs, log(max_t / grace_period) / log(eta) long
+    reduction_factor: float = Field(3.0, ge=1.1, le=100)
     max_t: int | None = Field(None, ge=1, description="stop every trial at this many evaluations (default: its own length)")
     tie_break: Literal["eps_net", "crowding"] = "eps_net"
 
@@ -156,7 +193,7 @@ class Scheduler(Frozen):
 class Baselines(Frozen):
     """What runs after the trials: zero-shot, vanilla fine-tuning and WiSE-FT curves at ``wise_alphas``."""
 
-    wise_alphas: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+    wise_alphas: tuple[float, ...] = Field(tuple(round(0.1 * i, 1) for i in range(11)), max_length=MAX_WISE_ALPHAS)
 
     @model_validator(mode="after")
     def _check(self) -> Baselines:
@@ -185,9 +222,9 @@ class SearchSpace(Frozen):
         fields = list(TrainConfig.model_fields)
         for key in [*self.parameters, *self.fixed]:
             if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1)
+                close = difflib.get_close_matches(key, fields, n=1) if len(key) < 100 else []
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"unknown parameter '{key}'{hint}")
+                raise ValueError(f"unknown parameter {shorten(repr(key))}{hint}")
         overlap = set(self.parameters) & set(self.fixed)
         if overlap:
             raise ValueError(f"'{sorted(overlap)[0]}' is both searched and fixed")
@@ -198,7 +235,8 @@ class SearchSpace(Frozen):
                     raise ValueError(f"parameter '{name}' is conditional on '{parent}', which is not a searched categorical parameter")
                 parent_choices = self.parameters[parent].choices or ()
                 if any(v not in parent_choices for v in values):
-                    raise ValueError(f"parameter '{name}': 'when' values for '{parent}' must be among its choices {list(parent_choices)}")
+                    raise ValueError(f"parameter '{name}': 'when' values for '{parent}' must be among its choices "
+                                     f"{shorten(repr(list(parent_choices)), 200)}")
         self.suggestion_order()  # raises on circular conditions
         reported = self.task.metrics()
         for metric in self.objective.metrics:
@@ -213,11 +251,16 @@ class SearchSpace(Frozen):
         if "device" in self.parameters:
             raise ValueError("'device' says where trials run, not what they compute: set it in 'fixed', not as a parameter")
         if self.sampler.name is SamplerName.GRID:
+            points = 1
             for name, parameter in self.parameters.items():
                 if parameter.when:
                     raise ValueError(f"the grid sampler does not take conditional parameters ('{name}')")
                 if parameter.type != "categorical" and not parameter.grid:
                     raise ValueError(f"the grid sampler needs 'grid' values for parameter '{name}'")
+                points *= len(parameter.choices if parameter.type == "categorical" else parameter.grid)
+            if points > MAX_GRID_POINTS:
+                raise ValueError(f"the grid sampler's grid must have at most {MAX_GRID_POINTS} points (the product of "
+                                 f"the parameters' value counts), got {points}")
         return self
 
     def _check_a_trial(self) -> None:
@@ -285,23 +328,27 @@ class SearchSpace(Frozen):
 
 def _check_values(name: str, parameter: Parameter) -> None:
     """Every choice, bound and grid value must be a valid value of the TrainConfig field it searches."""
-    from typing import Annotated
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-    from pydantic import TypeAdapter, ValidationError
+    from robusttune.config import numeric_kind
 
     field = TrainConfig.model_fields.get(name)
     if field is None:
         return
-    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
+    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation,
+                          config=ConfigDict(allow_inf_nan=False))
+    numeric = numeric_kind(field.annotation) == "number"
     values = [*(parameter.choices or ()), *(parameter.grid or ())]
     values += [v for v in (parameter.low, parameter.high) if v is not None]
     for value in values:
         if parameter.type == "int" and value is not None:
-            value = int(value)
+            value = int(value)  # low, high and grid values are finite whole numbers (Parameter checks)
+        if numeric and isinstance(value, bool):
+            raise ValueError(f"parameters.{name}: Input should be a number, not a boolean, got {value!r}")
         try:
             adapter.validate_python(value)
         except ValidationError as error:
-            raise ValueError(f"parameters.{name}: {error.errors()[0]['msg']}, got {value!r}") from None
+            raise ValueError(f"parameters.{name}: {error.errors()[0]['msg']}, got {shorten(repr(value))}") from None
 
 
 def builtin_spaces() -> dict[str, Any]:
@@ -315,10 +362,11 @@ def load_space(name_or_path: str) -> tuple[SearchSpace, str]:
     path = Path(name_or_path)
     builtin = builtin_spaces()
     if path.suffix in (".yaml", ".yml", ".json") or path.is_file():  # a folder named 'demo' never hides the built-in
-        data, source, text = load_mapping(path), str(path), path.read_text() if path.is_file() else ""
+        (data, text), source = load_mapping_and_text(path), str(path)
     elif name_or_path in builtin:
-        text = builtin[name_or_path].read_text()
-        data, source = yaml.safe_load(text) or {}, f"search space '{name_or_path}'"
+        source = f"search space '{name_or_path}'"
+        text = builtin[name_or_path].read_text(encoding="utf-8")
+        data = load_yaml_text(text, source)
     else:
         close = difflib.get_close_matches(name_or_path, list(builtin), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -169,3 +169,66 @@ def assert_same_run(a, b) -> None:
     assert [r["metrics"] for r in a[1].history] == [r["metrics"] for r in b[1].history]
     for key, value in a[0].state_dict().items():
         assert torch.equal(value, b[0].state_dict()[key]), key
+
+
+@pytest.fixture()
+def small_fs(tmp_path):
+    """``small_fs(megabytes)``: a fresh tmpfs of that size (only root can mount one; skipped otherwise), unmounted
+    at the end of the test."""
+    import os
+    import subprocess
+
+    mounted = []
+
+    def mount(megabytes: int) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a full disk is drilled on a small tmpfs, which only root can mount")
+        place = tmp_path / f"fs{len(mounted)}"
+        place.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(place)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(place)
+        return place
+
+    yield mount
+    for place in mounted:
+        subprocess.run(["umount", "-l", str(place)], capture_output=True)
+
+
+@pytest.fixture()
+def read_only(tmp_path):
+    """``read_only(folder, keep=False)``: make ``folder`` (created if missing; its contents kept with ``keep``)
+    read-only for this process: by permissions for a normal user, by a read-only mount for root (whom permissions
+    do not stop). Undone at the end of the test."""
+    import os
+    import shutil
+    import stat
+    import subprocess
+
+    undo = []
+
+    def make(folder: Path, keep: bool = False) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+            undo.append(lambda: [p.chmod(p.stat().st_mode | stat.S_IWUSR) for p in [folder, *folder.rglob("*")]])
+            return folder
+        saved = tmp_path / f".kept-{folder.name}"
+        if keep:
+            shutil.copytree(folder, saved)
+        for command in (["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
+                        *([["cp", "-a", f"{saved}/.", str(folder)]] if keep else []),
+                        ["mount", "-o", "remount,ro", str(folder)]):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+                pytest.skip(f"cannot make a read-only place here: {done.stderr.strip()}")
+        undo.append(lambda: subprocess.run(["umount", "-l", str(folder)], capture_output=True))
+        return folder
+
+    yield make
+    for step in reversed(undo):
+        step()

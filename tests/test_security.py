@@ -75,10 +75,11 @@ def test_a_local_sweeps_ray_keeps_token_auth_and_runs_no_dashboard(tmp_path):
     import sys
 
     code = """
+from robusttune.search.stopping import StopSignals
 from robusttune.search.sweep import _init_ray
 import ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
-_init_ray(None)
+_init_ray(None, StopSignals(None))
 dashboard = ray.get_runtime_context().gcs_address and ray._private.worker.global_worker.node.address_info.get("webui_url")
 print("AUTH=" + str(is_token_auth_enabled()), "DASHBOARD=" + str(bool(dashboard)))
 ray.shutdown()

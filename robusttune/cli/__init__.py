@@ -12,10 +12,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from robusttune.cli import bench, data, launch, plan, report, sweep, train, world
 from robusttune.cli.output import Parser
-from robusttune.errors import RobustTuneError
+from robusttune.errors import RobustTuneError, storage_error
 
 PROG = "robusttune"
 COMMAND_GROUPS = (world, data, train, sweep, plan, report, launch, bench)  # each registers its commands, in this order
@@ -49,9 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except OSError as error:  # a full disk or a read-only place the command had to write to, said in one line
+        if args.debug:
+            raise
+        place = Path(error.filename).parent if error.filename else Path.cwd()
+        translated = storage_error(error, place)
+        print(f"{PROG}: error: {translated or f'{error.filename or place}: {error.strerror or error}'}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as interrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(interrupt, "signal_number", 2)
 
 
 __all__ = ["PROG", "build_parser", "main"]

@@ -50,5 +50,6 @@ def register(commands) -> None:
     pack.add_argument("--encoding", choices=["raw", "jpeg"], default="raw", help="raw uint8 (lossless, default) or JPEG")
     pack.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality 1..100 (default 90)")
     pack.add_argument("--shard-size", type=int, default=1024, metavar="N", help="images per shard (default 1024)")
-    pack.add_argument("--workers", type=int, default=0, metavar="K", help="decoding processes (default 0: this one)")
+    pack.add_argument("--workers", type=int, default=0, metavar="K",
+                      help="decoding processes (default 0: this one; capped at the CPUs this process can use)")
     pack.set_defaults(handler=cmd_data_pack)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,27 @@ KINDS = ("imagenet", *OOD_SETS)  # imagenet: a train or val folder of 1000 wnid 
 ENCODINGS = ("raw", "jpeg")
 
 Progress = Callable[[int, int], None]  # (images done, total)
+
+log = logging.getLogger(__name__)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's or ``taskset``'s share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def pack_workers(requested: int) -> int:
+    """The decoding processes a pack uses: ``requested``, at most one per usable CPU (more only compete for the same
+    cores, and each shard starts them all again), with a one-line warning when it is capped."""
+    cpus = usable_cpus()
+    if requested > cpus:
+        log.warning("--workers %d is more than the %d CPU(s) this process can use; packing with %d worker(s)",
+                    requested, cpus, cpus)
+        return cpus
+    return requested
 
 
 def describe_transform(transform: Callable) -> str:
@@ -96,7 +119,8 @@ class PackSummary:
 def pack_folder(source: str | Path, out: str | Path, *, kind: str, transform: Callable, encoding: str = "raw",
                 quality: int = 90, shard_size: int = 1024, workers: int = 0, progress: Progress | None = None) -> PackSummary:
     """Pack ``source`` (a folder of ``kind``) into ``out``; an interrupted pack with the same settings resumes at its
-    first missing shard. ``transform`` must give uint8 ``(3, H, W)`` (``robusttune.models.clip.preprocess_for``)."""
+    first missing shard. ``transform`` must give uint8 ``(3, H, W)`` (``robusttune.models.clip.preprocess_for``).
+    ``workers`` above the usable CPUs is capped to them (``pack_workers``)."""
     source, out = Path(source), Path(out)
     if encoding not in ENCODINGS:
         raise DataError(f"encoding must be one of {', '.join(ENCODINGS)}, got '{encoding}'")
@@ -104,6 +128,7 @@ def pack_folder(source: str | Path, out: str | Path, *, kind: str, transform: Ca
         raise DataError(f"quality must lie in 1..100, got {quality}")
     if shard_size < 1 or workers < 0:
         raise DataError(f"shard size must be >= 1 and workers >= 0, got {shard_size} and {workers}")
+    workers = pack_workers(workers)
     samples, _, crop = scan_kind(kind, source)
     if not samples:
         raise DataError(f"{source}: no images found")

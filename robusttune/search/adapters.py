@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from robusttune.cache import atomic_write_json
@@ -33,7 +34,21 @@ class RobustOptunaSearch(OptunaSearch):
         if not result.get("heartbeat"):  # a heartbeat is progress, not an intermediate value
             super().on_trial_result(trial_id, result)
 
+    budget: int | None = None  # set before a restore: the sweep's planned trials ...
+    used_slots: frozenset[str] = frozenset()  # ... and the trials the records hold as ended (see budget_used)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """No trial beyond the budget as the records count it: Tune's restored state misses a trial that finished
+        after its last save, and would run that trial's slot again."""
+        if self.budget is not None and trial_id not in self._ot_trials \
+                and len(self.used_slots | set(self._ot_trials)) >= self.budget:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._told_already(trial_id):  # a restored trial that had finished after Tune's last save, re-reported
+            self._completed_trials.add(trial_id)
+            return
         status = "failed" if error else end_status(result or {})
         if status == "failed":
             result, error = None, True
@@ -43,9 +58,16 @@ class RobustOptunaSearch(OptunaSearch):
 
     journal: Path | None = None  # set before a restore: this experiment's journal (see point_at_journal)
 
+    def _told_already(self, trial_id: str) -> bool:
+        trial = self._ot_trials.get(trial_id)
+        if trial is None:
+            return False
+        return self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+
     def restore(self, checkpoint_path: str) -> None:
-        journal = self.journal
+        journal, budget, used = self.journal, self.budget, self.used_slots
         super().restore(checkpoint_path)  # replaces every attribute with the pickled ones
+        self.budget, self.used_slots = budget, used
         if journal is not None:
             self.point_at_journal(journal)
         self.fail_orphans()
@@ -57,8 +79,8 @@ class RobustOptunaSearch(OptunaSearch):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        if not path.is_file():
-            return
+        if not path.is_file():  # never fall back on the pickled study: it names another experiment's journal
+            raise FileNotFoundError(f"{path}: the experiment's Optuna study is missing")
         storage = JournalStorage(JournalFileBackend(str(path)))
         study = optuna.load_study(study_name=self._ot_study.study_name, storage=storage, sampler=self._sampler)
         self._storage, self._ot_study, self.journal = storage, study, path
@@ -151,6 +173,9 @@ class RecordsCallback(Callback):
             if error_file and Path(error_file).is_file():
                 lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
                 reason = lines[-1][:500] if lines else reason
+                if reason.startswith("robusttune.errors."):  # our own errors are already one line for people
+                    reason = reason.split(": ", 1)[-1]
         except OSError:
             reason = traceback.format_exc(limit=1)[-300:]
-        append_record(self.experiment, self._row(trial, "failed", trial.last_result or {}, failure=reason, final=True))
+        append_record(self.experiment, self._row(trial, "failed", trial.last_result or {}, failure=reason, final=True,
+                                                 errored=True))

@@ -12,6 +12,7 @@ Data loading is assumed to keep up (see ``benchmarks/data_throughput.py``). Cali
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections import Counter
@@ -58,30 +59,54 @@ def method_mix(space: SearchSpace, samples: int = MIX_SAMPLES) -> dict[str, tupl
     return {key: (seen[key], counts[key] / total) for key in sorted(counts)}
 
 
-def evaluation_steps(config: TrainConfig, n_train: int) -> list[int]:
-    """The steps at which a trial evaluates (as ``robusttune.training.loop`` does)."""
+def _evaluation_grid(config: TrainConfig, n_train: int) -> tuple[int, int]:
+    """``(total steps, steps between evaluations)`` of a trial (as ``robusttune.training.loop`` decides them)."""
     from robusttune.training.loop import steps_per_epoch, total_steps
 
-    total, per_epoch = total_steps(config, n_train), steps_per_epoch(config, n_train)
-    every = config.eval_every or per_epoch
-    return sorted({*range(every, total + 1, every), total}) if total else [0]
+    return total_steps(config, n_train), config.eval_every or steps_per_epoch(config, n_train)
+
+
+def evaluation_count(config: TrainConfig, n_train: int) -> int:
+    """How many evaluations a trial makes: at every multiple of its interval and at the last step (once when it
+    trains no step). Arithmetic: the cost does not grow with ``steps``."""
+    total, every = _evaluation_grid(config, n_train)
+    return total // every + (total % every != 0) if total else 1
+
+
+def evaluation_steps(config: TrainConfig, n_train: int) -> list[int]:
+    """The steps at which a trial evaluates (as ``robusttune.training.loop`` does). A list as long as the trial has
+    evaluations: the plan itself only needs ``evaluation_count``."""
+    total, every = _evaluation_grid(config, n_train)
+    if not total:
+        return [0]
+    return [*range(every, total + 1, every), *([total] if total % every else [])]
+
+
+def _rung_count(grace: int, eta: float, horizon: int) -> int:
+    """How many rungs ``grace * eta**k`` (k = 0, 1, ...) lie below ``horizon`` (> grace): by logarithm, then
+    checked exactly, so an ``eta`` close to 1 costs no more than a large one."""
+    count = max(1, math.ceil(math.log(horizon / grace) / math.log(eta)))
+    while grace * eta**count < horizon:
+        count += 1
+    while count > 1 and grace * eta ** (count - 1) >= horizon:
+        count -= 1
+    return count
 
 
 def scheduler_fraction(space: SearchSpace, evaluations: int) -> float:
     """Expected share of a full trial that a trial runs under ASHA / MO-ASHA: past rung k, a 1/eta of the trials
-    go on (rungs at grace * eta^k evaluations, below the trial's length)."""
+    go on (rungs at grace * eta^k evaluations, below the trial's length).
+
+    Between rungs k and k + 1 the survivors (eta^-(k+1) of the trials) run grace * eta^k * (eta - 1) evaluations:
+    grace * (1 - 1/eta) whatever k, so the sum has a closed form and costs nothing however many rungs there are."""
     config = space.scheduler
     if config.name == "none" or evaluations <= config.grace_period:
         return 1.0
     horizon = min(evaluations, config.max_t or evaluations)
-    rungs, level = [], config.grace_period
-    while level < horizon:
-        rungs.append(level)
-        level *= config.reduction_factor
-    expected, alive = float(rungs[0]), 1.0
-    for k, rung in enumerate(rungs):
-        alive /= config.reduction_factor
-        expected += alive * ((rungs[k + 1] if k + 1 < len(rungs) else evaluations) - rung)
+    grace, eta = config.grace_period, config.reduction_factor
+    rungs = _rung_count(grace, eta, horizon)
+    last = grace * eta ** (rungs - 1)
+    expected = grace + (rungs - 1) * grace * (1 - 1 / eta) + eta ** -rungs * (evaluations - last)
     return expected / evaluations
 
 
@@ -229,17 +254,17 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
         n_train = (round(config.train_subset * n_train) if config.train_subset < 1
                    else min(n_train, int(config.train_subset) * classes))
     calibration = calibrate(space, mix, cache_dir, refresh=calibrate_again)
-    points = evaluation_steps(config, n_train)
+    evaluations = evaluation_count(config, n_train)
     full_images = sum(eval_sizes.values())
     subset_images = sum(min(n, config.eval_subset) for n in eval_sizes.values()) if config.eval_subset else full_images
-    eval_images = subset_images * (len(points) - 1) + full_images
+    eval_images = subset_images * (evaluations - 1) + full_images
     from robusttune.training.loop import total_steps
 
     steps = total_steps(config, n_train)
     train_s = sum(share * steps * calibration.step_seconds[name] for name, (_, share) in mix.items())
     eval_s = eval_images * calibration.eval_seconds_per_image
     trial_s = calibration.startup_seconds + train_s + eval_s
-    fraction = scheduler_fraction(space, len(points))
+    fraction = scheduler_fraction(space, evaluations)
     trials = trials or space.budget.trials
     sweep_s = trials * (calibration.startup_seconds + fraction * (train_s + eval_s))
     weights = calibration.parameters * 4
@@ -247,7 +272,7 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
     # its policy keeps
     kept = {"all": 4 * weights, "best": 2 * weights, "final": weights}[config.checkpoints.value]
     concurrency = min(space.budget.concurrency, trials)
-    return Plan(space.name, trials, concurrency, steps, len(points), eval_images, trial_s / 3600, sweep_s / 3600,
+    return Plan(space.name, trials, concurrency, steps, evaluations, eval_images, trial_s / 3600, sweep_s / 3600,
                 sweep_s / 3600 / concurrency, eval_s / (train_s + eval_s), 1 - fraction, kept,
                 (trials - concurrency) * kept + concurrency * 4 * weights,
                 {name: share for name, (_, share) in mix.items()}, asdict(calibration))

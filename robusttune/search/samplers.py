@@ -22,5 +22,5 @@ def make_sampler(space: SearchSpace, seed: int):
         if name is SamplerName.RANDOM:
             return optuna.samplers.RandomSampler(seed=seed, **options)
         return optuna.samplers.GridSampler(space.grid(), seed=seed, **options)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"space '{space.name}': sampler.options not accepted by the {name.value} sampler: {error}") from None

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from robusttune.errors import ConfigError, Interrupted, SweepError
-from robusttune.experiment import (MANIFEST_FORMAT, append_record, end_torn_tail, journal, latest_by_trial,
-                                   load_frozen_space, read_manifest, scheduler_state, tune_dir, write_manifest)
+from robusttune.errors import ConfigError, SweepError, storage_error
+from robusttune.experiment import (LOST_BEFORE_SAVE, MANIFEST_FORMAT, append_record, budget_used, end_torn_tail, journal,
+                                   latest_by_trial, load_frozen_space, read_manifest, scheduler_state, tune_dir,
+                                   write_manifest)
 from robusttune.search.staging import check_worker_visibility
+from robusttune.search.stopping import StopSignals
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,8 @@ def _callbacks(experiment: Path, space_text: str, options: SweepOptions) -> list
     return callbacks + ([HeartbeatPrinter()] if options.verbose > 0 else [])
 
 
-def _init_ray(address: str | None, *, log_to_driver: bool = False) -> None:
+def _init_ray(address: str | None, stop: StopSignals, *, log_to_driver: bool = False) -> None:
+    """Connect to ``address`` or start a local Ray (which ``stop`` then shuts down when the driver ends)."""
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
@@ -102,45 +102,54 @@ def _init_ray(address: str | None, *, log_to_driver: bool = False) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if ray.is_initialized():  # a caller (a notebook, a test session) started Ray already: use it
         return
-    if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
-    else:
-        # No dashboard. Ray 2.60 binds its GCS, raylet and worker ports to every interface whatever node IP it is
-        # given (ray.init maps 127.0.0.1 to the node's address); its default token authentication for local
-        # clusters (Ray >= 2.59) is what guards them, so robusttune never turns it off.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver, configure_logging=False)
-
-
-@contextmanager
-def _stop_on_first_interrupt(experiment: Path) -> Iterator[None]:
-    """The first Ctrl-C stops the search at a safe point (Tune saves its state; SIGUSR1 is Tune's own stop signal)
-    and ends the sweep with ``Interrupted`` (exit 130) instead of going on to the baselines; a second one stops at
-    once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    interrupted = threading.Event()
-    previous, disabled = signal.getsignal(signal.SIGINT), os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-
-    def on_interrupt(signum, frame) -> None:
-        if interrupted.is_set() or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
-            raise KeyboardInterrupt  # a second Ctrl-C, or Tune is not running yet
-        interrupted.set()
-        log.warning("stopping the sweep after this step (Ctrl-C again to stop at once)")
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own handler would swallow the interrupt
-    signal.signal(signal.SIGINT, on_interrupt)
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if disabled is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        if address:
+            ray.init(address=address, log_to_driver=log_to_driver)
         else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
-    if interrupted.is_set():
-        raise Interrupted(f"interrupted; the sweep is saved: robusttune resume {experiment}")
+            # No dashboard. Ray 2.60 binds its GCS, raylet and worker ports to every interface whatever node IP it is
+            # given (ray.init maps 127.0.0.1 to the node's address); its default token authentication for local
+            # clusters (Ray >= 2.59) is what guards them, so robusttune never turns it off.
+            stop.started_ray()
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver,
+                     configure_logging=False)
+        stop.claim()
+    except Exception as error:
+        filename = getattr(error, "filename", None)
+        translated = storage_error(error, filename or "Ray's session directory")
+        detail = str(translated) if translated else f"{type(error).__name__}: {_first_line(error)}"
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise SweepError(f"could not start {where} ({detail}); nothing was run") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def _fit(tuner, experiment: Path, stop: StopSignals):
+    """``tuner.fit()`` with the stop signals' safe point; a full or read-only experiment directory said in one line."""
+    try:
+        with stop.tune_running():
+            return tuner.fit()
+    except SweepError:
+        raise
+    except Exception as error:
+        translated = storage_error(error, experiment)
+        if translated is None and _nearly_full(experiment):
+            translated = storage_error(OSError(28, "No space left on device"), experiment)
+        if translated is None:
+            raise
+        raise translated from None
+
+
+def _nearly_full(place: Path) -> bool:
+    """Ray reports a write that a full disk cut short in words that never say so ('Ran out of input')."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(place).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, space_text: str):
@@ -153,13 +162,14 @@ def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, s
 
 def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner):
     """Run a new sweep into ``experiment`` (already created and empty). Returns Tune's ResultGrid."""
-    write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
-                   concurrency=options.concurrency, runner=runner.describe(), loggers=list(options.loggers))
-    return _search(experiment, space, space_text, options, runner, trials=options.trials)
+    with StopSignals(experiment) as stop:
+        write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
+                       concurrency=options.concurrency, runner=runner.describe(), loggers=list(options.loggers))
+        return _search(experiment, space, space_text, options, runner, stop, trials=options.trials)
 
 
-def _search(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner, *,
-            trials: int):
+def _search(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner,
+            stop: StopSignals, *, trials: int):
     """A fresh Tune run of ``trials`` trials into the experiment's study, then what the runner does after them."""
     import optuna
     from optuna.storages import JournalStorage
@@ -181,7 +191,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
     searcher.fail_orphans()  # trials a killed driver had asked for (nothing when the study is new)
     limited = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
     callbacks = _callbacks(experiment, space_text, options)
-    _init_ray(options.address, log_to_driver=options.verbose > 0)  # trials' warnings reach the console
+    _init_ray(options.address, stop, log_to_driver=options.verbose > 0)  # trials' warnings reach the console
     if options.address:  # a cluster: can the nodes that run trials see the data and the experiment?
         check_worker_visibility(space, experiment)
     tuner = tune.Tuner(
@@ -196,8 +206,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
             stop=runner.stopper(experiment.resolve()),
         ),
     )
-    with _stop_on_first_interrupt(experiment):
-        results = tuner.fit()
+    results = _fit(tuner, experiment, stop)
     runner.after_trials(experiment, space, space_text)
     return results
 
@@ -223,67 +232,76 @@ def make_scheduler(space: SearchSpace, experiment: Path):
 
 def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
     """Continue an interrupted sweep; refuses (SweepError) rather than silently starting a fresh one."""
+    with StopSignals(experiment) as stop:
+        return _resume(experiment, options, runner, stop)
+
+
+def _resume(experiment: Path, options: SweepOptions, runner: TrialRunner, stop: StopSignals):
     from ray import tune
 
     manifest = read_manifest(experiment)
     space, space_text = load_frozen_space(experiment)
     saved = tune_dir(experiment).resolve()
+    options = replace(options, seed=manifest.get("seed", options.seed))
     if not saved.is_dir() or not tune.Tuner.can_restore(str(saved)):
         if manifest.get("format") != MANIFEST_FORMAT or not manifest.get("trials"):
             raise SweepError(f"{experiment}: no restorable Ray Tune state in {saved}; nothing was changed")
-        return _restart_unsaved(experiment, space, space_text, replace(options, seed=manifest.get("seed", options.seed)),
-                                runner, planned=int(manifest["trials"]))
+        return _restart_unsaved(experiment, space, space_text, options, runner, stop, planned=int(manifest["trials"]))
+    if not journal(experiment).is_file():  # the pickled study names the journal the sweep started with: never use it
+        raise SweepError(f"{journal(experiment)}: the experiment's Optuna study is missing (a partial copy?); "
+                         f"the sweep cannot continue without it; nothing was changed")
     recorded = latest_by_trial(experiment)
     restored = _saved_trial_ids(saved)
+    if restored is None:  # e.g. torn by a full disk: the records, the study and the checkpoints still hold
+        log.warning("%s: Ray Tune's saved state is unreadable (torn by a full disk?); continuing from the records", saved)
+        return _restart_unsaved(experiment, space, space_text, options, runner, stop, planned=options.trials)
     if recorded and not restored:
         raise SweepError(f"{experiment}: the saved Tune state has no trials but {len(recorded)} were recorded; "
                          f"refusing to continue as a fresh sweep")
     end_torn_tail(journal(experiment))  # a crash mid-append must not corrupt the study's next write
     _close_lost_trials(experiment, recorded, restored)
-    _init_ray(options.address, log_to_driver=options.verbose > 0)
+    _init_ray(options.address, stop, log_to_driver=options.verbose > 0)
     if options.address:
         check_worker_visibility(space, experiment)
-    options = replace(options, seed=manifest.get("seed", options.seed))
     try:
         tuner = tune.Tuner.restore(str(saved), trainable=_tune_trainable(runner, experiment, space, space_text),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
     except Exception as error:
         raise SweepError(f"{experiment}: Ray Tune could not restore the sweep ({type(error).__name__}: {str(error)[:200]})") from None
-    _point_at(tuner, experiment, space, space_text, options, runner)
-    with _stop_on_first_interrupt(experiment):
-        results = tuner.fit()
+    _point_at(tuner, experiment, space, space_text, options, runner, used=budget_used(latest_by_trial(experiment)))
+    results = _fit(tuner, experiment, stop)
     runner.after_trials(experiment, space, space_text)
     return results
 
 
 def _restart_unsaved(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner,
-                     *, planned: int):
-    """The driver died before Ray Tune first saved its state: nothing can be restored, and nothing finished can be
-    lost either (a trial that reported is in the records). Record the unsaved trials as failed, fail their Optuna
+                     stop: StopSignals, *, planned: int):
+    """The driver died before Ray Tune first saved its state, or a full disk tore it: nothing can be restored, and
+    nothing finished can be lost either (a trial that reported is in the records). Record the unsaved trials as failed, fail their Optuna
     trials, and run the rest of the budget as a fresh Tune run into the same experiment and study."""
     import shutil
 
     recorded = latest_by_trial(experiment)
     _close_lost_trials(experiment, recorded, restored=set())
     end_torn_tail(journal(experiment))
-    finished = sum(1 for row in recorded.values() if row.get("final") and row.get("status") != "failed")
-    remaining = max(0, planned - finished)
-    log.warning("%s: no Ray Tune state was saved before the interruption; running the %d remaining trial(s) afresh",
+    remaining = max(0, planned - len(budget_used(latest_by_trial(experiment))))
+    log.warning("%s: no Ray Tune state to restore; running the %d remaining trial(s) afresh",
                 experiment, remaining)
     if tune_dir(experiment).exists():
-        shutil.rmtree(tune_dir(experiment))  # a started but never saved Tune run: nothing in it can be restored
+        shutil.rmtree(tune_dir(experiment))  # never saved, or unreadable: nothing in it can be restored
     if remaining == 0:
         runner.after_trials(experiment, space, space_text)
         return None
-    return _search(experiment, space, space_text, options, runner, trials=remaining)
+    return _search(experiment, space, space_text, options, runner, stop, trials=remaining)
 
 
 def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions,
-              runner: TrialRunner) -> None:
+              runner: TrialRunner, *, used: set[str]) -> None:
     """Tune restores the callbacks, scheduler, stopper and failure settings it pickled when the sweep started,
     with the paths they held then: a moved or copied experiment would write into the original. Give the restored
     run fresh ones for this experiment directory (MO-ASHA and the budget reload their state from it) and this
-    call's ``max_failures``; and tell the searcher which journal to use once Tune has restored it."""
+    call's ``max_failures``; tell the searcher which journal to use once Tune has restored it, and the budget as
+    the records count it (``used``: a trial that finished after Tune's last state save is in the records only)."""
     from ray import tune
 
     from robusttune.search.adapters import RobustOptunaSearch
@@ -302,6 +320,7 @@ def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, opti
     if not isinstance(searcher, RobustOptunaSearch):
         raise SweepError(f"{experiment}: the restored search algorithm is {type(searcher).__name__}, not robusttune's")
     searcher.journal = journal(experiment.resolve())
+    searcher.budget, searcher.used_slots = options.trials, frozenset(used)
 
 
 def _close_lost_trials(experiment: Path, recorded: dict[str, dict[str, Any]], restored: set[str]) -> None:
@@ -311,18 +330,21 @@ def _close_lost_trials(experiment: Path, recorded: dict[str, dict[str, Any]], re
         if trial_id in restored:
             continue
         if row.get("final"):
-            log.warning("trial %s finished after Tune's last state save; its result is kept in the records", trial_id)
+            log.warning("trial %s finished after Tune's last state save; its result is kept in the records and counts "
+                        "against the budget", trial_id)
             continue
         append_record(experiment, {"trial_id": trial_id, "status": "failed", "final": True, "config": row.get("config"),
                                    "sampled": row.get("sampled"), "step": row.get("step"),
-                                   "failure": "interrupted before Ray Tune saved this trial; its budget slot is run again"})
+                                   "failure": LOST_BEFORE_SAVE})
 
 
-def _saved_trial_ids(saved: Path) -> set[str]:
-    """Trial ids in Tune's saved experiment state (read before restoring, so a fresh start is detectable)."""
+def _saved_trial_ids(saved: Path) -> set[str] | None:
+    """Trial ids in Tune's saved experiment state (read before restoring, so a fresh start is detectable); None when
+    the state cannot be read."""
     from ray.tune import ExperimentAnalysis
 
     try:
         return {trial.trial_id for trial in ExperimentAnalysis(str(saved)).trials}
     except Exception as error:
-        raise SweepError(f"{saved}: cannot read the saved Ray Tune state ({type(error).__name__})") from None
+        log.debug("cannot read %s: %s", saved, error)
+        return None
