@@ -164,7 +164,8 @@ def test_the_signals_clusters_send_stop_the_sweep_resumably_and_leave_no_process
 def test_a_partial_copy_never_reads_or_writes_the_original(tmp_path, tiny_world_config, tiny_prepared, cache_dir,
                                                             driver, ray_local):
     """A ``cp -r`` of an interrupted sweep without its journal: the restored study would otherwise write into the
-    original's journal. Refused in one line; neither the copy nor the original is changed."""
+    original's journal. Refused in one line; neither the copy nor the original is changed. With the journal, the copy
+    resumes without a word about the original (Tune's saved search state names it: new trials were made there)."""
     import shutil
 
     space = tiny_space(tiny_world_config, fixed={"steps": 24, "batch_size": 16, "eval_every": 8, "eval_batch_size": 128,
@@ -186,6 +187,15 @@ def test_a_partial_copy_never_reads_or_writes_the_original(tmp_path, tiny_world_
     result = cli("resume", copy, cache_dir=cache_dir)
     assert result.returncode == 1 and "Optuna study is missing" in last_line(result.stderr), result.stderr[-2000:]
     assert snapshot(experiment) == original and snapshot(copy) == copied
+    # with its journal back, the copy resumes on its own: its new trial (the interrupt came before Tune made it) is
+    # made in the copy, and nothing Ray prints points into the original
+    shutil.copy(experiment / "optuna.journal", copy / "optuna.journal")
+    resumed = subprocess.run([sys.executable, "-m", "robusttune.cli", "resume", copy, "--json"], env=sweep_env(cache_dir),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(last_line(resumed.stdout))["counts"]["complete"] == 2
+    assert str(experiment) not in resumed.stdout + resumed.stderr
+    assert snapshot(experiment) == original
 
 
 def test_ray_that_cannot_start_is_one_line_before_any_trial(tmp_path, cache_dir, read_only):

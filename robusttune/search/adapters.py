@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
-from ray.tune.search import Searcher
+from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from robusttune.cache import atomic_write_json
@@ -98,6 +98,22 @@ class RobustOptunaSearch(OptunaSearch):
         if orphans:
             log.warning("marked %d Optuna trial(s) left RUNNING by the interruption as FAIL", len(orphans))
         return len(orphans)
+
+
+class RelocatedSearchGenerator(SearchGenerator):
+    """Tune's search generator, for a restored sweep: the state Tune saved holds the experiment spec with the
+    storage path the sweep started in, from which new trials take their folders; for a moved or copied experiment
+    that path is set to the directory being resumed, so no new trial points into the original."""
+
+    def __init__(self, searcher, storage_path: str):
+        super().__init__(searcher)
+        self.storage_path = storage_path  # the folder holding the experiment's tune/ (Ray's storage_path)
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        storage = getattr(self._experiment, "storage", None)
+        if storage is not None:  # the spec new trials are made from shares this object
+            storage.storage_fs_path = self.storage_path
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, Any]:

@@ -50,37 +50,53 @@ class SweepOptions:
     loggers: tuple[str, ...] = ()  # trackers: wandb, mlflow, tensorboard (robusttune.search.trackers)
 
 
-def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> None:
+def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> int | None:
     """Everything that can be checked on this machine before anything is created or started: the model name, the
     sampler and its options, the seed, where Ray is. (Dataset folders are checked where trials run: they may live
-    on the workers.)"""
+    on the workers.) On this machine (no ``--address``) returns how many trials will really run at once, and says so
+    in one warning when that is fewer than the concurrency asked for; None otherwise."""
     if space.task.imagenet is not None:
         from robusttune.models.clip import check_model_name
 
         check_model_name(space.task.imagenet.model)
     if options is None:
-        return
+        return None
     if not 0 <= options.seed < 2**32:
         raise ConfigError(f"--seed must be in [0, 2**32), got {options.seed}")
     from robusttune.search.samplers import make_sampler
 
     make_sampler(space, options.seed)  # bad sampler options fail here, not after the experiment exists
+    at_once = None
     if options.address is None:  # this machine is the whole cluster: a trial must fit on it
+        import math
+
+        ranks = max(1, int(getattr(space.resources, "workers", 1) or 1))  # a data-parallel trial: resources per rank
+        per = "per trial" if ranks == 1 else f"per worker ({ranks} per trial)"
         cpus = os.cpu_count() or 1
-        if space.resources.cpu > cpus:
-            raise ConfigError(f"space '{space.name}': resources.cpu is {space.resources.cpu} per trial but this machine "
+        if space.resources.cpu * ranks > cpus:
+            raise ConfigError(f"space '{space.name}': resources.cpu is {space.resources.cpu} {per} but this machine "
                               f"has {cpus} CPU(s); lower it, or sweep on a cluster with --address")
+        fits = math.floor(cpus / (space.resources.cpu * ranks) + 1e-9)
+        machine, trial = f"{cpus} CPU(s)", f"{space.resources.cpu * ranks:g} CPU(s)"
         if space.resources.gpu > 0:
             import torch
 
             gpus = torch.cuda.device_count()
-            if space.resources.gpu > gpus:
-                raise ConfigError(f"space '{space.name}': resources.gpu is {space.resources.gpu} per trial but this "
+            if space.resources.gpu * ranks > gpus:
+                raise ConfigError(f"space '{space.name}': resources.gpu is {space.resources.gpu} {per} but this "
                                   f"machine has {gpus} GPU(s); set resources.gpu: 0, or sweep on a cluster with --address")
+            fits = min(fits, math.floor(gpus / (space.resources.gpu * ranks) + 1e-9))
+            machine, trial = f"{machine} and {gpus} GPU(s)", f"{trial} + {space.resources.gpu * ranks:g} GPU(s)"
+        wanted = min(options.concurrency, options.trials)
+        at_once = min(wanted, fits)
+        if at_once < wanted:
+            log.warning("space '%s': %d trials at a time asked for, but this machine's %s fit %d trial(s) of %s: "
+                        "%d will run at once (the others wait)", space.name, wanted, machine, fits, trial, at_once)
     exported = os.environ.get("RAY_ADDRESS")
     if options.address is None and exported:
         raise ConfigError(f"RAY_ADDRESS is set ({exported}) but --address is not: pass --address {exported} to sweep "
                           f"on that cluster, or unset RAY_ADDRESS to sweep on this machine")
+    return at_once
 
 
 def _callbacks(experiment: Path, space_text: str, options: SweepOptions) -> list:
@@ -304,7 +320,7 @@ def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, opti
     the records count it (``used``: a trial that finished after Tune's last state save is in the records only)."""
     from ray import tune
 
-    from robusttune.search.adapters import RobustOptunaSearch
+    from robusttune.search.adapters import RelocatedSearchGenerator, RobustOptunaSearch
 
     internal = getattr(tuner, "_local_tuner", None)
     if internal is None or not hasattr(internal, "_run_config") or not hasattr(internal, "_tune_config"):
@@ -321,6 +337,8 @@ def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, opti
         raise SweepError(f"{experiment}: the restored search algorithm is {type(searcher).__name__}, not robusttune's")
     searcher.journal = journal(experiment.resolve())
     searcher.budget, searcher.used_slots = options.trials, frozenset(used)
+    internal._tune_config.search_alg = RelocatedSearchGenerator(internal._tune_config.search_alg,
+                                                                storage_path=str(experiment.resolve()))
 
 
 def _close_lost_trials(experiment: Path, recorded: dict[str, dict[str, Any]], restored: set[str]) -> None:
