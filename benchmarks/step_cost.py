@@ -2,13 +2,19 @@
 on the same model, batch and thread count, measured side by side (interleaved rounds, medians).
 
     python benchmarks/step_cost.py [--model tiny|ViT-B-32] [--batch-size B] [--threads K] [--rounds R]
-                                   [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16] [--json]
+                                   [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16] [--compile] [--json]
+    python benchmarks/step_cost.py --count [--model ...] [--device ...] [--json]
 
 Also timed, in the same rounds: the counterfactual and vanilla steps with *explicit* attention in every pass
 (probabilities materialised, as before fused attention), and the vanilla step through open_clip's own
 ``visual(x)`` forward. Prints a table, then (with --json) one JSON object as the last line with seconds per step,
 the ratios ``cf_over_ft``, ``fused_over_explicit_cf``, ``fused_over_explicit_ft``, ``ft_over_open_clip`` and
-peak memory (host RSS; CUDA peak allocation on a GPU).
+peak memory (host RSS; CUDA peak allocation on a GPU). A step is the training loop's: the loss, its ``StepHealth``
+(no host read), backward, clipping and AdamW (fused on CUDA); ``--compile`` runs it with ``compile: true``.
+
+``--count`` times nothing: for one step of each method (with fused AdamW, as on CUDA) it counts the aten ops the host
+dispatches (``torch.profiler``: ops called from Python or autograd, not those inside other ops), eager and with the
+blocks compiled, and the host reads (``item``/``float``/``bool`` of a tensor, data-dependent shapes), 0.
 """
 
 from __future__ import annotations
@@ -29,9 +35,16 @@ from robusttune.config import CamMethod, TrainConfig, default_world
 from robusttune.models import classifier
 from robusttune.models.classifier import frozen_copy
 from robusttune.training.device import Placement
-from robusttune.training.loop import StepComputer
+from robusttune.training.loop import StepComputer, StepHealth, compiled_blocks, make_optimizer
 
 CF = dict(region="object", refill="single", mask_threshold=0.3, w_distill=1.0)
+COUNTED = {
+    "ft": dict(region="none", w_distill=0.0),
+    "ft_fd": dict(region="none", w_distill=1.0),
+    "cf_object_single": CF,
+    "cf_context_multi_gradcam": dict(region="context", refill="multi", mask_threshold=0.3, cam="gradcam"),
+    "cf_random_none": dict(region="random", refill="none", mask_threshold=0.75),
+}
 METHODS = {
     "ft": dict(region="none", w_distill=0.0),
     "ft_fd": dict(region="none", w_distill=1.0),
@@ -110,6 +123,62 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def training_step(computer: StepComputer, optimizer, scaler, health: StepHealth, images, labels, step: int) -> None:
+    """One step as the training loop runs it (one micro-batch, clipping at 1.0), without any host read."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, parts = computer.loss(images, labels, step)
+    health.observe(step, loss, parts)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+# ops that make the host wait for a value (inside a CPU kernel, e.g. fused AdamW's own reads, they are not dispatched)
+HOST_READS = {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select"}
+
+
+def count_step(make, images, labels, placement: Placement, overrides: dict, compiled: bool) -> dict[str, int]:
+    """Aten ops the host dispatches in one training step (the third: warm-up and compilation first), and host reads."""
+    from torch.profiler import ProfilerActivity, profile
+
+    student = make().to(placement.device)
+    teacher = frozen_copy(student)
+    config = TrainConfig(**overrides)
+    computer = StepComputer(config, student, teacher, placement)
+    # fused AdamW as on CUDA (on the CPU the loop keeps PyTorch's default, per-parameter one)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    scaler, health = placement.grad_scaler(), StepHealth(placement.device)
+    with compiled_blocks(student, teacher, enabled=compiled):
+        for step in range(2):
+            training_step(computer, optimizer, scaler, health, images, labels, step)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            training_step(computer, optimizer, scaler, health, images, labels, 2)
+    events = profiler.events()
+    dispatched = [e for e in events if e.name.startswith("aten::")
+                  and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    return {"aten_ops": len(dispatched), "compiled_regions": sum(e.name.startswith("Torch-Compiled Region") for e in events),
+            "host_reads": sum(e.name in HOST_READS for e in dispatched)}
+
+
+def count_main(args, placement: Placement, make, images, labels) -> int:
+    rows = {}
+    for name, overrides in COUNTED.items():
+        rows[name] = {"eager": count_step(make, images, labels, placement, overrides, False)}
+        if not args.no_compile_count:
+            rows[name]["compiled"] = count_step(make, images, labels, placement, overrides, True)
+    for name, row in rows.items():
+        compiled = row.get("compiled", {})
+        print(f"{name:<26} {row['eager']['aten_ops']:6d} aten ops eager"
+              + (f", {compiled['aten_ops']:6d} compiled ({compiled['compiled_regions']} compiled regions)" if compiled else "")
+              + f"; host reads {row['eager']['host_reads']}")
+    if args.json:
+        print(json.dumps({"model": args.model, "batch_size": args.batch_size, "device": str(placement.device),
+                          "precision": placement.describe(), "per_step": rows}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (mini world) or an open_clip name, random weights")
@@ -120,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--device", default="auto", help="auto (a visible GPU, else the CPU), cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true", help="time the steps with the blocks compiled (compile: true)")
+    parser.add_argument("--count", action="store_true", help="count aten ops and host reads per step instead of timing")
+    parser.add_argument("--no-compile-count", action="store_true", help="with --count: eager only")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -129,33 +201,34 @@ def main(argv: list[str] | None = None) -> int:
     cuda = placement.device.type == "cuda"
     make, images, labels = build(args.model, args.batch_size, resolve_cache_dir(args.cache_dir))
     images, labels = images.to(placement.device), labels.to(placement.device)
+    if args.count:
+        return count_main(args, placement, make, images, labels)
     students = {name: make().to(placement.device) for name in METHODS}
     computers = {}
     for name, overrides in METHODS.items():
         student = students[name]
+        config = TrainConfig(**overrides)
         computer_class = {"cf_official_passes": OfficialPasses, "ft_open_clip_forward": OpenClipForward}.get(name, StepComputer)
-        computers[name] = (computer_class(TrainConfig(**overrides), student, frozen_copy(student), placement),
-                           torch.optim.AdamW(student.parameters(), lr=1e-5), placement.grad_scaler())
+        computers[name] = (computer_class(config, student, frozen_copy(student), placement),
+                           make_optimizer(list(student.parameters()), config, placement), placement.grad_scaler(),
+                           StepHealth(placement.device))
     times: dict[str, list[float]] = {name: [] for name in METHODS}
-    for round_index in range(args.rounds + 1):  # round 0 warms up
-        for name, (computer, optimizer, scaler) in computers.items():
-            with explicit_attention() if "explicit" in name else contextlib.nullcontext():
+    for round_index in range(args.rounds + 1):  # round 0 warms up (and compiles)
+        for name, (computer, optimizer, scaler, health) in computers.items():
+            compiling = compiled_blocks(computer.student, computer.teacher, enabled=args.compile and "explicit" not in name)
+            with explicit_attention() if "explicit" in name else contextlib.nullcontext(), compiling:
                 if cuda:
                     torch.cuda.synchronize()
                 started = time.perf_counter()
                 for step in range(args.steps_per_round):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss, _ = computer.loss(images, labels, step)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    training_step(computer, optimizer, scaler, health, images, labels, step)
                 if cuda:
                     torch.cuda.synchronize()
             if round_index:
                 times[name].append((time.perf_counter() - started) / args.steps_per_round)
     seconds = {name: statistics.median(values) for name, values in times.items()}
     result = {
-        "model": args.model, "batch_size": args.batch_size, "threads": args.threads,
+        "model": args.model, "batch_size": args.batch_size, "threads": args.threads, "compile": args.compile,
         "device": str(placement.device), "precision": placement.describe(),
         "seconds_per_step": {k: round(v, 5) for k, v in seconds.items()},
         "ft_fd_over_ft": round(seconds["ft_fd"] / seconds["ft"], 3),

@@ -48,6 +48,16 @@ class TrainSummary:
         return {"status": self.status, "failure": self.failure, "steps": self.steps, **self.metrics,
                 "seconds": self.seconds, "out": str(self.out)}
 
+    @classmethod
+    def read(cls, out: Path) -> TrainSummary:
+        """The summary a run wrote into ``out`` (``summary.json``)."""
+        try:
+            data = json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError):
+            raise DataError(f"{out}: the run wrote no readable summary.json") from None
+        metrics = {k: v for k, v in data.items() if k.startswith(("id_", "ood_"))}
+        return cls(data["status"], metrics, int(data["steps"]), float(data["seconds"]), out, data.get("failure"))
+
 
 @dataclass(frozen=True)
 class Status:
@@ -138,38 +148,28 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | o
           on_evaluation: Callable[[dict[str, Any]], None] | None = None) -> TrainSummary:
     """Fine-tune once (the mini world unless ``task`` names ImageNet folders), writing into ``out``:
     ``config.json``, ``metrics.jsonl`` (one row per evaluation), ``checkpoint.pt`` (latest, resumable),
-    ``final.pt`` (weights, config and task) and ``summary.json``. ``resume`` continues from ``checkpoint.pt``."""
-    from robusttune.training.checkpoint import save_checkpoint
-    from robusttune.training.run import prepare_run
-
+    ``final.pt`` (weights, config and task) and ``summary.json``. ``resume`` continues from ``checkpoint.pt``.
+    With ``workers > 1`` in the config the run trains on that many local Ray Train workers (data parallel; rank 0
+    writes the files; ``on_evaluation`` is not called)."""
     config = config if isinstance(config, TrainConfig) else parse(TrainConfig, dict(config or {}), "train config")
     spec = task if isinstance(task, TaskSpec) else parse(TaskSpec, dict(task or {}), "task")
     out = Path(out)
     cache = cache_directory(cache_dir)
     check_out_dir(out, resume=resume, overwrite=overwrite)
-    set_threads(threads)
-    checkpoint, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
     if not resume:
-        checkpoint.unlink(missing_ok=True)  # a fresh run (--overwrite) never continues another run's checkpoint
-    run = prepare_run(config, spec, cache, checkpoint=checkpoint)
-    metrics_path.write_text("".join(json.dumps({**r, **r["metrics"]}) + "\n" for r in run.history))
-    (out / "config.json").write_text(json.dumps({**config.to_dict(), **spec.to_dict()}, indent=2) + "\n")
+        (out / "checkpoint.pt").unlink(missing_ok=True)  # a fresh run (--overwrite) never continues another's checkpoint
+    if config.workers > 1:
+        from robusttune.search.data_parallel import train_on_workers
 
-    def report(row: dict[str, Any]) -> None:
-        with metrics_path.open("a") as stream:
-            stream.write(json.dumps(row, default=float) + "\n")
-        if on_evaluation is not None and "metrics" in row:
-            on_evaluation(row)
+        train_on_workers(config.to_dict(), spec.to_dict(), str(cache), str(out), threads=threads)
+    else:
+        from robusttune.training.train_dir import train_into
 
-    started = time.perf_counter()
-    result = run.train(report=report)
-    if result.status == "complete":
-        save_checkpoint(out / "final.pt", {"model": run.student.state_dict(), "config": json.dumps(config.to_dict()),
-                                           "task": json.dumps(spec.to_dict()), "metrics": json.dumps(result.metrics)})
-    summary = TrainSummary(result.status, dict(result.metrics), result.steps, round(time.perf_counter() - started, 2),
-                           out, result.failure)
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=float) + "\n")
-    return summary
+        set_threads(threads)
+        train_into(config, spec, cache, out, on_evaluation=on_evaluation)
+    return TrainSummary.read(out)
 
 
 def wise(finetuned: str | os.PathLike[str], *, zero_shot: str | os.PathLike[str] | None = None,
@@ -322,8 +322,10 @@ def resume(experiment: str | os.PathLike[str], *, address: str | None = None, ma
 def plan(space: str | os.PathLike[str], *, trials: int | None = None, calibrate: bool = False,
          cache_dir: str | os.PathLike[str] | None = None):
     """What a sweep of ``space`` will cost (``robusttune.search.plan.Plan``): device-hours per trial and for the
-    sweep, the evaluation share, storage and the scheduler's expected saving, from a calibration on this machine
-    (cached; ``calibrate`` measures again)."""
+    sweep by term (startup, training, evaluation, checkpoint writes, the serial tail of baselines and WiSE-FT curves)
+    and the dominant one, what bounds a trial (device or loader), the evaluation share, storage and the scheduler's
+    expected saving, from measurements on this machine (steps at the trial's micro-batch or a line through two
+    sizes, the loader, the storage's write rate; cached, ``calibrate`` measures again)."""
     from robusttune.search.plan import plan as make_plan
 
     loaded, _ = load_space(str(space))

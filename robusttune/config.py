@@ -665,6 +665,8 @@ class TrainConfig(Frozen):
     warmup_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="warm-up share of the steps (OneCycle: pct_start)")
     grad_clip: float = Field(1.0, ge=0.0)
     accum_steps: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, le=1024, description="data-parallel processes (Ray Train; one GPU each on GPUs): "
+                         "a step's accum_steps x workers micro-batches, accum_steps per process")
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     eval_subset: int | None = Field(None, ge=1, description="intermediate evaluations on a fixed, seeded subset of N "
@@ -676,6 +678,8 @@ class TrainConfig(Frozen):
     device: str = Field("auto", description="auto: the GPU Ray assigned (or the machine's first GPU), else the CPU")
     precision: Precision = Field(Precision.AUTO, description="autocast dtype of the forwards; weights stay fp32")
     preset: Preset | None = Field(None, description="'paper': the official defaults under the config's own values")
+    compile: bool = Field(False, description="torch.compile the vision tower's transformer blocks (the passes that run "
+                          "them whole: open_clip's forward, the teacher, evaluations); same losses, fewer kernel launches")
 
     @field_validator("train_subset")
     @classmethod
@@ -724,8 +728,9 @@ class TrainConfig(Frozen):
                 raise ValueError("mask_threshold/mask_ratio need a masking region (region is 'none')")
         elif self.mask_threshold is not None and self.mask_ratio is not None:
             raise ValueError("give mask_threshold or mask_ratio, not both")
-        if self.batch_size % self.accum_steps:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accum_steps ({self.accum_steps})")
+        if self.batch_size % (self.accum_steps * self.workers):
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accum_steps x workers "
+                             f"({self.accum_steps} x {self.workers})")
         return self
 
     def run_identity(self) -> dict[str, Any]:
@@ -770,7 +775,8 @@ class ImageNetTask(Frozen):
     templates: str = Field("openai", pattern="^(openai|simple)$",
                            description="zero-shot prompts: the 80 OpenAI templates, or 'a photo of a {}.' only")
     val_holdout: int = Field(10000, ge=1, description="train images held out as the ID validation split")
-    num_workers: int = Field(4, ge=0, le=MAX_WORKERS)
+    num_workers: int | None = Field(None, ge=0, le=MAX_WORKERS,
+                                    description="DataLoader workers; None: min(trial CPUs - 1, 8) (robusttune.data.sets)")
 
 
 class TaskSpec(Frozen):

@@ -8,6 +8,7 @@
         checkpoints/<trial>/  latest.pt (every evaluation) and best.pt (best objective), replaced atomically
         baselines/         the vanilla fine-tuning baseline's weights
         heads/             zero-shot heads, built once for every trial and the baselines
+        train/             Ray Train's state of trials trained on several workers
         scheduler.json     MO-ASHA's rungs and decisions (reloaded on resume)
         tune/              Ray Tune's experiment state
         report/            written by ``robusttune report``
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST, SPACE, JOURNAL, RECORDS, TUNE_DIR = "manifest.json", "space.yaml", "optuna.journal", "records.jsonl", "tune"
 CHECKPOINTS_DIR, BASELINES_DIR, SCHEDULER_STATE, REPORT_DIR = "checkpoints", "baselines", "scheduler.json", "report"
-HEADS_DIR, HEARTBEATS = "heads", "heartbeats.json"
+HEADS_DIR, HEARTBEATS, TRAIN_RUNS_DIR = "heads", "heartbeats.json", "train"
 MANIFEST_FORMAT = "robusttune.experiment/1"
 STATUSES = ("running", "complete", "stopped-early", "failed")
 REFERENCE_KINDS = ("baseline", "wise")
@@ -64,6 +65,12 @@ def latest_checkpoint(experiment: str | Path, trial_id: str) -> Path | None:
     """The trial's latest checkpoint (its final weights once the trial is complete), if it has one."""
     path = trial_checkpoints(experiment, trial_id) / "latest.pt"
     return path if path.is_file() else None
+
+
+def train_runs_dir(experiment: str | Path) -> Path:
+    """Ray Train's own state for trials trained on several workers (one folder per trial id; our checkpoints stay
+    in ``checkpoints/<trial>``)."""
+    return Path(experiment) / TRAIN_RUNS_DIR
 
 
 def heads_dir(experiment: str | Path) -> Path:

@@ -17,7 +17,7 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
       steps: {type: int, low: 50, high: 150, step: 50}
     fixed: {batch_size: 64, steps: 150, eval_every: 50}   # TrainConfig keys held constant
     budget: {trials: 12, concurrency: 1}
-    resources: {cpu: 2, gpu: 0}       # per trial; fractional GPUs allowed
+    resources: {cpu: 2, gpu: 0}       # per trial; a fraction of one GPU, or whole GPUs (not 1.5)
     scheduler: {name: none | asha | mo_asha, grace_period: 1, reduction_factor: 3, max_t: 6, tie_break: eps_net}
                                       # in evaluations; asha: the scalar objective; mo_asha: the objectives
     baselines: {wise_alphas: [0.0, 0.1, ..., 1.0]}   # the WiSE-FT curves' mixing coefficients (one evaluation each)
@@ -43,7 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from robusttune.config import (MAX_SEED, Frozen, TaskSpec, TrainConfig, load_mapping_and_text, load_yaml_text, parse,
                                shorten)
@@ -168,8 +168,19 @@ class Budget(Frozen):
 
 
 class Resources(Frozen):
+    """Per trial, or per worker of a trial trained on ``workers`` data-parallel processes (Ray Train)."""
+
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    workers: int = Field(1, ge=1, le=1024, description="data-parallel workers per trial (cpu and gpu are per worker)")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_gpus_above_one(cls, gpu: float) -> float:
+        """Ray shares a GPU in fractions but gives more than one only whole: 0.5 and 2 are trials' shares, 1.5 is not."""
+        if gpu > 1 and not float(gpu).is_integer():
+            raise ValueError("above 1 must be a whole number of GPUs (Ray gives a trial a fraction of one GPU, or whole GPUs)")
+        return gpu
 
 
 class Scheduler(Frozen):
@@ -250,6 +261,13 @@ class SearchSpace(Frozen):
             raise ValueError("device 'cuda' needs a GPU per trial: set resources.gpu (or use device: auto)")
         if "device" in self.parameters:
             raise ValueError("'device' says where trials run, not what they compute: set it in 'fixed', not as a parameter")
+        if self.resources.workers > 1 and ("workers" in self.parameters or "workers" in self.fixed):
+            raise ValueError("give workers in resources (every trial) or as a fixed/searched value, not both")
+        data_parallel = self.resources.workers > 1 or "workers" in self.parameters or self.fixed.get("workers", 1) > 1
+        if data_parallel and self.scheduler.name != "none":
+            # Tune stops a trial by ending its process, which does not end the Ray Train run inside it yet
+            raise ValueError("early stopping (scheduler asha/mo_asha) does not yet stop trials trained on several "
+                             "workers: use scheduler: {name: none} with workers > 1")
         if self.sampler.name is SamplerName.GRID:
             points = 1
             for name, parameter in self.parameters.items():
@@ -284,7 +302,8 @@ class SearchSpace(Frozen):
 
     def trial_config(self, sampled: dict[str, Any], *, seed: int) -> TrainConfig:
         """The validated TrainConfig of one trial (fixed values, then sampled ones, then the sweep seed)."""
-        return parse(TrainConfig, {**self.fixed, **sampled, "seed": seed}, f"trial config of space '{self.name}'")
+        return parse(TrainConfig, {"workers": self.resources.workers, **self.fixed, **sampled, "seed": seed},
+                     f"trial config of space '{self.name}'")
 
     def check_fixed(self) -> None:
         """Fail early if the fixed values alone are not a valid TrainConfig."""

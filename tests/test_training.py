@@ -44,8 +44,8 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_prepared, tmp_path
 def test_non_finite_loss_ends_the_run_with_a_failed_status(tiny_prepared, monkeypatch):
     original = StepComputer.loss
 
-    def nan_at_step_4(self, images, labels, step):
-        loss, parts = original(self, images, labels, step)
+    def nan_at_step_4(self, images, labels, step, slot=0):
+        loss, parts = original(self, images, labels, step, slot)
         return (loss * float("nan") if step == 4 else loss), parts
 
     monkeypatch.setattr(StepComputer, "loss", nan_at_step_4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,14 +11,14 @@ from robusttune.errors import ConfigError
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from robusttune.search.launch import check_cluster_file, execute, plan, render
+    from robusttune.search.launch import check_cluster_file, check_shared_memory, execute, plan, render
     from robusttune.search.sweep import check_runnable
     from robusttune.space import load_space
 
     space, _ = load_space(args.space)  # fail here, not on the cluster, on a bad space
     check_runnable(space)
     cluster = Path(args.cluster)
-    check_cluster_file(cluster)
+    shm = check_shared_memory(space, check_cluster_file(cluster), source=str(cluster))
     if not args.storage.startswith("/"):
         raise ConfigError(f"--storage must be an absolute path mounted on every node (shared storage), got {args.storage!r}")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -26,11 +27,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from robusttune.experiment import check_experiment_name
 
     check_experiment_name(name)
+    for warning in shm.warnings:  # a warning, not a refusal (the sizes rest on the space's largest trial)
+        print(f"robusttune: warning: {warning}", file=sys.stderr)
     token_auth = not args.no_token_auth
     steps = plan(args.space, cluster, name=name, storage=args.storage, token_auth=token_auth, max_failures=args.max_failures)
     lines = render(steps, token_auth=token_auth)
     if args.dry_run:
-        print("\n".join(lines))
+        sizing = [f"# {note}" for note in shm.notes]
+        if sizing or shm.warnings:
+            sizing.insert(0, "# /dev/shm per node: the data loaders' workers x prefetch x (train + eval batch) x 3 x H x W "
+                             "bytes, x the trials the node runs at once, + Ray's object store")
+        print("\n".join([*sizing, *lines]))
         return 0
     execute(steps, token_auth=token_auth)
     print("\n".join(line for line in lines[lines.index("# follow it"):]))

@@ -8,7 +8,13 @@ from robusttune.cli.output import add_common, emit
 
 
 def _hours(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{hours * 3600:.1f} s"
     return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.2f} h"
+
+
+def _rate(images_per_s: float | None) -> str:
+    return "not measured" if images_per_s is None else f"{images_per_s:,.0f} img/s"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -19,16 +25,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     def human() -> None:
         source = "measured now" if calibration["measured"] else "cached; --calibrate measures again"
-        print(f"space '{found.space}': {found.trials} trials, {found.concurrency} at a time, on {calibration['device']} "
-              f"with {calibration['threads']} thread(s) (calibration {source})")
+        timing = ("at the trials' own micro-batches" if calibration["batch_timing"] == "trial micro-batch"
+                  else "fit a + b*batch on two smaller micro-batches where the trial's was too slow or too large")
+        ranks = f" of {found.ranks} data-parallel processes each" if found.ranks > 1 else ""
+        print(f"space '{found.space}': {found.trials} trials{ranks}, {found.concurrency} at a time, on "
+              f"{calibration['device']} with {calibration['threads']} thread(s) (calibration {source}; step times {timing})")
+        if found.sizes.get("source") not in (None, "the folders", "the mini world"):
+            print(f"image counts: {found.sizes['source']}")
         print(f"per trial: {found.steps_per_trial} steps, {found.evaluations_per_trial} evaluations "
               f"({found.eval_images_per_trial} images), {_hours(found.trial_hours)} of which {100 * found.eval_share:.0f}% "
-              f"evaluating; {found.storage_bytes_per_trial / 2**20:.0f} MiB of checkpoints kept")
+              f"evaluating, plus {_hours(found.trial_checkpoint_hours)} writing checkpoints; "
+              f"{found.storage_bytes_per_trial / 2**20:.0f} MiB of checkpoints kept")
+        loader = found.loader
+        workers = f"{loader['num_workers']} worker(s)" if loader.get("num_workers") else "in the trial's process"
+        status = "" if loader.get("status") == "measured" else f" ({loader.get('status')})"
+        bound = "not known: the loader was not measured" if found.bound is None else f"bound by the {found.bound}"
+        print(f"loader: {loader.get('source')}, {workers}: {_rate(loader.get('images_per_s'))}{status}; the device "
+              f"takes {_rate(loader.get('device_images_per_s'))}: {bound}")
         for name, share in found.methods.items():
-            print(f"  {name:<34} {100 * share:5.1f}% of trials  {calibration['step_seconds'][name]:.3f} s/step")
+            step = found.method_steps[name]
+            print(f"  {name:<34} {100 * share:5.1f}% of trials  {step['step_seconds']:.3f} s/step"
+                  f"{'' if step['bound'] != 'loader' else ' (loader-bound)'}")
+        tail = found.tail
+        print(f"tail after the trials: {_hours(tail['hours'])} (zero-shot evaluation, vanilla FT "
+              f"{tail['vanilla_steps']} steps, WiSE-FT {tail['wise_alphas']} x (1 + {tail['expected_front']:.1f} "
+              f"expected front) = {tail['wise_evaluations']:.0f} full evaluations; no confirmation runs yet)")
+        write = found.checkpoints["write"]
+        print(f"checkpoints: {found.checkpoints['bytes_per_evaluation'] / 2**20:.0f} MiB per evaluation at "
+              f"{write['bytes_per_s'] / 2**20:.0f} MiB/s (measured in {write['path']})")
+        terms = ", ".join(f"{name} {_hours(hours)}" for name, hours in found.terms.items())
         print(f"sweep: {_hours(found.sweep_hours)} device time ({100 * found.scheduler_saving:.0f}% saved by the "
               f"scheduler), {_hours(found.wall_hours)} wall at this concurrency, "
               f"{found.storage_bytes / 2**30:.2f} GiB of storage at most")
+        print(f"terms: {terms}; dominant: {found.dominant}")
 
     emit({**found.to_dict()}, args.json, human)
     return 0
@@ -39,5 +68,6 @@ def register(commands) -> None:
     add_common(plan)
     plan.add_argument("space", metavar="SPACE", help="built-in space name or a YAML file")
     plan.add_argument("--trials", type=int, metavar="N", help="number of trials (default: the space's budget)")
-    plan.add_argument("--calibrate", action="store_true", help="measure the step and evaluation costs again on this machine")
+    plan.add_argument("--calibrate", action="store_true",
+                      help="measure the step, evaluation, loader and write costs again on this machine")
     plan.set_defaults(handler=cmd_plan)

@@ -32,7 +32,7 @@ def _train_and_task_config(args: argparse.Namespace):
              "w_distill": args.w_distill, "distill": args.distill, "lr": args.lr, "steps": args.steps,
              "batch_size": args.batch_size, "seed": args.seed, "cam": args.cam, "trainable": args.trainable,
              "eval_every": args.eval_every, "preset": args.preset, "schedule": args.schedule,
-             "device": args.device, "precision": args.precision}
+             "device": args.device, "precision": args.precision, "workers": args.workers}
     given = {k: v for k, v in flags.items() if v is not None}
     if "mask_ratio" in given:
         raw.pop("mask_threshold", None)
@@ -169,6 +169,8 @@ def register(commands) -> None:
     train.add_argument("--eval-every", type=int, metavar="N", help="also evaluate every N steps")
     train.add_argument("--seed", type=int, metavar="S")
     train.add_argument("--threads", type=int, metavar="K", help="torch threads (default: all cores)")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="data-parallel workers on a local Ray (Ray Train; one GPU each where there are enough)")
     add_placement(train)
     train.add_argument("--out", metavar="DIR", help="run directory (default: runs/train-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

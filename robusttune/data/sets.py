@@ -48,6 +48,19 @@ def normalise(images_u8: Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (images_u8.float() / 255.0 - m) / s
 
 
+AUTO_WORKERS_CAP = 8  # JPEG-pack workers that feed one GPU (README: Running on GPUs); the trial keeps one CPU itself
+
+
+def loader_workers(requested: int | None, cpus: int | None = None) -> int:
+    """DataLoader worker processes: ``requested`` when given; else (None, "auto") the trial's CPUs less the one its
+    training process uses, at most 8. ``cpus``: the trial's CPUs (default: torch's threads, which a trial, the
+    baselines and ``train --threads`` set to the CPUs they run on)."""
+    if requested is not None:
+        return requested
+    cpus = torch.get_num_threads() if cpus is None else cpus
+    return max(0, min(int(cpus) - 1, AUTO_WORKERS_CAP))
+
+
 @dataclass(frozen=True)
 class Loading:
     """How batches are loaded: worker processes, pinned memory (for a CUDA device), batches prefetched per worker."""

@@ -25,9 +25,21 @@ def _masking_region(region: Region | str) -> Region:
     return region
 
 
+def to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
+    """A tensor drawn on the host (e.g. by the CPU step generator) on ``device`` without making the host wait: onto an
+    accelerator it is copied from pinned memory, non-blocking (a copy from pageable memory blocks the host until the
+    data has left it). Unchanged when it is already there."""
+    device = torch.device(device)
+    if tensor.device == device:
+        return tensor
+    if device.type != "cpu" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def _uniform(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
     """Uniform draws from the (CPU) step generator, moved to ``device``: the same masks on every device."""
-    return torch.rand(shape, generator=generator, device="cpu").to(device)
+    return to_device(torch.rand(shape, generator=generator, device="cpu"), device)
 
 
 def normalise_cam(cam: Tensor) -> Tensor:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from robusttune.method.masking import to_device
+
 
 def single_donors(batch: int, generator: torch.Generator) -> Tensor:
-    """Drawn on the CPU step generator (the same donors on every device); ``refill`` moves them."""
+    """Drawn on the CPU step generator (the same donors on every device); ``refill`` moves them (pinned,
+    non-blocking)."""
     return torch.randperm(batch, generator=generator, device="cpu")
 
 
@@ -44,10 +47,11 @@ def refill(images: Tensor, mask: Tensor, donors: Tensor, patch: tuple[int, int])
     ``donors`` is ``(N,)`` (single donor per image) or ``(N, P)`` (a donor per patch).
     """
     patches = to_patches(images, patch)
+    donors = to_device(donors, images.device)
     if donors.dim() == 1:
-        donor_patches = patches[donors.to(images.device)]
+        donor_patches = patches[donors]
     else:
         positions = torch.arange(patches.shape[1], device=images.device).expand_as(donors)
-        donor_patches = patches[donors.to(images.device), positions]
-    mixed = torch.where(mask[..., None].to(images.device), donor_patches, patches)
+        donor_patches = patches[donors, positions]
+    mixed = torch.where(to_device(mask, images.device)[..., None], donor_patches, patches)
     return from_patches(mixed, images.shape, patch)

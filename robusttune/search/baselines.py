@@ -5,8 +5,9 @@
 * WiSE-FT between the zero-shot weights and each given trial's final checkpoint (the Pareto-optimal trials).
 
 Rows go to ``records.jsonl`` with ``kind: baseline`` (``method``: zero-shot, vanilla-ft) or ``kind: wise``
-(``source``: vanilla-ft or a trial id, and ``alpha``). The work runs as a Ray task with the space's per-trial
-resources, so on a cluster it lands on a worker, not on the head node.
+(``source``: vanilla-ft or a trial id, and ``alpha``). The work runs as Ray tasks with the space's per-trial
+resources, one for the references (zero-shot, vanilla FT and its curve) and one per trial's curve, all at once: a
+cluster computes them in parallel, on workers, not on the head node.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
     return methods, points
 
 
-def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int) -> int:
+def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int,
+                      references: bool = True) -> int:
     """Compute what the records lack and append each row as soon as it exists (runs in a Ray task or in-process),
     so a kill loses at most the row being computed: a resumed sweep finishes each curve where it stopped, and the
-    vanilla fine-tuning run is trained once (``baselines/vanilla_ft.pt``). Returns the number of rows written."""
+    vanilla fine-tuning run is trained once (``baselines/vanilla_ft.pt``). ``references``: also zero-shot, vanilla FT
+    and vanilla FT's curve (else only the trials' curves). Returns the number of rows written."""
     import torch
 
     from robusttune import progress
@@ -49,10 +52,10 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     exp = Path(experiment)
     space = parse_space_text(space_yaml)
     methods, points = recorded(exp)
-    sources = [("vanilla-ft", None), *((t, latest_checkpoint(exp, t)) for t in trial_ids)]
+    sources = [*([("vanilla-ft", None)] if references else []), *((t, latest_checkpoint(exp, t)) for t in trial_ids)]
     missing = {source: [a for a in space.baselines.wise_alphas if (source, round(float(a), 6)) not in points]
                for source, _ in sources}
-    if {"zero-shot", "vanilla-ft"} <= methods and not any(missing.values()):
+    if (not references or {"zero-shot", "vanilla-ft"} <= methods) and not any(missing.values()):
         return 0
     fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
     config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
@@ -69,19 +72,19 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
         append_record(exp, row)
         written += 1
 
-    if "zero-shot" not in methods:
+    if references and "zero-shot" not in methods:
         record({"kind": "baseline", "method": "zero-shot", **evaluator(student)})
     vanilla_path = baselines_dir(exp) / "vanilla_ft.pt"
-    vanilla = load_checkpoint(vanilla_path) if vanilla_path.is_file() else None
+    vanilla = load_checkpoint(vanilla_path) if references and vanilla_path.is_file() else None
     if vanilla is not None and ("metrics" not in vanilla or not config.resumes(json.loads(vanilla["config"]))):
         vanilla = None  # trained under other fixed settings (or by an older robusttune): train again
-    if vanilla is None:
+    if references and vanilla is None:
         result = prepare_run(config, space.task, Path(cache_dir), built=(student, task)).train()
         vanilla = {"model": {k: v.detach().clone() for k, v in student.state_dict().items()},
                    "config": json.dumps(config.to_dict()), "metrics": json.dumps(result.metrics)}
         save_checkpoint(vanilla_path, vanilla)
         student.load_state_dict(zero_shot)
-    if "vanilla-ft" not in methods:
+    if references and "vanilla-ft" not in methods:
         record({"kind": "baseline", "method": "vanilla-ft", "config": config.to_dict(), **json.loads(vanilla["metrics"])})
     todo = [(source, path) for source, path in sources if missing[source] and (source == "vanilla-ft" or path is not None)]
     with progress.bar("WiSE-FT baselines", sum(len(missing[source]) for source, _ in todo), unit="point") as bar:
@@ -96,11 +99,13 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
 
 def run_baselines(experiment: Path, space_text: str, cache_dir: Path, trial_ids: list[str], *, cpu: float, gpu: float,
                   use_ray: bool = True) -> int:
-    """Compute what is missing (appending it to the records as it goes); returns the number of rows written."""
-    args = (str(experiment.resolve()), space_text, str(cache_dir), list(trial_ids), max(1, int(cpu)))
+    """Compute what is missing (appending it to the records as it goes); returns the number of rows written. With
+    Ray: one task for the references and one per trial's curve, submitted together."""
+    common = (str(experiment.resolve()), space_text, str(cache_dir))
+    jobs = [(*common, [], max(1, int(cpu)), True), *((*common, [t], max(1, int(cpu)), False) for t in trial_ids)]
     if use_ray:
         import ray
 
-        task = ray.remote(num_cpus=cpu, num_gpus=gpu)(compute_baselines)
-        return int(ray.get(task.remote(*args)))
-    return compute_baselines(*args)
+        task = ray.remote(num_cpus=cpu, num_gpus=gpu, max_retries=0)(compute_baselines)
+        return sum(int(n) for n in ray.get([task.remote(*job) for job in jobs]))
+    return sum(compute_baselines(*job) for job in jobs)

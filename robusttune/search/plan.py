@@ -1,12 +1,32 @@
-"""What a sweep will cost, before it runs: device-hours per trial and for the sweep, the share spent evaluating,
-the storage, and what the early-stopping scheduler is expected to save.
+"""What a sweep will cost, before it runs: device-hours per trial and for the sweep, what bounds a trial (the device
+or its data loader), the serial tail after the trials, checkpoint writes, the storage, and what the early-stopping
+scheduler is expected to save.
 
-The plan rests on a short calibration on this machine's device (``Placement`` auto, the trial's CPU threads): a few
-training steps of each distinct method the space samples (object/context masks need the CAM, refill none drops
-tokens, vanilla FT needs no teacher...), timed on a micro-batch of random images and scaled to the batch size, and
-one evaluation batch. Models are built with random weights: the cost of a step does not depend on the weights.
-Data loading is assumed to keep up (see ``benchmarks/data_throughput.py``). Calibrations are cached per
-(task, device, threads, batch) in ``<cache>/plans/``; ``calibrate=True`` measures again.
+The plan rests on measurements on this machine, cached in ``<cache>/plans/`` (``calibrate=True`` measures again):
+
+* **Steps** of each distinct method the space samples (object/context masks need the CAM, refill none drops tokens,
+  vanilla FT needs no teacher...) and of the vanilla FT baseline, on the device a trial gets (``Placement`` auto, the
+  trial's CPU threads, at most the CPUs here), with random weights (a step's cost does not depend on them) and random
+  images (the mini world: its own in-memory images, fetched as a trial fetches them). Each is timed at micro-batches
+  8, 16, 32, ... up to the trial's own micro-batch (``batch_size / accum_steps``; with ``resources.workers`` one
+  data-parallel process's share, the all-reduce between them not measured): a GPU is launch-bound at small batches,
+  so scaling a small batch's time up overestimates it several times. When one call takes longer than
+  ``CALIBRATION_CALL_SECONDS`` (a CPU at ViT-B/32) or the next size does not fit in memory, the time at the trial's
+  micro-batch comes from the line ``a + b * batch`` through the last two sizes measured; each fit says which was done.
+  A step is the optimizer's update (with gradient clipping) plus its micro-batches.
+* **One evaluation batch** the same way, up to the space's ``eval_batch_size``.
+* **The loader**: images/s of the space's training data read as a trial reads it (the mini world: its in-memory
+  tensors; ImageNet: the folder or pack reader with the space's ``num_workers``). A loader with workers overlaps the
+  step, so the slower of the two bounds the trial; without workers its time adds to the step. Data that is not there
+  is "not measured" (and a space whose folders are missing is planned on the datasets' published image counts).
+* **The storage's write rate**: one ~64 MB ``torch.save`` through the experiments' atomic write (tmp file, fsync,
+  rename) into the cache directory.
+
+From those: a trial's training, evaluations and checkpoint writes (``latest.pt`` = weights + AdamW's two moments at
+every evaluation, and at most a ``best.pt`` each time), and the serial tail after the trials (the zero-shot
+evaluation, the vanilla FT baseline's training and evaluations, and the WiSE-FT curves: ``len(wise_alphas) x (1 +
+expected front size)`` full evaluations; confirmation runs do not exist yet). Every term is in the plan, with the
+one that dominates.
 """
 
 from __future__ import annotations
@@ -16,6 +36,7 @@ import math
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +44,21 @@ from typing import Any
 import torch
 
 from robusttune.cache import atomic_write_json, stable_hash
-from robusttune.config import TrainConfig
+from robusttune.config import TrainConfig, parse
 from robusttune.space import SearchSpace
 
 MIX_SAMPLES = 256  # configurations drawn from the space to weigh its methods
-CALIBRATION_MICRO_BATCH = 32
+CALIBRATION_START = 8  # the first micro-batch timed; then doubled up to the trial's own
+CALIBRATION_CALL_SECONDS = 2.0  # a size whose call takes longer is the last one timed (then: a line through two sizes)
+CALIBRATION_VERSION = 2  # part of the cache key: calibrations of an older plan are measured again
+LOADER_SECONDS = 20.0  # at most this long reading batches for the loader's rate
+WRITE_PROBE_BYTES = 64 * 2**20
+EXACT_FRONT_TRIALS = 100_000  # expected front sizes are summed exactly up to this many trials, then approximated
+
+# Published image counts of the datasets a space's folders hold, for planning where the folders are missing
+# (ObjectNet: the 113 classes that overlap ImageNet, as robusttune evaluates it).
+NOMINAL_IMAGES = {"imagenet_train": 1_281_167, "imagenet_val": 50_000, "imagenet_v2": 10_000, "imagenet_r": 30_000,
+                  "imagenet_sketch": 50_889, "imagenet_a": 7_500, "objectnet": 18_574}
 
 
 def method_key(config: TrainConfig) -> str:
@@ -57,6 +88,17 @@ def method_mix(space: SearchSpace, samples: int = MIX_SAMPLES) -> dict[str, tupl
         counts[key] += 1
     total = sum(counts.values())
     return {key: (seen[key], counts[key] / total) for key in sorted(counts)}
+
+
+def vanilla_baseline(space: SearchSpace) -> TrainConfig:
+    """The vanilla fine-tuning baseline's config, as ``robusttune.search.baselines.compute_baselines`` builds it."""
+    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
+    return parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
+
+
+def ranks_of(space: SearchSpace) -> int:
+    """Data-parallel processes (and devices) per trial."""
+    return max(1, int(getattr(space.resources, "workers", 1) or 1))
 
 
 def _evaluation_grid(config: TrainConfig, n_train: int) -> tuple[int, int]:
@@ -110,14 +152,88 @@ def scheduler_fraction(space: SearchSpace, evaluations: int) -> float:
     return expected / evaluations
 
 
+def survivor_fraction(space: SearchSpace, evaluations: int) -> float:
+    """Expected share of the trials that run to the end (complete) under ASHA / MO-ASHA: 1/eta past every rung."""
+    config = space.scheduler
+    if config.name == "none" or evaluations <= config.grace_period:
+        return 1.0
+    horizon = min(evaluations, config.max_t or evaluations)
+    return config.reduction_factor ** -_rung_count(config.grace_period, config.reduction_factor, horizon)
+
+
+def expected_front_size(points: int, objectives: int) -> float:
+    """Expected number of non-dominated points among ``points`` with ``objectives`` independent, continuous values
+    (1 objective: 1; 2: the harmonic number H_n; m: sum_k A(k, m-1) / k). Trade-offs between the objectives make
+    real fronts larger, correlated objectives smaller."""
+    if points <= 0:
+        return 0.0
+    if objectives <= 1:
+        return 1.0
+    n = min(points, EXACT_FRONT_TRIALS)
+    values = [1.0] * n  # A(k, 1) for k = 1..n
+    for _ in range(objectives - 1):
+        total, summed = 0.0, []
+        for k, value in enumerate(values, start=1):
+            total += value / k
+            summed.append(total)
+        values = summed
+    if points == n:
+        return values[-1]
+    # past the exact range: A(n, m) grows like (ln n)^(m-1) / (m-1)!; scale the exact value at the cap by it
+    return values[-1] * (math.log(points) / math.log(n)) ** (objectives - 1)
+
+
+@dataclass
+class Fit:
+    """Seconds of one call at the micro-batch sizes measured, and the time at ``target`` they give."""
+
+    target: int
+    sizes: list[int]
+    seconds: list[float]
+    oom_at: int | None = None  # the size that did not fit in the device's memory, if any
+
+    @property
+    def measured(self) -> bool:
+        return self.target in self.sizes
+
+    def line(self) -> tuple[float, float]:
+        """``(a, b)`` of ``a + b * batch`` through the last two sizes (one size: through the origin)."""
+        if len(self.sizes) == 1:
+            return 0.0, self.seconds[0] / self.sizes[0]
+        (s1, s2), (t1, t2) = self.sizes[-2:], self.seconds[-2:]
+        slope = (t2 - t1) / (s2 - s1)
+        if slope <= 0:  # noise, or still launch-bound at both sizes: scale the larger one (an upper bound)
+            return 0.0, t2 / s2
+        return t1 - slope * s1, slope
+
+    def at(self, batch: int) -> float:
+        if batch in self.sizes:
+            return self.seconds[self.sizes.index(batch)]
+        a, b = self.line()
+        return max(a + b * batch, 0.0)
+
+    def describe(self) -> dict[str, Any]:
+        a, b = self.line()
+        how = "measured at the trial's micro-batch" if self.measured else (
+            f"fit a + b*batch on {' and '.join(map(str, self.sizes[-2:]))}, extrapolated to {self.target}"
+            if len(self.sizes) > 1 else f"scaled from {self.sizes[0]} to {self.target}")
+        return {"how": how, "measured": self.measured, "target": self.target, "sizes": self.sizes,
+                "seconds": self.seconds, "a": a, "b": b, "oom_at": self.oom_at}
+
+
 @dataclass
 class Calibration:
     device: str
     threads: int
-    step_seconds: dict[str, float]  # per method, at the space's batch size
-    eval_seconds_per_image: float
+    step_seconds: dict[str, float]  # per method, at the space's batch size (device time; in-memory fetches included)
+    eval_seconds_per_image: float  # at the space's eval batch size
     startup_seconds: float
     parameters: int  # of the fine-tuned classifier
+    # per method: Fit.describe of its forward + backward per micro-batch, and update_seconds (AdamW + clipping)
+    step_fits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval_fit: dict[str, Any] = field(default_factory=dict)
+    batch_timing: str = ""  # "trial micro-batch" when every fit was measured there, else "fit"
+    loader: dict[str, Any] = field(default_factory=dict)  # the training data's reader: source, workers, images/s
     measured: bool = True  # False: read from the cache
 
 
@@ -129,66 +245,231 @@ class Plan:
     steps_per_trial: int
     evaluations_per_trial: int
     eval_images_per_trial: int
-    trial_hours: float
-    sweep_hours: float  # device-hours, after the scheduler's expected saving
-    wall_hours: float  # at the space's concurrency
+    trial_hours: float  # a full-length trial's startup, training and evaluations (the loader bound applied)
+    sweep_hours: float  # device-hours of the trials (after the scheduler's expected saving) and the tail
+    wall_hours: float  # the trials at the space's concurrency, then the tail
     eval_share: float
     scheduler_saving: float
     storage_bytes_per_trial: int
     storage_bytes: int
     methods: dict[str, float]  # share of each method
     calibration: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, Any] = field(default_factory=dict)  # training images, each evaluation set's, and where from
+    ranks: int = 1  # data-parallel processes (devices) per trial; hours are device-hours over all of them
+    bound: str | None = None  # what bounds a trial's training: "device" or "loader" (None: loader not measured)
+    loader: dict[str, Any] = field(default_factory=dict)  # the loader's rate against what the device takes
+    method_steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method: device, loader, bound
+    trial_checkpoint_hours: float = 0.0  # a full-length trial's checkpoint writes
+    checkpoints: dict[str, Any] = field(default_factory=dict)
+    tail: dict[str, Any] = field(default_factory=dict)  # the baselines and WiSE-FT curves after the trials
+    terms: dict[str, float] = field(default_factory=dict)  # the sweep's device-hours by what they pay for
+    dominant: str = ""  # the largest term
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _sizes(space: SearchSpace, cache_dir: Path) -> tuple[int, int, dict[str, int]]:
-    """Training images, classes and each evaluation set's size, without building the model."""
+def _missing(path: str) -> bool:
+    return not Path(path).exists()
+
+
+def _sizes(space: SearchSpace, cache_dir: Path) -> tuple[int, int, dict[str, int], str]:
+    """Training images, classes, each evaluation set's size, and where the counts come from, without building the
+    model. ImageNet folders (or packs) that are missing count their dataset's published size."""
     if space.task.imagenet is None:
         from robusttune.training.tasks import build_task
 
         _, task = build_task(space.task, cache_dir)
-        return len(task.train), task.num_classes, {s.metric: len(s) for s in task.eval_sets}
+        return len(task.train), task.num_classes, {s.metric: len(s) for s in task.eval_sets}, "the mini world"
     from robusttune.training.tasks import scan_set
 
     spec = space.task.imagenet
-    train = scan_set("imagenet", spec.train_dir, cache_dir)
-    sizes = {"id_val_acc": spec.val_holdout, "id_acc": scan_set("imagenet", spec.val_dir, cache_dir).size}
-    sizes |= {f"ood_{name.value}": scan_set(name.value, path, cache_dir).size for name, path in spec.ood_dirs.items()}
-    return train.size - spec.val_holdout, 1000, sizes
+    missing: list[str] = []
+
+    def size(kind: str, path: str, nominal: str) -> int:
+        if _missing(path):
+            missing.append(path)
+            return NOMINAL_IMAGES[nominal]
+        return scan_set(kind, path, cache_dir).size
+
+    train = size("imagenet", spec.train_dir, "imagenet_train")
+    sizes = {"id_val_acc": spec.val_holdout, "id_acc": size("imagenet", spec.val_dir, "imagenet_val")}
+    sizes |= {f"ood_{name.value}": size(name.value, path, name.value) for name, path in spec.ood_dirs.items()}
+    source = "the folders" if not missing else f"published dataset sizes for the missing {', '.join(missing)}"
+    return train - spec.val_holdout, 1000, sizes, source
 
 
 def _model(space: SearchSpace, cache_dir: Path):
-    """The space's classifier with random weights (ImageNet: 1000 random head rows; the mini world: its own)."""
+    """The space's classifier with random weights (ImageNet: 1000 random head rows; the mini world: its own), its
+    image shape, the task's data when it is in memory (the mini world; else None) and the image transform of
+    folders and packs (ImageNet; else None)."""
     if space.task.imagenet is None:
         from robusttune.training.tasks import build_task
 
         student, task = build_task(space.task, cache_dir)
-        return student, task.train.images.shape[1:]
+        return student, task.train.images.shape[1:], task, None
     from robusttune.models.classifier import ImageClassifier
-    from robusttune.models.clip import create_clip, image_stats
+    from robusttune.models.clip import create_clip, image_stats, imagenet_preprocess
 
     clip, _ = create_clip(space.task.imagenet.model, None)
     mean, std = image_stats(clip)
     head = torch.nn.functional.normalize(torch.randn(1000, clip.visual.output_dim), dim=-1) * 100
     size = clip.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return ImageClassifier(clip.visual, head, mean=mean, std=std), (3, *size)
+    return ImageClassifier(clip.visual, head, mean=mean, std=std), (3, *size), None, imagenet_preprocess(clip)
 
 
-def calibrate(space: SearchSpace, mix: dict[str, tuple[TrainConfig, float]], cache_dir: Path, *, steps: int = 3,
-              refresh: bool = False) -> Calibration:
+def _sync(placement) -> None:
+    if placement.device.type == "cuda":
+        torch.cuda.synchronize(placement.device)
+
+
+def _release(placement) -> None:
+    if placement.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _timed(call: Callable[[int], None], placement, repeats: int, *, warmed: bool = False) -> tuple[float, float]:
+    """``(first call's seconds, its time)`` of ``call(i)``: a first call (a warm-up), then ``repeats`` timed ones
+    (their median). A call longer than ``CALIBRATION_CALL_SECONDS`` is timed once more only when nothing warmed the
+    model up (``warmed``: a smaller size ran before); past that, a first call's overhead is lost in its length."""
+    def once(i: int) -> float:
+        _sync(placement)
+        started = time.perf_counter()
+        call(i)
+        _sync(placement)
+        return time.perf_counter() - started
+
+    first = once(0)
+    if first > CALIBRATION_CALL_SECONDS:
+        if warmed:
+            return first, first
+        repeats = 1
+    timed = [once(i) for i in range(1, 1 + repeats)]
+    # one timed call: the first one too, whichever is less (a warm-up only ever adds; so does a busy machine)
+    return first, statistics.median(timed) if len(timed) > 1 else min(first, timed[0])
+
+
+def ladder(target: int, start: int = CALIBRATION_START) -> list[int]:
+    """The micro-batch sizes tried: ``start``, doubled while below ``target``, then ``target``."""
+    sizes, size = [], min(start, target)
+    while size < target:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, target]
+
+
+def fit_sizes(call: Callable[[int, int], None], target: int, placement, *, repeats: int = 3,
+              release: Callable[[], None] = lambda: None, trust_first: bool = True) -> Fit:
+    """Time ``call(size, i)`` up the ``ladder`` to ``target``, until the target, or until a size's call takes longer
+    than ``CALIBRATION_CALL_SECONDS`` (once two sizes are measured), or a size does not fit in the device's memory.
+    Sizes below the target are timed once after their warm-up, the target ``repeats`` times."""
+    sizes: list[int] = []
+    seconds: list[float] = []
+    oom = None
+    for size in ladder(target):
+        try:
+            warm, median = _timed(lambda i: call(size, i), placement, repeats if size == target else 1,
+                                  warmed=bool(sizes) and trust_first)
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+            if not _out_of_memory(error) or not sizes:
+                raise
+            oom = size
+            release()
+            break
+        sizes.append(size)
+        seconds.append(median)
+        if len(sizes) >= 2 and warm > CALIBRATION_CALL_SECONDS:
+            break
+    return Fit(target, sizes, seconds, oom)
+
+
+def step_chunks(config: TrainConfig, n_train: int, ranks: int = 1) -> list[int]:
+    """The micro-batch sizes one process computes in a step: on its own as ``robusttune.training.loop.StepBatches``
+    splits the batch; on ``ranks`` data-parallel processes ``accum_steps`` micro-batches of ``batch / (ranks *
+    accum_steps)`` each (``robusttune.training.distributed``)."""
+    images = min(config.batch_size, n_train)
+    if ranks > 1:
+        return [max(1, math.ceil(images / (ranks * config.accum_steps)))] * config.accum_steps
+    micro = config.batch_size // config.accum_steps
+    return [micro] * (images // micro) + ([images % micro] if images % micro else [])
+
+
+def fit_of(described: dict[str, Any]) -> Fit:
+    """A ``Fit`` back from its ``describe()`` (a cached calibration)."""
+    return Fit(int(described["target"]), [int(s) for s in described["sizes"]], [float(s) for s in described["seconds"]],
+               described.get("oom_at"))
+
+
+def _fetcher(source, largest: int, shape, classes: int, generator: torch.Generator):
+    """``fetch(size, i) -> (uint8 images, labels)``: indexed from an in-memory source inside the timed call, as a
+    trial indexes it, or sliced from random images made once."""
+    if source is not None and hasattr(source, "images"):
+        n = len(source)
+        return lambda size, i: source.batch(torch.randint(0, n, (size,), generator=torch.Generator().manual_seed(i)))
+    images = torch.randint(0, 256, (largest, *shape), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, classes, (largest,), generator=generator)
+    return lambda size, i: (images[:size], labels[:size])
+
+
+def _calibrate_method(config: TrainConfig, student, placement, fetch, target: int, steps: int) -> tuple[Fit, float]:
+    """A method's forward + backward per micro-batch (a ``Fit`` up to ``target``) and its AdamW update with
+    gradient clipping, as ``robusttune.training.loop.train`` runs them."""
     from robusttune.models.classifier import frozen_copy
-    from robusttune.training.device import Placement
-    from robusttune.training.loop import StepComputer
+    from robusttune.training.loop import StepComputer, compiled_blocks, make_optimizer
 
-    threads = max(1, int(space.resources.cpu))
+    model = frozen_copy(student).requires_grad_(True).train()
+    teacher = frozen_copy(student)
+    computer = StepComputer(config, model, teacher, placement)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config, placement)
+    with compiled_blocks(model, teacher, enabled=config.compile):
+        return _time_method(config, model, computer, optimizer, params, placement, fetch, target, steps)
+
+
+def _time_method(config: TrainConfig, model, computer, optimizer, params, placement, fetch, target: int,
+                 steps: int) -> tuple[Fit, float]:
+    def forward_backward(size: int, i: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        images, labels = fetch(size, i)
+        loss, _ = computer.loss(model.prepare(images), labels.to(placement.device, non_blocking=True), i)
+        loss.backward()
+
+    def release() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        _release(placement)
+
+    # compiled blocks compile again at each new size: their first call is never a measurement
+    fit = fit_sizes(forward_backward, target, placement, repeats=steps, release=release, trust_first=not config.compile)
+    forward_backward(fit.sizes[0], 0)  # gradients to update with
+
+    def update(i: int) -> None:
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+
+    _, update_seconds = _timed(update, placement, steps)
+    return fit, update_seconds
+
+
+def calibrate(space: SearchSpace, mix: dict[str, tuple[TrainConfig, float]], cache_dir: Path, *, n_train: int,
+              steps: int = 3, refresh: bool = False) -> Calibration:
+    """Measure (or read from the cache) the steps of ``mix``'s methods (one data-parallel process's share of a step
+    when the space's trials run on several), one evaluation batch and the loader."""
+    from robusttune.data.packed import usable_cpus
+    from robusttune.training.device import Placement
+
+    threads = max(1, min(int(space.resources.cpu), usable_cpus()))  # a trial's threads, on the CPUs that are here
     first = next(iter(mix.values()))[0]
     placement = Placement.of(first.device, first.precision)
-    key = stable_hash({"task": space.task.to_dict(), "device": str(placement.device), "dtype": str(placement.dtype),
-                       "threads": threads, "batch": first.batch_size, "eval_batch": first.eval_batch_size,
-                       "methods": sorted(mix), "steps": steps})
+    chunks = step_chunks(first, n_train, ranks_of(space))
+    key = stable_hash({"version": CALIBRATION_VERSION, "task": space.task.to_dict(), "device": str(placement.device),
+                       "dtype": str(placement.dtype), "threads": threads, "chunks": sorted(set(chunks)),
+                       "eval_batch": first.eval_batch_size, "methods": sorted(mix), "steps": steps})
     cached = Path(cache_dir) / "plans" / f"calibration-{key}.json"
     if cached.is_file() and not refresh:
         try:
@@ -199,80 +480,248 @@ def calibrate(space: SearchSpace, mix: dict[str, tuple[TrainConfig, float]], cac
     torch.set_num_threads(threads)
     try:
         started = time.perf_counter()
-        student, shape = _model(space, cache_dir)
+        student, shape, task, transform = _model(space, cache_dir)
         startup = time.perf_counter() - started
         student.to(placement.device)
         generator = torch.Generator().manual_seed(0)
-        micro = min(first.batch_size, CALIBRATION_MICRO_BATCH)
-        images = torch.randint(0, 256, (micro, *shape), dtype=torch.uint8, generator=generator)
-        labels = torch.randint(0, student.num_classes, (micro,), generator=generator).to(placement.device)
-        step_seconds = {}
+        target = max(chunks)
+        fetch = _fetcher(task.train if task is not None else None, target, shape, student.num_classes, generator)
+        step_fits: dict[str, dict[str, Any]] = {}
+        step_seconds: dict[str, float] = {}
         for name, (config, _) in mix.items():
-            model = frozen_copy(student).requires_grad_(True).train()
-            computer = StepComputer(config, model, frozen_copy(student), placement)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-            times = []
-            for step in range(steps + 1):  # the first one warms up
-                _sync(placement)
-                t0 = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                loss, _ = computer.loss(model.prepare(images), labels, step)
-                loss.backward()
-                optimizer.step()
-                _sync(placement)
-                times.append(time.perf_counter() - t0)
-            step_seconds[name] = statistics.median(times[1:]) * first.batch_size / micro
-        eval_micro = min(first.eval_batch_size, CALIBRATION_MICRO_BATCH * 2)
-        eval_images = torch.randint(0, 256, (eval_micro, *shape), dtype=torch.uint8, generator=generator)
-        times = []
-        with torch.inference_mode():
-            for _ in range(steps + 1):
-                _sync(placement)
-                t0 = time.perf_counter()
-                with placement.autocast():
-                    student(student.prepare(eval_images)).argmax(dim=1).cpu()
-                _sync(placement)
-                times.append(time.perf_counter() - t0)
-        calibration = Calibration(str(placement.device), threads, step_seconds, statistics.median(times[1:]) / eval_micro,
-                                  startup, sum(p.numel() for p in student.parameters()))
+            fit, update_seconds = _calibrate_method(config, student, placement, fetch, target, steps)
+            step_fits[name] = {**fit.describe(), "update_seconds": update_seconds}
+            step_seconds[name] = update_seconds + sum(fit.at(size) for size in chunks)
+            _release(placement)
+        del fetch
+        eval_target = first.eval_batch_size
+        if task is not None:  # batches never straddle two sets
+            eval_target = min(eval_target, max(len(s) for s in task.eval_sets))
+        eval_fetch = _fetcher(task.eval_sets[0].source if task is not None else None, eval_target, shape,
+                              student.num_classes, generator)
+
+        def evaluate(size: int, i: int) -> None:
+            images, _ = eval_fetch(size, i)
+            with torch.inference_mode(), placement.autocast():
+                student(student.prepare(images)).argmax(dim=1).cpu()
+
+        student.eval()
+        eval_fit = fit_sizes(evaluate, eval_target, placement, repeats=steps, release=lambda: _release(placement))
+        del eval_fetch
+        loader = measure_loader(space, task, transform, target, placement, cache_dir)
+        measured_there = all(f["measured"] for f in step_fits.values()) and eval_fit.measured
+        calibration = Calibration(
+            str(placement.device), threads, step_seconds, eval_fit.at(eval_target) / eval_target, startup,
+            sum(p.numel() for p in student.parameters()), step_fits, eval_fit.describe(),
+            "trial micro-batch" if measured_there else "fit", loader)
     finally:
         torch.set_num_threads(previous_threads)
     atomic_write_json(cached, {k: v for k, v in asdict(calibration).items() if k != "measured"})
     return calibration
 
 
-def _sync(placement) -> None:
-    if placement.device.type == "cuda":
-        torch.cuda.synchronize(placement.device)
+def measure_loader(space: SearchSpace, task, transform, batch: int, placement, cache_dir: Path) -> dict[str, Any]:
+    """Images/s of the space's training data as a trial reads it: the mini world's in-memory tensors (indexed in
+    the trial's process), or the ImageNet folder or pack through the trial's loader (``num_workers`` processes,
+    pinned memory on a GPU), timed after the first batch (the workers' start) for a few batches of the trial's
+    micro-batch (at most 64 images). Missing or unreadable data is "not measured", never a guess."""
+    if task is not None:
+        source, n = task.train, len(task.train)
+        generator = torch.Generator().manual_seed(1)
+        batches = [torch.randint(0, n, (batch,), generator=generator) for _ in range(50)]
+        started = time.perf_counter()
+        for index in batches:
+            source.batch(index)
+        seconds = time.perf_counter() - started
+        return {"source": "in-memory tensors", "num_workers": 0, "overlaps_step": False, "in_step": True,
+                "status": "measured", "batch": batch, "images": batch * len(batches),
+                "images_per_s": batch * len(batches) / seconds}
+    from robusttune.data.packed import is_pack, open_pack, usable_cpus
+    from robusttune.data.sets import DatasetImages, Loading, batch_loader, sequential_batches
+    from robusttune.errors import DataError
+    from robusttune.training.tasks import scan_set
+
+    from robusttune.data.sets import loader_workers
+
+    spec = space.task.imagenet
+    workers = loader_workers(spec.num_workers, int(space.resources.cpu))  # as a trial resolves None
+    root = Path(spec.train_dir)
+    row: dict[str, Any] = {"source": "folder", "path": str(root), "num_workers": workers, "overlaps_step": workers > 0,
+                           "in_step": False, "cpus_here": usable_cpus(), "images_per_s": None}
+    if not root.exists():
+        return {**row, "source": "missing", "status": f"not measured: {root} does not exist"}
+    try:
+        if is_pack(root):
+            row["source"] = f"{open_pack(root).index.get('encoding', 'raw')} pack"
+        scanned = scan_set("imagenet", root, cache_dir)
+        size = min(batch, 64)
+        count = min(scanned.size, size * (1 + max(4, 2 * workers)))
+        positions = sorted(torch.randperm(scanned.size, generator=torch.Generator().manual_seed(1))[:count].tolist())
+        dataset = DatasetImages(scanned.dataset(transform, positions))
+        loader = batch_loader(dataset, sequential_batches(count, size),
+                              Loading(workers, pin_memory=placement.pin_memory))
+        started, first, images = time.perf_counter(), None, 0
+        for batch_images, _ in loader:
+            if first is None:
+                first = time.perf_counter()  # the workers have started: time the rest
+            else:
+                images += len(batch_images)
+            if time.perf_counter() - started > LOADER_SECONDS:
+                break
+        del loader
+    except (DataError, OSError) as error:
+        return {**row, "status": f"not measured: {error}"}
+    if not images or first is None:
+        return {**row, "status": f"not measured: {root} has too few images for more than one batch"}
+    seconds = time.perf_counter() - first
+    return {**row, "status": "measured", "batch": size, "images": images, "images_per_s": images / seconds}
+
+
+def storage_write_rate(cache_dir: Path, *, refresh: bool = False) -> dict[str, Any]:
+    """Bytes/s of one ``WRITE_PROBE_BYTES`` checkpoint written as trials write theirs (``save_checkpoint``: tmp
+    file, fsync, rename) into the cache directory; measured once and cached."""
+    from robusttune.training.checkpoint import save_checkpoint
+
+    folder = Path(cache_dir) / "plans"
+    cached = folder / "storage-write.json"
+    if cached.is_file() and not refresh:
+        try:
+            saved = json.loads(cached.read_text())
+            if float(saved["bytes_per_s"]) > 0:
+                return {**saved, "measured": False}
+        except (ValueError, TypeError, KeyError):
+            pass
+    payload = {"model": {"weights": torch.rand(WRITE_PROBE_BYTES // 4, generator=torch.Generator().manual_seed(0))}}
+    probe = folder / "write-probe.pt"
+    started = time.perf_counter()
+    save_checkpoint(probe, payload)
+    seconds = time.perf_counter() - started
+    written = probe.stat().st_size
+    probe.unlink()
+    result = {"path": str(folder), "bytes": written, "seconds": seconds, "bytes_per_s": written / seconds}
+    atomic_write_json(cached, result)
+    return {**result, "measured": True}
+
+
+def _train_images(config: TrainConfig, n_train: int, classes: int) -> int:
+    if config.train_subset is None:
+        return n_train
+    # per class: an upper bound when some class has fewer images
+    return (round(config.train_subset * n_train) if config.train_subset < 1
+            else min(n_train, int(config.train_subset) * classes))
+
+
+def _eval_images(config: TrainConfig, eval_sizes: dict[str, int], evaluations: int) -> tuple[int, int]:
+    """``(images of a trial's evaluations, images of one full evaluation)``: intermediate ones on ``eval_subset``."""
+    full = sum(eval_sizes.values())
+    subset = sum(min(n, config.eval_subset) for n in eval_sizes.values()) if config.eval_subset else full
+    return subset * (evaluations - 1) + full, full
 
 
 def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, calibrate_again: bool = False) -> Plan:
-    mix = method_mix(space)
-    n_train, classes, eval_sizes = _sizes(space, cache_dir)
-    config = next(iter(mix.values()))[0]
-    if config.train_subset is not None:  # per class: an upper bound when some class has fewer images
-        n_train = (round(config.train_subset * n_train) if config.train_subset < 1
-                   else min(n_train, int(config.train_subset) * classes))
-    calibration = calibrate(space, mix, cache_dir, refresh=calibrate_again)
-    evaluations = evaluation_count(config, n_train)
-    full_images = sum(eval_sizes.values())
-    subset_images = sum(min(n, config.eval_subset) for n in eval_sizes.values()) if config.eval_subset else full_images
-    eval_images = subset_images * (evaluations - 1) + full_images
     from robusttune.training.loop import total_steps
 
+    mix = method_mix(space)
+    n_train, classes, eval_sizes, sizes_source = _sizes(space, cache_dir)
+    config = next(iter(mix.values()))[0]
+    n_train = _train_images(config, n_train, classes)
+    ranks = ranks_of(space)
+    vanilla = vanilla_baseline(space)
+    vanilla_key = method_key(vanilla)
+    calibration = calibrate(space, {**mix, vanilla_key: mix.get(vanilla_key, (vanilla, 0.0))}, cache_dir,
+                            n_train=n_train, refresh=calibrate_again)
+    storage = storage_write_rate(cache_dir, refresh=calibrate_again)
+
+    # the loader against the device: with workers it overlaps the step (the slower bounds), without them it adds to
+    # it; in-memory fetches were timed inside the step already. Per process: each data-parallel rank has its own.
+    loader = calibration.loader
+    rate = loader.get("images_per_s")
+
+    def bounded(device_s: float, images: float) -> tuple[float, float | None]:
+        if not rate:
+            return device_s, None
+        load_s = images / rate
+        if loader.get("in_step"):
+            return device_s, load_s
+        return (max(device_s, load_s) if loader.get("overlaps_step") else device_s + load_s), load_s
+
+    images_per_step = sum(step_chunks(config, n_train, ranks))  # one process's
+    method_steps = {}
+    for name, seconds in calibration.step_seconds.items():
+        effective, load_s = bounded(seconds, images_per_step)
+        method_steps[name] = {"step_seconds": effective, "device_seconds": seconds, "loader_seconds": load_s,
+                              "bound": None if load_s is None else ("loader" if load_s > seconds else "device"),
+                              "fit": calibration.step_fits.get(name, {}).get("how")}
+    step_s = {name: method_steps[name]["step_seconds"] for name in method_steps}
+    device_step = sum(share * calibration.step_seconds[name] for name, (_, share) in mix.items())
+    load_step = images_per_step / rate if rate else None
+    bound = None if load_step is None else ("loader" if load_step > device_step else "device")
+    eval_per_image, _ = bounded(calibration.eval_seconds_per_image, 1)  # on one device
+
+    # one trial, in device-hours: its processes train and evaluate their shares side by side
+    evaluations = evaluation_count(config, n_train)
+    eval_images, full_images = _eval_images(config, eval_sizes, evaluations)
     steps = total_steps(config, n_train)
-    train_s = sum(share * steps * calibration.step_seconds[name] for name, (_, share) in mix.items())
-    eval_s = eval_images * calibration.eval_seconds_per_image
-    trial_s = calibration.startup_seconds + train_s + eval_s
+    train_s = ranks * sum(share * steps * step_s[name] for name, (_, share) in mix.items())
+    eval_s = eval_images * eval_per_image
+    startup = ranks * calibration.startup_seconds
+    trial_s = startup + train_s + eval_s
+
+    # checkpoints: at every evaluation latest.pt (weights + AdamW's two moments) and at most a best.pt (weights), by
+    # one process while the others wait; an ended trial's latest.pt is rewritten without the optimizer state (unless
+    # it keeps 'all')
+    weights = calibration.parameters * 4
+    write_rate = float(storage["bytes_per_s"])
+    per_evaluation = 3 * weights + weights
+    at_end = 0 if config.checkpoints.value == "all" else weights
+    trial_checkpoint_s = ranks * (evaluations * per_evaluation + at_end) / write_rate
+
     fraction = scheduler_fraction(space, evaluations)
     trials = trials or space.budget.trials
-    sweep_s = trials * (calibration.startup_seconds + fraction * (train_s + eval_s))
-    weights = calibration.parameters * 4
-    # a running trial holds its latest checkpoint (weights + AdamW's two moments) and best weights; an ended one what
-    # its policy keeps
-    kept = {"all": 4 * weights, "best": 2 * weights, "final": weights}[config.checkpoints.value]
     concurrency = min(space.budget.concurrency, trials)
-    return Plan(space.name, trials, concurrency, steps, evaluations, eval_images, trial_s / 3600, sweep_s / 3600,
-                sweep_s / 3600 / concurrency, eval_s / (train_s + eval_s), 1 - fraction, kept,
-                (trials - concurrency) * kept + concurrency * 4 * weights,
-                {name: share for name, (_, share) in mix.items()}, asdict(calibration))
+
+    # the serial tail, on one device: zero-shot evaluation, the vanilla FT baseline, WiSE-FT curves of it and of the
+    # front's trials
+    full_eval_s = full_images * eval_per_image
+    vanilla_steps = total_steps(vanilla, n_train)
+    vanilla_step = calibration.step_seconds[vanilla_key]
+    if ranks > 1:  # the baseline trains the whole batch on one device: read its micro-batches off the fit
+        described = calibration.step_fits.get(vanilla_key)
+        vanilla_step = ranks * vanilla_step if described is None else (
+            described.get("update_seconds", 0.0) + sum(fit_of(described).at(s) for s in step_chunks(vanilla, n_train)))
+    vanilla_step, _ = bounded(vanilla_step, min(vanilla.batch_size, n_train))
+    vanilla_evaluations = evaluation_count(vanilla, n_train)
+    vanilla_eval_images, _ = _eval_images(vanilla, eval_sizes, vanilla_evaluations)
+    complete = trials * survivor_fraction(space, evaluations)
+    front = expected_front_size(max(1, round(complete)), len(space.objective.metrics))
+    wise_evaluations = len(space.baselines.wise_alphas) * (1 + front)
+    tail_parts = {"startup_s": calibration.startup_seconds, "zero_shot_eval_s": full_eval_s,
+                  "vanilla_train_s": vanilla_steps * vanilla_step,
+                  "vanilla_eval_s": vanilla_eval_images * eval_per_image,
+                  "wise_s": wise_evaluations * full_eval_s, "checkpoint_s": weights / write_rate}
+    tail_s = sum(tail_parts.values())
+    tail = {"hours": tail_s / 3600, **tail_parts, "vanilla_steps": vanilla_steps,
+            "vanilla_evaluations": vanilla_evaluations, "expected_complete_trials": complete,
+            "expected_front": front, "wise_alphas": len(space.baselines.wise_alphas),
+            "wise_evaluations": wise_evaluations, "full_evaluation_images": full_images,
+            "confirmation_s": 0.0, "confirmation": "none (robusttune runs no confirmation stage yet)"}
+
+    terms_s = {"startup": trials * startup, "train": trials * fraction * train_s, "eval": trials * fraction * eval_s,
+               "checkpoints": trials * ranks * (fraction * evaluations * per_evaluation + at_end) / write_rate,
+               "tail": tail_s}
+    terms = {name: seconds / 3600 for name, seconds in terms_s.items()}
+    sweep_h = sum(terms.values())
+    wall_h = (sweep_h - terms["tail"]) / (concurrency * ranks) + terms["tail"]
+    kept = {"all": 4 * weights, "best": 2 * weights, "final": weights}[config.checkpoints.value]
+    return Plan(
+        space.name, trials, concurrency, steps, evaluations, eval_images, trial_s / 3600, sweep_h, wall_h,
+        eval_s / (train_s + eval_s) if train_s + eval_s else 0.0, 1 - fraction, kept,
+        (trials - concurrency) * kept + concurrency * 4 * weights + weights,
+        {name: share for name, (_, share) in mix.items()}, asdict(calibration),
+        sizes={"train": n_train, "eval": eval_sizes, "source": sizes_source}, ranks=ranks, bound=bound,
+        loader={**loader, "device_images_per_s": images_per_step / device_step if device_step else None,
+                "loader_seconds_per_step": load_step, "device_seconds_per_step": device_step},
+        method_steps=method_steps, trial_checkpoint_hours=trial_checkpoint_s / 3600,
+        checkpoints={"bytes_per_evaluation": per_evaluation, "bytes_at_end": at_end, "write": storage,
+                     "seconds_per_evaluation": per_evaluation / write_rate, "trial_seconds": trial_checkpoint_s},
+        tail=tail, terms=terms, dominant=max(terms, key=terms.get))

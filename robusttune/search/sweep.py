@@ -173,7 +173,9 @@ def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, s
 
     function = runner.trainable(experiment.resolve(), space, space_text)
     function.__name__ = "robusttune_trial"  # Tune names trials after it
-    return tune.with_resources(function, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    from robusttune.search.data_parallel import trial_resources
+
+    return tune.with_resources(function, trial_resources(space))
 
 
 def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner):
@@ -194,6 +196,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
     from ray.tune.search import ConcurrencyLimiter
 
     from robusttune.search.adapters import RobustOptunaSearch
+    from robusttune.search.data_parallel import uses_workers
     from robusttune.search.samplers import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -214,7 +217,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
         _tune_trainable(runner, experiment, space, space_text),
         param_space={"seed": options.seed},
         tune_config=tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(space, experiment),
-                                    num_samples=trials, reuse_actors=True),
+                                    num_samples=trials, reuse_actors=not uses_workers(space)),
         run_config=tune.RunConfig(
             name=tune_dir(experiment).name, storage_path=str(experiment.resolve()), verbose=options.verbose,
             callbacks=callbacks,

@@ -63,20 +63,60 @@ def heartbeat_result(space: SearchSpace, last: dict[str, float], progress: dict[
 
 def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experiment: str,
               heartbeat_seconds: float = 30.0) -> None:
+    """One Tune trial: trains in this process, or on the trial's Ray Train workers when its config says
+    ``workers > 1`` (``robusttune.search.data_parallel``)."""
     import ray
     import torch
-
-    from robusttune.training.checkpoint import save_checkpoint
-    from robusttune.training.run import prepare_run
 
     space = parse_space_text(space_yaml)
     sampled = {k: v for k, v in config.items() if k in space.parameters}
     train_config = space.trial_config(sampled, seed=int(config.get(SEED_KEY, 0)))
+    trial_id = tune.get_context().get_trial_id()
+    job = {"config": dict(config), "space_yaml": space_yaml, "cache_dir": cache_dir, "experiment": experiment,
+           "heartbeat_seconds": heartbeat_seconds, "trial_id": trial_id,
+           "node_id": ray.get_runtime_context().get_node_id()}  # which node ran it (cluster tests, post-mortems)
+    if train_config.workers > 1:
+        from robusttune.search.data_parallel import run_on_workers
+
+        # The resumed checkpoint's evaluation is re-reported from here, straight to Tune: a report Ray Train's
+        # workers make just before the next one can be passed over.
+        if train_trial(job, report_to=tune.report, train=False):
+            run_on_workers(trial_worker, job, workers=train_config.workers, space=space, experiment=experiment,
+                           trial_id=trial_id)
+        return
     torch.set_num_threads(trial_threads())
-    folder = trial_checkpoints(experiment, tune.get_context().get_trial_id())
+    train_trial(job, report_to=tune.report)
+
+
+def trial_worker(job: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel trial: its share of every step; its reports go through Ray Train."""
+    import torch
+
+    from robusttune.search.data_parallel import train_report
+
+    torch.set_num_threads(max(1, int(parse_space_text(job["space_yaml"]).resources.cpu)))
+    train_trial(job, report_to=train_report, rereport=False)
+
+
+def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport: bool = True) -> bool:
+    """The trial's fine-tuning in this process (all of it, or this rank's share): resumes from the trial's
+    ``latest.pt``, reports every evaluation through ``report_to``; the leader (rank 0) keeps the checkpoints.
+    ``rereport``: report the resumed checkpoint's evaluation again first; ``train=False``: only that. Returns whether
+    training is left to do."""
+    from robusttune.training.checkpoint import save_checkpoint
+    from robusttune.training.distributed import Shard
+    from robusttune.training.run import prepare_run
+
+    space = parse_space_text(job["space_yaml"])
+    config, experiment = job["config"], job["experiment"]
+    sampled = {k: v for k, v in config.items() if k in space.parameters}
+    train_config = space.trial_config(sampled, seed=int(config.get(SEED_KEY, 0)))
+    shard = Shard.current()
+    folder = trial_checkpoints(experiment, job["trial_id"])
     latest, best, best_meta = folder / "latest.pt", folder / "best.pt", folder / "best.json"
-    run = prepare_run(train_config, space.task, Path(cache_dir), checkpoint=latest, head_folders=[heads_dir(experiment)])
-    node_id = ray.get_runtime_context().get_node_id()  # which node ran it (cluster tests, post-mortems)
+    run = prepare_run(train_config, space.task, Path(job["cache_dir"]), checkpoint=latest,
+                      head_folders=[heads_dir(experiment)])
+    node_id, heartbeat_seconds = job["node_id"], float(job["heartbeat_seconds"])
     total = run.total_steps
     best_saved = json.loads(best_meta.read_text()) if best_meta.is_file() else {}
     best_objective, best_subset = best_saved.get("objective", float("-inf")), best_saved.get("subset")
@@ -100,27 +140,31 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     def report(row: dict[str, Any]) -> None:
         nonlocal evaluations
         if row.get("status") == "failed":
-            log.warning("trial %s failed: %s", tune.get_context().get_trial_id(), row["failure"])  # reaches the console
-            tune.report(failure_result(space, last, step=row["step"], epoch=row["epoch"], total_steps=total,
-                                       evaluation=evaluations, failure=row["failure"]))
+            if shard.leader:
+                log.warning("trial %s failed: %s", job["trial_id"], row["failure"])  # reaches the console
+            report_to(failure_result(space, last, step=row["step"], epoch=row["epoch"], total_steps=total,
+                                     evaluation=evaluations, failure=row["failure"]))
             return
         evaluations += 1
         metrics = row["metrics"]
         last.update(metrics)
         # 'evaluation' (not Tune's iteration counter, which restarts on resume) is the scheduler's time axis
-        tune.report({**metrics, "objective": space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
-                     "evaluation": evaluations, "total_steps": total, "node_id": node_id,
-                     **{k: row[k] for k in ("eval_images", "eval_subset") if k in row},
-                     "trial_status": "complete" if row["step"] >= total else "running"})
+        report_to({**metrics, "objective": space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
+                   "evaluation": evaluations, "total_steps": total, "node_id": node_id,
+                   **{k: row[k] for k in ("eval_images", "eval_subset") if k in row},
+                   "trial_status": "complete" if row["step"] >= total else "running"})
 
     if run.resume is not None:
         # The checkpoint's evaluation may not have reached Tune (a crash between saving and reporting, or a trial
         # that finished unseen by Tune's saved state): report it again. Readers keep the last row per
         # (trial, evaluation) and the scheduler gives a re-reported rung its earlier decision.
-        evaluations -= 1
-        report(run.history[-1])
+        if rereport:
+            evaluations -= 1
+            report(run.history[-1])
         if run.finished or "optimizer" not in run.resume:  # finished, or ended early and kept without optimizer state
-            return
+            return False
+    if not train:
+        return True
     last_beat = time.monotonic()
 
     def heartbeat(progress: dict[str, Any]) -> None:
@@ -129,7 +173,9 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
             last_beat = time.monotonic()
             tune.report(heartbeat_result(space, last, progress))
 
-    run.train(report=report, after_save=keep_best, on_step=heartbeat)
+    run.train(report=report, after_save=keep_best if shard.leader else None,
+              on_step=heartbeat if not shard.distributed else None, shard=shard)
+    return False
 
 
 @dataclass(frozen=True)

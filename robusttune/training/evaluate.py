@@ -13,6 +13,7 @@ from robusttune.data.sets import EvalSet, Loading, TensorImages, batch_loader, f
 from robusttune.errors import DataError
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
+from robusttune.training.distributed import ALONE, Shard
 
 
 LARGE_EVALUATION = 20_000  # images: a progress bar (on the command line) from this size on
@@ -26,15 +27,17 @@ def ood_mean(metrics: Mapping[str, float]) -> float:
 
 class Evaluator:
     """Evaluates a classifier on fixed sets. Sets read from disk share one loader over all of them, built once per
-    run, whose workers stay alive between evaluations (batches never straddle two sets)."""
+    run, whose workers stay alive between evaluations (batches never straddle two sets). In a data-parallel run
+    (``shard``) each process evaluates every ``world``-th batch and the counts are summed: every process gets the
+    full sets' accuracies."""
 
     def __init__(self, eval_sets: Iterable[EvalSet], *, batch_size: int = 256, placement: Placement = CPU_FP32,
-                 num_workers: int = 0):
+                 num_workers: int = 0, shard: Shard = ALONE):
         self.sets = tuple(eval_sets)
         for eval_set in self.sets:
             if len(eval_set) == 0:
                 raise DataError(f"evaluation set for {eval_set.metric} is empty")
-        self.batch_size, self.placement = batch_size, placement
+        self.batch_size, self.placement, self.shard = batch_size, placement, shard
         self.sizes = {s.metric: len(s) for s in self.sets}  # images behind each metric
         self.loading = Loading(num_workers, pin_memory=placement.pin_memory, persistent=num_workers > 0)
         self._shared = None  # (loader, owner of each batch), built on the first evaluation
@@ -44,13 +47,15 @@ class Evaluator:
         in_memory = all(isinstance(s.source, TensorImages) for s in self.sets)
         if in_memory or self.loading.num_workers == 0:
             for index, eval_set in enumerate(self.sets):
-                for images, labels in batch_loader(eval_set.source, sequential_batches(len(eval_set), self.batch_size)):
+                for images, labels in batch_loader(eval_set.source, self._mine(sequential_batches(len(eval_set),
+                                                                                                 self.batch_size))):
                     yield index, images, labels
             return
         if self._shared is None:
             batches, owners, offset = [], [], 0
             for index, eval_set in enumerate(self.sets):
-                batches += [[offset + i for i in b] for b in sequential_batches(len(eval_set), self.batch_size)]
+                batches += [[offset + i for i in b] for b in self._mine(sequential_batches(len(eval_set),
+                                                                                            self.batch_size))]
                 owners += [index] * (len(batches) - len(owners))
                 offset += len(eval_set)
             concatenated = ConcatDataset([s.source for s in self.sets])  # type: ignore[list-item]
@@ -58,6 +63,11 @@ class Evaluator:
         loader, owners = self._shared
         for owner, (images, labels) in zip(owners, loader):
             yield owner, images, labels
+
+    def _mine(self, batches: list) -> list:
+        """This process's share of a set's batches."""
+        batches = list(batches)
+        return batches[self.shard.rank::self.shard.world] if self.shard.distributed else batches
 
     @torch.inference_mode()
     def __call__(self, model: ImageClassifier) -> dict[str, float]:
@@ -77,6 +87,9 @@ class Evaluator:
                     bar.update(int(labels.shape[0]))
         finally:
             model.train(was_training)
+        if self.shard.distributed:
+            summed = self.shard.sum_counts(correct + total, self.placement.device)
+            correct, total = summed[:len(correct)], summed[len(correct):]
         metrics = {s.metric: c / t for s, c, t in zip(self.sets, correct, total)}
         if any(k.startswith("ood_") for k in metrics):
             metrics["ood_mean"] = ood_mean(metrics)
@@ -89,7 +102,8 @@ def subset_evaluator(full: Evaluator, n: int) -> Evaluator | None:
     if all(len(s) <= n for s in full.sets):
         return None
     sets = [dataclasses.replace(s, source=restrict(s.source, fixed_subset(len(s), n))) for s in full.sets]
-    return Evaluator(sets, batch_size=full.batch_size, placement=full.placement, num_workers=full.loading.num_workers)
+    return Evaluator(sets, batch_size=full.batch_size, placement=full.placement, num_workers=full.loading.num_workers,
+                     shard=full.shard)
 
 
 def evaluate(model: ImageClassifier, eval_sets: Iterable[EvalSet], *, batch_size: int = 256,

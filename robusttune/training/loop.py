@@ -7,19 +7,25 @@ Per step, on a batch ``(x, y)``:
 3. a patch mask (object / context / random, threshold or ratio form) and a refill (none / single / multi);
 4. the frozen teacher's features (or logits) on the counterfactual images under ``inference_mode``, the
    student's on the same images (reusing the clean forward when there is no mask);
-5. ``loss = w_task * CE + w_distill * distill``; AdamW, warm-up + cosine or OneCycle, gradient clipping (once per
-   step, after accumulating micro-batches; the official code clips every micro-batch).
+5. ``loss = w_task * CE + w_distill * distill``; AdamW (fused on CUDA), warm-up + cosine or OneCycle, gradient
+   clipping (once per step, after accumulating micro-batches; the official code clips every micro-batch).
 
 Randomness is a pure function of ``(seed, step)`` (data order per epoch, masks and donors per step), so a
 run resumed from a checkpoint continues exactly as the uninterrupted run would.
+
+A step never waits for the host: the loss and its parts stay on the device (``StepHealth`` keeps whether every loss
+was finite, the first step that was not, and the last loss and parts), CPU-drawn masks and donors are copied from
+pinned memory without blocking, and the host reads the device once per heartbeat that shows the loss (``Progress``)
+and once before each evaluation. A non-finite loss ends the run at the first such read after it, naming the step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,15 +35,17 @@ from torch import Tensor
 
 from robusttune.config import CamMethod, DistillKind, DistillNorm, Refill, Region, Schedule, TrainConfig, Trainable
 from robusttune.data.sets import Loading, TaskData, batch_loader
+from robusttune.errors import ConfigError
 from robusttune.method import cam as cam_lib
 from robusttune.method import losses, masking, refill
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
+from robusttune.training.distributed import ALONE, Shard
 from robusttune.training.evaluate import Evaluator, subset_evaluator
 from robusttune.training.schedule import warmup_cosine
 
 Report = Callable[[dict[str, Any]], None]
-OnStep = Callable[[dict[str, Any]], None]  # after every optimizer step: step, total_steps, loss, images_per_s, eta_s
+OnStep = Callable[[Mapping[str, Any]], None]  # after every optimizer step: a Progress (step, total_steps, epoch, loss...)
 SaveCheckpoint = Callable[[dict[str, Any]], None]
 
 _STEP_SALT = 1_000_003
@@ -79,16 +87,27 @@ def batch_indices(config: TrainConfig, n_train: int, step: int, order: Tensor | 
 
 class StepBatches:
     """The micro-batches of steps ``start .. total - 1`` in order, as index lists: a ``DataLoader`` batch sampler.
-    Starting at a resumed step gives exactly the batches the uninterrupted run would have seen."""
+    Starting at a resumed step gives exactly the batches the uninterrupted run would have seen. A step is
+    ``accum_steps x workers`` micro-batches; this process (``shard``) takes its ``slots`` of them."""
 
-    def __init__(self, config: TrainConfig, n_train: int, start: int, total: int):
-        self.config, self.n_train, self.start, self.total = config, n_train, start, total
-        self.micro = config.batch_size // config.accum_steps
+    def __init__(self, config: TrainConfig, n_train: int, start: int, total: int, shard: Shard = ALONE):
+        self.config, self.n_train, self.start, self.total, self.shard = config, n_train, start, total, shard
+        self.micro = config.batch_size // (config.accum_steps * shard.world)
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per step, over every process."""
+        return math.ceil(min(self.config.batch_size, self.n_train) / self.micro)
+
+    @property
+    def slots(self) -> range:
+        """This process's micro-batches of each step (their numbers among ``micro_batches``)."""
+        return self.shard.slots(self.micro_batches)
 
     @property
     def per_step(self) -> int:
-        """Micro-batches per step."""
-        return math.ceil(min(self.config.batch_size, self.n_train) / self.micro)
+        """Micro-batches per step in this process."""
+        return len(self.slots)
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.per_step
@@ -99,12 +118,17 @@ class StepBatches:
             epoch = step // per_epoch
             if order is None or order[0] != epoch:  # one permutation per epoch, not one per step
                 order = (epoch, epoch_order(self.config, self.n_train, epoch))
-            for chunk in batch_indices(self.config, self.n_train, step, order[1]).split(self.micro):
-                yield chunk.tolist()
+            chunks = batch_indices(self.config, self.n_train, step, order[1]).split(self.micro)
+            for slot in self.slots:
+                yield chunks[slot].tolist()
 
 
-def step_generator(config: TrainConfig, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(config.seed * _STEP_SALT + step + 17)
+_SLOT_SALT = 7_919_113
+
+
+def step_generator(config: TrainConfig, step: int, slot: int = 0) -> torch.Generator:
+    """The masks' and donors' randomness of micro-batch ``slot`` of ``step`` (slot 0: the whole batch)."""
+    return torch.Generator().manual_seed(config.seed * _STEP_SALT + step + 17 + slot * _SLOT_SALT)
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
@@ -135,7 +159,8 @@ class StepComputer:
         score = clean.logits.float().gather(1, labels[:, None]).sum()
         if self.config.cam is CamMethod.RELEVANCE:
             grads = torch.autograd.grad(score, clean.vit.attentions, retain_graph=True)
-            return cam_lib.attention_relevance([a.detach() for a in clean.vit.attentions], list(grads))
+            with self.placement.exact_fp32():  # the product over blocks in true fp32, TF32 or not
+                return cam_lib.attention_relevance([a.detach() for a in clean.vit.attentions], list(grads))
         (grad,) = torch.autograd.grad(score, clean.vit.last_ln1_tokens, retain_graph=True)
         return cam_lib.grad_cam(clean.vit.last_ln1_tokens.detach(), grad)
 
@@ -167,13 +192,15 @@ class StepComputer:
         return losses.feature_mse(student_out.features.float(), teacher_out.features,
                                   normalise=c.distill_norm is DistillNorm.VARIANCE)
 
-    def loss(self, images: Tensor, labels: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, images: Tensor, labels: Tensor, step: int, slot: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """The step's loss and its parts (``loss_task``, ``mask_fraction``, ``loss_distill``), all 0-dim tensors on the
+        device: nothing here waits for the device (``StepHealth`` reads them when the host needs them)."""
         c = self.config
-        g = step_generator(c, step)
+        g = step_generator(c, step, slot)
         with self.placement.autocast():
             clean = self.student.run(images, cam=c.cam if c.uses_cam else None)
         task = F.cross_entropy(clean.logits.float(), labels)
-        parts = {"loss_task": float(task.detach())}
+        parts = {"loss_task": task.detach()}
         loss = c.w_task * task
         if c.w_distill > 0:
             drop = None
@@ -182,7 +209,7 @@ class StepComputer:
             else:
                 cam = self.cam(clean, labels) if c.uses_cam else None
                 mask = self.patch_mask(cam, images.shape[0], self._patches(), g)
-                parts["mask_fraction"] = float(mask.float().mean())
+                parts["mask_fraction"] = mask.float().mean()
                 cf_images, drop = self.counterfactual(images, mask, g)
                 with self.placement.autocast():
                     student_cf = self.student.run(cf_images, drop_patches=drop)
@@ -191,13 +218,124 @@ class StepComputer:
             # inference tensors cannot be saved for backward: take plain (fp32) copies for the loss
             teacher_cf.features, teacher_cf.logits = teacher_cf.features.float().clone(), teacher_cf.logits.float().clone()
             distill = self.distill_loss(student_cf, teacher_cf)
-            parts["loss_distill"] = float(distill.detach())
+            parts["loss_distill"] = distill.detach()
             loss = loss + c.w_distill * distill
         return loss, parts
 
     def _patches(self) -> int:
         h, w = self.student.grid_size
         return h * w
+
+
+@dataclass(frozen=True)
+class HealthReading:
+    """One host read of ``StepHealth``: the first step whose loss was not finite (None: every loss so far was), that
+    loss, and the last micro-batch's loss and parts as Python floats."""
+
+    bad_step: int | None
+    bad_value: float
+    loss: float
+    parts: dict[str, float]
+    seen: int  # the last step observed before the read
+
+    def failure(self) -> str:
+        later = f" (seen at step {self.seen})" if self.seen != self.bad_step else ""
+        return f"non-finite loss ({self.bad_value}) at step {self.bad_step}{later}"
+
+
+NO_BAD_STEP = torch.iinfo(torch.long).max  # StepHealth.bad_step while every loss was finite
+
+
+class StepHealth:
+    """What the host needs to know about the steps, kept on the device so that no step waits for the host.
+
+    ``observe`` (after each micro-batch's loss) only queues a few 0-dim device ops: ``bad_step`` becomes the first
+    step whose loss was not finite (``NO_BAD_STEP`` while all were: a ``minimum``, no branch), ``bad_value`` that
+    loss, and the last loss and parts are kept as device tensors. ``read`` is the one host read: a single copy of
+    these few numbers, which waits for the queued steps to finish. Under data parallelism, all-reduce ``bad_step``
+    with MIN (the earliest bad step of any rank) just before ``read``, at the same step on every rank."""
+
+    def __init__(self, device: torch.device):
+        self.bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), device=device)
+        self.loss: Tensor = torch.zeros((), device=device)
+        self.parts: dict[str, Tensor | float] = {}
+        self.step = -1  # the last step observed (the host knows it without asking)
+        self.failed: HealthReading | None = None  # the first read that found a non-finite loss
+
+    def observe(self, step: int, loss: Tensor, parts: Mapping[str, Tensor | float]) -> None:
+        value = loss.detach().float()
+        candidate = torch.where(torch.isfinite(value), NO_BAD_STEP, step)
+        self.bad_value = torch.where(candidate < self.bad_step, value, self.bad_value)
+        self.bad_step = torch.minimum(self.bad_step, candidate)
+        self.loss, self.step = value, step
+        self.parts = {k: v.detach() if isinstance(v, Tensor) else float(v) for k, v in parts.items()}
+
+    def read(self) -> HealthReading:
+        names = [k for k, v in self.parts.items() if isinstance(v, Tensor)]
+        values = torch.stack([self.bad_step.double(), self.bad_value.double(), self.loss.double(),
+                              *(self.parts[k].double() for k in names)]).tolist()  # type: ignore[union-attr]
+        # ^ the one host read (steps are exact in float64 up to 2**53; NO_BAD_STEP rounds to 2**63)
+        read = dict(zip(names, values[3:]))
+        parts = {k: read.get(k, v) for k, v in self.parts.items()}
+        bad = None if values[0] >= NO_BAD_STEP else int(values[0])
+        reading = HealthReading(bad, values[1], values[2], parts, self.step)  # type: ignore[arg-type]
+        if bad is not None and self.failed is None:
+            self.failed = reading
+        return reading
+
+
+class Progress(Mapping[str, Any]):
+    """The row ``on_step`` receives after every optimizer step. ``step``, ``total_steps`` and ``epoch`` are plain
+    values; ``loss``, ``images_per_s`` and ``eta_s`` are computed on first access, from one host read of the
+    ``StepHealth`` (which waits for the device and also checks every loss so far was finite: a non-finite one ends
+    the run right after the call). A callback that reads only ``step`` costs the device nothing, one that reads the
+    loss every N seconds (a trial's heartbeat) one host read per N seconds. Read it during the call."""
+
+    KEYS = ("step", "total_steps", "epoch", "loss", "images_per_s", "eta_s")
+
+    def __init__(self, plain: dict[str, Any], measured: Callable[[], dict[str, Any]]):
+        self._plain, self._measured, self._values = plain, measured, None
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._plain:
+            return self._plain[key]
+        if key not in self.KEYS:
+            raise KeyError(key)
+        if self._values is None:
+            self._values = self._measured()
+        return self._values[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.KEYS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.KEYS)
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
+
+
+@contextlib.contextmanager
+def compiled_blocks(*models: ImageClassifier, enabled: bool = True) -> Iterator[None]:
+    """``torch.compile`` every transformer block of the models' vision towers for the duration, in place (state dicts,
+    checkpoints and copies are unchanged; undone on exit). It compiles the passes that run the blocks whole, i.e.
+    open_clip's own forward: vanilla FT, the student on refilled images, the teacher, the evaluations; the passes that
+    capture attention or drop patches (the CAM's clean pass, refill 'none') run the blocks' parts eagerly."""
+    blocks = [block for model in models for block in model.visual.transformer.resblocks] if enabled else []
+    for block in blocks:
+        block.compile()
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, placement: Placement) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA (one kernel for all parameters, its step counters on the device: no host read)."""
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                             fused=True if placement.device.type == "cuda" else None)
 
 
 def _trainable_parameters(student: ImageClassifier, config: TrainConfig) -> list[torch.nn.Parameter]:
@@ -219,23 +357,37 @@ def train(
     resume: dict[str, Any] | None = None,
     placement: Placement | None = None,
     on_step: OnStep | None = None,
+    shard: Shard = ALONE,
 ) -> TrainResult:
     """Fine-tune ``student`` in place on ``placement`` (default: the config's device and precision). Evaluates (and
     checkpoints) at each epoch end, or every ``eval_every`` steps when that is set, and at the last step; ``report``
-    receives every evaluation row; ``on_step`` a light progress row after every step (never an evaluation). A
-    non-finite loss ends the run with ``status='failed'`` (the process and earlier results survive)."""
+    receives every evaluation row; ``on_step`` a ``Progress`` after every step (never an evaluation; its loss is read
+    from the device only when the callback asks for it). A non-finite loss ends the run with ``status='failed'`` (the
+    process and earlier results survive) at the first host read after it: the next ``Progress`` whose loss is read,
+    or before the next evaluation (so never with its weights checkpointed); the failure names the step it happened."""
     placement = placement or Placement.of(config.device, config.precision)
+    placement.configure()
+    with compiled_blocks(student, teacher, enabled=config.compile):
+        return _train(config, student, teacher, task, report, save_checkpoint, resume, placement, on_step, shard)
+
+
+def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifier, task: TaskData,
+           report: Report | None, save_checkpoint: SaveCheckpoint | None, resume: dict[str, Any] | None,
+           placement: Placement, on_step: OnStep | None, shard: Shard) -> TrainResult:
     n_train = len(task.train)
     total = total_steps(config, n_train)
     per_epoch = steps_per_epoch(config, n_train)
     student.to(placement.device).train()
     teacher.to(placement.device).eval()
     params = _trainable_parameters(student, config)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config, placement)
     schedule = make_schedule(optimizer, config, total)
     scaler = placement.grad_scaler()
     computer = StepComputer(config, student, teacher, placement)
-    full = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, placement=placement, num_workers=task.num_workers)
+    if config.workers != shard.world:
+        raise ConfigError(f"the config trains on workers={config.workers} but this process is one of {shard.world}")
+    full = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, placement=placement, num_workers=task.num_workers,
+                     shard=shard)
     quick = subset_evaluator(full, config.eval_subset) if config.eval_subset else None
     start, history, elapsed_before = 0, [], 0.0
     if resume is not None:
@@ -265,24 +417,33 @@ def train(
         if report is not None:
             report({**row, **metrics})
 
+    def failed(reading: HealthReading) -> TrainResult:
+        step, failure = reading.bad_step, reading.failure()
+        if report is not None:
+            report({"step": step, "epoch": round(step / per_epoch, 4), "status": "failed", "failure": failure})
+        return TrainResult("failed", metrics, history, failure=failure, steps=step)  # type: ignore[arg-type]
+
+    def measured(done: int) -> dict[str, Any]:
+        reading = health.read()
+        seconds = time.perf_counter() - started  # this process's share: training and its evaluations so far
+        return {"loss": reading.loss, "images_per_s": round((done - start) * min(config.batch_size, n_train) / seconds, 1),
+                "eta_s": round((total - done) * seconds / (done - start), 1)}
+
     if total == 0:
         evaluation(0, {})
         return TrainResult("complete", metrics, history, steps=0)
-    sampler = StepBatches(config, n_train, start, total)
+    sampler = StepBatches(config, n_train, start, total, shard)
     batches = iter(batch_loader(task.train, sampler, Loading(task.num_workers, pin_memory=placement.pin_memory)))
-    parts: dict[str, float] = {}
+    health = StepHealth(placement.device)
     for step in range(start, total):
         optimizer.zero_grad(set_to_none=True)
-        parts = {}
-        for _ in range(sampler.per_step):
+        for slot in sampler.slots:
             images, labels = next(batches)
-            loss, parts = computer.loss(student.prepare(images), labels.to(placement.device, non_blocking=True), step)
-            if not torch.isfinite(loss):
-                failure = f"non-finite loss ({float(loss.detach())}) at step {step}"
-                if report is not None:
-                    report({"step": step, "epoch": round(step / per_epoch, 4), "status": "failed", "failure": failure})
-                return TrainResult("failed", metrics, history, failure=failure, steps=step)
-            scaler.scale(loss / config.accum_steps).backward()
+            images, labels = placement.upload(images), placement.upload(labels)  # pinned, non-blocking
+            loss, parts = computer.loss(student.prepare(images), labels, step, slot)
+            health.observe(step, loss, parts)  # on the device: the host reads it at heartbeats and evaluations
+            scaler.scale(loss / (config.accum_steps * shard.world)).backward()
+        shard.sum_gradients(params)  # data parallel: every process now holds the whole step's gradient
         if config.grad_clip > 0:
             scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -291,11 +452,15 @@ def train(
         schedule.step()
         done = step + 1
         if on_step is not None:
-            seconds = time.perf_counter() - started  # this process's share: training and its evaluations so far
-            rate = (done - start) * min(config.batch_size, n_train) / seconds
-            on_step({"step": done, "total_steps": total, "epoch": round(done / per_epoch, 4), "loss": float(loss.detach()),
-                     "images_per_s": round(rate, 1), "eta_s": round((total - done) * seconds / (done - start), 1)})
+            on_step(Progress({"step": done, "total_steps": total, "epoch": round(done / per_epoch, 4)},
+                             lambda done=done: measured(done)))
+            if health.failed is not None:
+                return failed(health.failed)
         due = done % config.eval_every == 0 if config.eval_every else done % per_epoch == 0
         if done == total or due:
-            evaluation(done, {"lr": schedule.get_last_lr()[0], **parts})
+            shard.earliest(health.bad_step)  # every process fails at the same evaluation, or none does
+            reading = health.read()
+            if reading.bad_step is not None:
+                return failed(reading)
+            evaluation(done, {"lr": schedule.get_last_lr()[0], **reading.parts})
     return TrainResult("complete", metrics, history, steps=total)

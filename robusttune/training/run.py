@@ -18,6 +18,7 @@ from robusttune.data.sets import TaskData, class_subset, restrict
 from robusttune.errors import CheckpointError
 from robusttune.models.classifier import ImageClassifier, frozen_copy
 from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
+from robusttune.training.distributed import ALONE, Shard
 from robusttune.training.loop import OnStep, Report, TrainResult, total_steps, train
 from robusttune.training.tasks import build_task
 
@@ -47,15 +48,17 @@ class Run:
         return json.loads(self.resume["history"]) if self.resume is not None else []
 
     def train(self, *, report: Report | None = None, after_save: Callable[[dict[str, Any]], None] | None = None,
-              on_step: OnStep | None = None) -> TrainResult:
-        """Fine-tune (in place), writing the checkpoint at every evaluation; ``after_save`` sees each state saved."""
+              on_step: OnStep | None = None, shard: Shard = ALONE) -> TrainResult:
+        """Fine-tune (in place), writing the checkpoint at every evaluation; ``after_save`` sees each state saved.
+        In a data-parallel run (``shard``) this process trains its share and only the leader writes."""
         def save(state: dict[str, Any]) -> None:
             save_checkpoint(self.checkpoint, state)  # type: ignore[arg-type]
             if after_save is not None:
                 after_save(state)
 
+        writes = self.checkpoint is not None and shard.leader
         return train(self.config, self.student, frozen_copy(self.student), self.task, report=report,
-                     save_checkpoint=save if self.checkpoint is not None else None, resume=self.resume, on_step=on_step)
+                     save_checkpoint=save if writes else None, resume=self.resume, on_step=on_step, shard=shard)
 
 
 def with_train_subset(task: TaskData, config: TrainConfig) -> TaskData:

@@ -14,7 +14,7 @@ from robusttune.config import ImageNetTask, TaskSpec, default_world
 from robusttune.data.folder_index import FolderIndex
 from robusttune.data.imagenet import ImageFolderSet
 from robusttune.data.packed import PackedImages, is_pack, open_pack, projection_of, scan_kind
-from robusttune.data.sets import DatasetImages, EvalSet, LogitProjection, TaskData
+from robusttune.data.sets import DatasetImages, EvalSet, LogitProjection, TaskData, loader_workers
 from robusttune.errors import DataError
 from robusttune.models.classifier import ImageClassifier
 from robusttune.models.clip import build_classifier, check_model_name, create_clip, imagenet_classnames_and_templates, imagenet_preprocess
@@ -99,5 +99,6 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0, head_folders: Sequence[P
           for name, scanned in ood_sets),
     ]
     task = TaskData(train=DatasetImages(train_set.dataset(transform, kept)), eval_sets=tuple(eval_sets), num_classes=1000,
-                    describe=lambda: f"{spec.model} on ImageNet", num_workers=spec.num_workers)
+                    describe=lambda: f"{spec.model} on ImageNet",
+                    num_workers=loader_workers(spec.num_workers))
     return classifier, task

@@ -27,8 +27,8 @@ def _nan_loss(module) -> None:
     faults = faults if isinstance(faults, list) else [faults]
     original = module.StepComputer.loss
 
-    def loss(self, images, labels, step):
-        value, parts = original(self, images, labels, step)
+    def loss(self, images, labels, step, *args, **kwargs):
+        value, parts = original(self, images, labels, step, *args, **kwargs)
         if any(step == f["step"] and (f.get("lr") is None or self.config.lr == f["lr"]) for f in faults):
             value = value * float("nan")
         return value, parts
