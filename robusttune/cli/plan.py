@@ -14,7 +14,9 @@ def _hours(hours: float) -> str:
 
 
 def _rate(images_per_s: float | None) -> str:
-    return "not measured" if images_per_s is None else f"{images_per_s:,.0f} img/s"
+    if images_per_s is None:
+        return "not measured"
+    return f"{images_per_s:,.0f} img/s" if images_per_s >= 10 else f"{images_per_s:.2g} img/s"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -38,10 +40,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{found.storage_bytes_per_trial / 2**20:.0f} MiB of checkpoints kept")
         loader = found.loader
         workers = f"{loader['num_workers']} worker(s)" if loader.get("num_workers") else "in the trial's process"
-        status = "" if loader.get("status") == "measured" else f" ({loader.get('status')})"
-        bound = "not known: the loader was not measured" if found.bound is None else f"bound by the {found.bound}"
-        print(f"loader: {loader.get('source')}, {workers}: {_rate(loader.get('images_per_s'))}{status}; the device "
-              f"takes {_rate(loader.get('device_images_per_s'))}: {bound}")
+        if loader.get("status") == "measured":
+            rate = f"{loader.get('source')}, {workers}: {_rate(loader.get('images_per_s'))}"
+        else:
+            rate = f"{loader.get('status')} ({workers})"
+        bound = "bound: not known" if found.bound is None else f"bound by the {found.bound}"
+        print(f"loader: {rate}; the device takes {_rate(loader.get('device_images_per_s'))}: {bound}")
         for name, share in found.methods.items():
             step = found.method_steps[name]
             print(f"  {name:<34} {100 * share:5.1f}% of trials  {step['step_seconds']:.3f} s/step"

@@ -12,6 +12,8 @@ the heartbeats see one trial. Every rank reads ``latest.pt`` on resume. A lost w
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,10 @@ def run_on_workers(worker, worker_config: dict[str, Any], *, workers: int, space
         worker, train_loop_config=worker_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
                                      resources_per_worker={"CPU": space.resources.cpu, **({"GPU": gpu} if gpu else {})}),
-        run_config=ray.train.RunConfig(name=trial_id, storage_path=str(train_runs_dir(Path(experiment))),
+        # a fresh name per attempt: Ray Train continues a run folder it finds, and would take this attempt's first
+        # report for one it had already seen (and drop it)
+        run_config=ray.train.RunConfig(name=f"{trial_id}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                                       storage_path=str(train_runs_dir(Path(experiment))),
                                        callbacks=[TuneReportCallback()],
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
     )
