@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -335,7 +334,7 @@ def _out_of_memory(error: BaseException) -> bool:
 
 def _timed(call: Callable[[int], None], placement, repeats: int, *, warmed: bool = False) -> tuple[float, float]:
     """``(first call's seconds, its time)`` of ``call(i)``: a first call (a warm-up), then ``repeats`` timed ones
-    (their median). A call longer than ``CALIBRATION_CALL_SECONDS`` is timed once more only when nothing warmed the
+    (the least of them). A call longer than ``CALIBRATION_CALL_SECONDS`` is timed once more only when nothing warmed the
     model up (``warmed``: a smaller size ran before); past that, a first call's overhead is lost in its length."""
     def once(i: int) -> float:
         _sync(placement)
@@ -350,8 +349,9 @@ def _timed(call: Callable[[int], None], placement, repeats: int, *, warmed: bool
             return first, first
         repeats = 1
     timed = [once(i) for i in range(1, 1 + repeats)]
-    # one timed call: the first one too, whichever is less (a warm-up only ever adds; so does a busy machine)
-    return first, statistics.median(timed) if len(timed) > 1 else min(first, timed[0])
+    # the least: whatever else runs on the machine only ever adds to a call (with one timed call, the warm-up counts
+    # too: it only ever adds as well)
+    return first, min(timed) if len(timed) > 1 else min(first, timed[0])
 
 
 def ladder(target: int, start: int = CALIBRATION_START) -> list[int]:
