@@ -73,6 +73,12 @@ def train_runs_dir(experiment: str | Path) -> Path:
     return Path(experiment) / TRAIN_RUNS_DIR
 
 
+def worker_group_record(experiment: str | Path, trial_id: str) -> Path:
+    """The placement group of a data-parallel trial's workers, as its rank 0 last wrote it (the driver removes it
+    when the trial ends: ``robusttune.search.data_parallel.WorkerGroupReaper``)."""
+    return train_runs_dir(experiment) / f"{trial_id}.placement_group"
+
+
 def heads_dir(experiment: str | Path) -> Path:
     """Zero-shot heads built once for all trials and the baselines (``robusttune.models.heads``)."""
     return Path(experiment) / HEADS_DIR

@@ -263,11 +263,6 @@ class SearchSpace(Frozen):
             raise ValueError("'device' says where trials run, not what they compute: set it in 'fixed', not as a parameter")
         if self.resources.workers > 1 and ("workers" in self.parameters or "workers" in self.fixed):
             raise ValueError("give workers in resources (every trial) or as a fixed/searched value, not both")
-        data_parallel = self.resources.workers > 1 or "workers" in self.parameters or self.fixed.get("workers", 1) > 1
-        if data_parallel and self.scheduler.name != "none":
-            # Tune stops a trial by ending its process, which does not end the Ray Train run inside it yet
-            raise ValueError("early stopping (scheduler asha/mo_asha) does not yet stop trials trained on several "
-                             "workers: use scheduler: {name: none} with workers > 1")
         if self.sampler.name is SamplerName.GRID:
             points = 1
             for name, parameter in self.parameters.items():

@@ -5,9 +5,16 @@ when the space gives GPUs; NCCL on GPUs, gloo on CPUs) placed as one group; the 
 for them (``trial_resources``). Each worker trains its share of every step (``robusttune.training.distributed``):
 gradients are summed in one all-reduce before clipping, evaluations are sharded with their counts summed. Rank 0
 writes the trial's checkpoints (``latest.pt``, ``best.pt``) and its reports reach Tune (Ray Train's
-``TuneReportCallback``), so the searcher, the schedulers (MO-ASHA stops such a trial like any other), the records and
-the heartbeats see one trial. Every rank reads ``latest.pt`` on resume. A lost worker fails the trial's Ray Train run
-(no retries of its own), hence the Tune trial: ``--max-failures`` retries it from its checkpoint.
+``TuneReportCallback``), so the searcher, the schedulers, the records and the heartbeats see one trial. Heartbeats
+come from rank 0 alone, through the same queue into the Tune trial's session (a report through Ray Train would make
+every rank wait for the others). Every rank reads ``latest.pt`` on resume. A lost worker fails the trial's Ray Train
+run (no retries of its own), hence the Tune trial: ``--max-failures`` retries it from its checkpoint.
+
+A trial MO-ASHA stops ends the Tune trial's process, and with it Ray Train's controller, which then never removes its
+workers' placement group (Ray Train's own cleaner asks Ray's state API, which a local Ray without a dashboard does not
+serve): the workers would keep their CPUs and GPUs until the sweep ended and the next data-parallel trial would wait
+for them forever. So rank 0 records the group (``experiment.worker_group_record``) and the driver removes it when the
+trial ends (``WorkerGroupReaper``), which also ends the stopped trial's workers.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robusttune.experiment import train_runs_dir
+from ray.tune import Callback
+
+from robusttune.cache import atomic_write_text
+from robusttune.experiment import train_runs_dir, worker_group_record
 from robusttune.space import SearchSpace
 
 # The Tune trial's own process, beside its Ray Train workers: it only waits for them.
@@ -76,6 +86,61 @@ def train_report(metrics: dict[str, Any]) -> None:
     import ray.train
 
     ray.train.report(metrics)
+
+
+def heartbeat_queue():
+    """The queue through which Ray Train hands its workers' reports to this Tune trial's session (Ray's
+    ``TuneReportCallback`` uses the same one): rank 0 puts its heartbeats there. Ray internal: tested in
+    tests/test_data_parallel.py so that a Ray upgrade that moves it fails there, by name."""
+    from ray.train._internal.session import get_session
+
+    return get_session()._get_or_create_inter_actor_queue()
+
+
+def beat_through(queue):
+    """``beat(result)`` for rank 0: the heartbeat goes into ``queue`` unless a report is still waiting there (a
+    heartbeat is never worth holding up a step)."""
+    from ray.util.queue import Full
+
+    def beat(result: dict[str, Any]) -> None:
+        try:
+            queue.put(result, block=False)
+        except Full:
+            pass
+
+    return beat
+
+
+def record_worker_group(experiment: str, trial_id: str) -> None:
+    """Rank 0, as it starts: the placement group its workers run in, for the driver to remove when the trial ends."""
+    from ray.util import get_current_placement_group
+
+    group = get_current_placement_group()
+    if group is not None:
+        atomic_write_text(worker_group_record(experiment, trial_id), group.id.hex())
+
+
+class WorkerGroupReaper(Callback):
+    """Removes an ended data-parallel trial's worker group, when Ray Train has not (see the module's docstring)."""
+
+    def __init__(self, experiment: Path):
+        self.experiment = Path(experiment)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        # Not on errors: Tune retries the trial at once, and its new workers' group may already be the recorded one.
+        # A failed Ray Train run removes its group itself.
+        import ray
+        from ray.util import placement_group_table, remove_placement_group
+        from ray.util.placement_group import PlacementGroup
+
+        record = worker_group_record(self.experiment, trial.trial_id)
+        try:
+            group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.read_text().strip())))
+            record.unlink()
+        except (OSError, ValueError):  # not a data-parallel trial, or nothing recorded
+            return
+        if placement_group_table(group).get("state") != "REMOVED":
+            remove_placement_group(group)
 
 
 def train_on_workers(config: dict[str, Any], task: dict[str, Any], cache_dir: str, out: str, *,

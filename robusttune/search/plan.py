@@ -13,7 +13,8 @@ The plan rests on measurements on this machine, cached in ``<cache>/plans/`` (``
   so scaling a small batch's time up overestimates it several times. When one call takes longer than
   ``CALIBRATION_CALL_SECONDS`` (a CPU at ViT-B/32) or the next size does not fit in memory, the time at the trial's
   micro-batch comes from the line ``a + b * batch`` through the last two sizes measured; each fit says which was done.
-  A step is the optimizer's update (with gradient clipping) plus its micro-batches.
+  The trial's own size is timed over calls back to back for about a second, as a trial runs its steps (no wait for
+  the device between them). A step is the optimizer's update (with gradient clipping) plus its micro-batches.
 * **One evaluation batch** the same way, up to the space's ``eval_batch_size``.
 * **The loader**: images/s of the space's training data read as a trial reads it (the mini world: its in-memory
   tensors; ImageNet: the folder or pack reader with the space's ``num_workers``). A loader with workers overlaps the
@@ -49,7 +50,9 @@ from robusttune.space import SearchSpace
 MIX_SAMPLES = 256  # configurations drawn from the space to weigh its methods
 CALIBRATION_START = 8  # the first micro-batch timed; then doubled up to the trial's own
 CALIBRATION_CALL_SECONDS = 2.0  # a size whose call takes longer is the last one timed (then: a line through two sizes)
-CALIBRATION_VERSION = 2  # part of the cache key: calibrations of an older plan are measured again
+CALIBRATION_SUSTAIN_SECONDS = 1.0  # the trial's own size is timed over calls back to back for about this long
+CALIBRATION_MAX_CALLS = 25
+CALIBRATION_VERSION = 3  # part of the cache key: calibrations of an older plan are measured again
 LOADER_SECONDS = 20.0  # at most this long reading batches for the loader's rate
 WRITE_PROBE_BYTES = 64 * 2**20
 EXACT_FRONT_TRIALS = 100_000  # expected front sizes are summed exactly up to this many trials, then approximated
@@ -333,25 +336,28 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def _timed(call: Callable[[int], None], placement, repeats: int, *, warmed: bool = False) -> tuple[float, float]:
-    """``(first call's seconds, its time)`` of ``call(i)``: a first call (a warm-up), then ``repeats`` timed ones
-    (the least of them). A call longer than ``CALIBRATION_CALL_SECONDS`` is timed once more only when nothing warmed the
-    model up (``warmed``: a smaller size ran before); past that, a first call's overhead is lost in its length."""
-    def once(i: int) -> float:
+    """``(first call's seconds, seconds per call)`` of ``call(i)``: a first call (a warm-up), then at least ``repeats``
+    calls back to back, as a trial runs its steps (no wait for the device between them), for about
+    ``CALIBRATION_SUSTAIN_SECONDS``: their mean. A call longer than ``CALIBRATION_CALL_SECONDS`` is timed once more
+    only when nothing warmed the model up (``warmed``: a smaller size ran before), else the first call is the time;
+    with one call timed, the first counts too, whichever is less (a warm-up only ever adds)."""
+    def run(first: int, count: int) -> float:
         _sync(placement)
         started = time.perf_counter()
-        call(i)
+        for i in range(first, first + count):
+            call(i)
         _sync(placement)
         return time.perf_counter() - started
 
-    first = once(0)
+    first = run(0, 1)
     if first > CALIBRATION_CALL_SECONDS:
         if warmed:
             return first, first
         repeats = 1
-    timed = [once(i) for i in range(1, 1 + repeats)]
-    # the least: whatever else runs on the machine only ever adds to a call (with one timed call, the warm-up counts
-    # too: it only ever adds as well)
-    return first, min(timed) if len(timed) > 1 else min(first, timed[0])
+    elif repeats > 1:
+        repeats = max(repeats, min(CALIBRATION_MAX_CALLS, math.ceil(CALIBRATION_SUSTAIN_SECONDS / max(first, 1e-6))))
+    seconds = run(1, repeats) / repeats
+    return first, seconds if repeats > 1 else min(first, seconds)
 
 
 def ladder(target: int, start: int = CALIBRATION_START) -> list[int]:
@@ -367,7 +373,7 @@ def fit_sizes(call: Callable[[int, int], None], target: int, placement, *, repea
               release: Callable[[], None] = lambda: None, trust_first: bool = True) -> Fit:
     """Time ``call(size, i)`` up the ``ladder`` to ``target``, until the target, or until a size's call takes longer
     than ``CALIBRATION_CALL_SECONDS`` (once two sizes are measured), or a size does not fit in the device's memory.
-    Sizes below the target are timed once after their warm-up, the target ``repeats`` times."""
+    Sizes below the target are timed once after their warm-up, the target back to back (``_timed``)."""
     sizes: list[int] = []
     seconds: list[float] = []
     oom = None

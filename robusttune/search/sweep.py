@@ -104,7 +104,10 @@ def _callbacks(experiment: Path, space_text: str, options: SweepOptions) -> list
     from robusttune.search.adapters import RecordsCallback
     from robusttune.search.trackers import HeartbeatPrinter, tracker_callbacks
 
-    callbacks = [RecordsCallback(experiment.resolve(), space_text), *tracker_callbacks(options.loggers, experiment)]
+    from robusttune.search.data_parallel import WorkerGroupReaper
+
+    callbacks = [RecordsCallback(experiment.resolve(), space_text), WorkerGroupReaper(experiment.resolve()),
+                 *tracker_callbacks(options.loggers, experiment)]
     return callbacks + ([HeartbeatPrinter()] if options.verbose > 0 else [])
 
 

@@ -78,8 +78,11 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     if train_config.workers > 1:
         from robusttune.search.data_parallel import run_on_workers
 
+        from robusttune.search.data_parallel import heartbeat_queue
+
         # The resumed checkpoint's evaluation is re-reported from here, straight to Tune: a report Ray Train's
         # workers make just before the next one can be passed over.
+        job["heartbeats"] = heartbeat_queue()
         if train_trial(job, report_to=tune.report, train=False):
             run_on_workers(trial_worker, job, workers=train_config.workers, space=space, experiment=experiment,
                            trial_id=trial_id)
@@ -92,17 +95,23 @@ def trial_worker(job: dict[str, Any]) -> None:
     """One Ray Train worker of a data-parallel trial: its share of every step; its reports go through Ray Train."""
     import torch
 
-    from robusttune.search.data_parallel import train_report
+    from robusttune.search.data_parallel import beat_through, record_worker_group, train_report
+    from robusttune.training.distributed import Shard
 
     torch.set_num_threads(max(1, int(parse_space_text(job["space_yaml"]).resources.cpu)))
-    train_trial(job, report_to=train_report, rereport=False)
+    leader = Shard.current().leader
+    if leader:
+        record_worker_group(job["experiment"], job["trial_id"])
+    train_trial(job, report_to=train_report, rereport=False,
+                beat_to=beat_through(job["heartbeats"]) if leader else None)
 
 
-def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport: bool = True) -> bool:
+def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport: bool = True,
+                beat_to=tune.report) -> bool:
     """The trial's fine-tuning in this process (all of it, or this rank's share): resumes from the trial's
-    ``latest.pt``, reports every evaluation through ``report_to``; the leader (rank 0) keeps the checkpoints.
-    ``rereport``: report the resumed checkpoint's evaluation again first; ``train=False``: only that. Returns whether
-    training is left to do."""
+    ``latest.pt``, reports every evaluation through ``report_to`` and heartbeats through ``beat_to`` (None: none);
+    the leader (rank 0) keeps the checkpoints. ``rereport``: report the resumed checkpoint's evaluation again first;
+    ``train=False``: only that. Returns whether training is left to do."""
     from robusttune.training.checkpoint import save_checkpoint
     from robusttune.training.distributed import Shard
     from robusttune.training.run import prepare_run
@@ -171,10 +180,10 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
         nonlocal last_beat
         if time.monotonic() - last_beat >= heartbeat_seconds and progress["step"] < total:
             last_beat = time.monotonic()
-            tune.report(heartbeat_result(space, last, progress))
+            beat_to(heartbeat_result(space, last, progress))
 
     run.train(report=report, after_save=keep_best if shard.leader else None,
-              on_step=heartbeat if not shard.distributed else None, shard=shard)
+              on_step=heartbeat if beat_to is not None else None, shard=shard)
     return False
 
 

@@ -454,7 +454,9 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
         if on_step is not None:
             on_step(Progress({"step": done, "total_steps": total, "epoch": round(done / per_epoch, 4)},
                              lambda done=done: measured(done)))
-            if health.failed is not None:
+            # one process alone must not end a data-parallel run (the others would wait for it at the next
+            # all-reduce): there, every rank fails together at the next evaluation (``shard.earliest``)
+            if health.failed is not None and not shard.distributed:
                 return failed(health.failed)
         due = done % config.eval_every == 0 if config.eval_every else done % per_epoch == 0
         if done == total or due:
