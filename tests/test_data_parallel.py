@@ -241,11 +241,13 @@ def test_mo_asha_stops_one_and_two_worker_trials_alike_and_frees_their_workers(t
                                  "workers": {"type": "categorical", "choices": [1, 2]}},
                      scheduler={"name": "mo_asha", "grace_period": 1, "reduction_factor": 2})
     done = subprocess.run([sys.executable, "-m", "robusttune.cli", "sweep", write_space(tmp_path / "mixed.yaml", space),
-                           "--storage", tmp_path / "runs", "--name", "mixed", "--heartbeat", "0.5", "--json"],
+                           "--storage", tmp_path / "runs", "--name", "mixed", "--heartbeat", "0.5"],
                           env={**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["counts"]["complete"] >= 1
+    # the console (workers' logs shown): a stopped trial is not a crash, and Ray Train's chatter stays out
+    for noise in ("Traceback", "Failed to query", "Reporting training result", "FailurePolicy"):
+        assert noise not in done.stderr, done.stderr[-3000:]
     finals = {r["trial_id"]: r for r in records(experiment) if r.get("final")}
     assert len(finals) == 6
     ends = {(r["config"]["workers"], r["status"]) for r in finals.values()}

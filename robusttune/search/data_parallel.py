@@ -12,14 +12,18 @@ run (no retries of its own), hence the Tune trial: ``--max-failures`` retries it
 
 A trial MO-ASHA stops ends the Tune trial's process, and with it Ray Train's controller, which then never removes its
 workers' placement group (Ray Train's own cleaner asks Ray's state API, which a local Ray without a dashboard does not
-serve): the workers would keep their CPUs and GPUs until the sweep ended and the next data-parallel trial would wait
-for them forever. So rank 0 records the group (``experiment.worker_group_record``) and the driver removes it when the
-trial ends (``WorkerGroupReaper``), which also ends the stopped trial's workers.
+serve, and polls it for ever): the workers would keep their CPUs and GPUs until the sweep ended and the next
+data-parallel trial would wait for them for ever. So rank 0 records the group (``experiment.worker_group_record``);
+when Tune stops the trial, the trial's own cleanup removes it, which ends the workers, and waits for Ray Train's run
+to end as failed runs end, cleaner included (``stoppable``); the driver removes a group still recorded when a trial
+ends, for a trial process that ended without its cleanup (``WorkerGroupReaper``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +34,31 @@ from robusttune.cache import atomic_write_text
 from robusttune.experiment import train_runs_dir, worker_group_record
 from robusttune.space import SearchSpace
 
+log = logging.getLogger(__name__)
+
 # The Tune trial's own process, beside its Ray Train workers: it only waits for them.
 WAITING_CPU = 0.01
+STOP_WAIT_SECONDS = 60.0  # how long a stopped trial's cleanup waits for its Ray Train run to end
+# Ray Train's own INFO lines (each worker's every report, with all its metrics; a stopped trial's "failure") repeat
+# what the sweep prints; its warnings and errors still reach the console
+TRAIN_LOG_LEVEL = "WARNING"
+# Loggers of Ray Train that write what the sweep says already, or noise, in every process (worker-process setup hook):
+# the placement-group cleaner warns once a second for the whole run when Ray's state API is not served (a local Ray
+# without a dashboard; stopped trials' groups are removed here instead, see above); each worker logs its every report
+# with all its metrics (a logger named by its file, which Train's log level does not reach); a stopped trial's workers
+# "failed to shut down gracefully"
+_QUIET_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+                  "ray.train.v2._internal.callbacks.backend_setup": logging.ERROR}
+QUIET_RAY = {"worker_process_setup_hook": "robusttune.search.data_parallel.quiet_ray_train"}
+
+class _InFlight:
+    """This process's Ray Train run, while ``run_on_workers`` waits for it."""
+
+    def __init__(self, record: Path):
+        self.record, self.ended, self.stopping = record, threading.Event(), False
+
+
+_in_flight: _InFlight | None = None
 
 
 def trial_workers(space: SearchSpace, config: dict[str, Any]) -> int:
@@ -61,7 +88,7 @@ def run_on_workers(worker, worker_config: dict[str, Any], *, workers: int, space
     """Run ``worker(worker_config)`` on ``workers`` Ray Train workers and wait; raises when the run fails (a worker
     died or raised), so that Tune's retries (``--max-failures``) take over."""
     import ray.train
-    from ray.train import ScalingConfig
+    from ray.train import LoggingConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -75,9 +102,58 @@ def run_on_workers(worker, worker_config: dict[str, Any], *, workers: int, space
         run_config=ray.train.RunConfig(name=f"{trial_id}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                                        storage_path=str(train_runs_dir(Path(experiment))),
                                        callbacks=[TuneReportCallback()],
-                                       failure_config=ray.train.FailureConfig(max_failures=0)),
+                                       failure_config=ray.train.FailureConfig(max_failures=0),
+                                       logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL)),
     )
-    trainer.fit()
+    global _in_flight
+    run = _in_flight = _InFlight(worker_group_record(experiment, trial_id))
+    try:
+        trainer.fit()
+    except Exception:
+        if not run.stopping:  # a run Tune stopped ends as failed: its workers were ended on purpose
+            raise
+    finally:
+        _in_flight = None
+        run.ended.set()
+
+
+def quiet_ray_train() -> None:
+    """Every Ray worker process's setup hook (``QUIET_RAY``, given to ``ray.init``): Ray Train's noisy loggers quiet."""
+    quiet = dict(_QUIET_LOGGERS)
+    try:
+        from ray.train.v2._internal.execution import context
+
+        quiet[context.__file__] = logging.WARNING
+    except ImportError:  # another Ray: its loggers are its own
+        pass
+    for name, level in quiet.items():
+        # a filter, not a level: Ray Train's logging setup resets its loggers' levels (logging.config.dictConfig)
+        logging.getLogger(name).addFilter(lambda record, level=level: record.levelno >= level)
+
+
+def stoppable(function):
+    """Tune's trainable for ``function`` (Tune's own wrapper), whose cleanup, when Tune stops a trial training on
+    workers, first ends the workers (removes their placement group) and waits for Ray Train's run to end."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class DataParallelTrial(wrap_function(function)):
+        def cleanup(self):
+            end_workers()
+            super().cleanup()
+
+    return DataParallelTrial
+
+
+def end_workers() -> None:
+    """End this process's Ray Train run, if one is in flight: remove its workers' placement group (which ends them;
+    Ray Train then ends the run as failed, and removes its cleaner) and wait for it."""
+    run = _in_flight
+    if run is None:
+        return
+    run.stopping = True
+    remove_worker_group(run.record)
+    if not run.ended.wait(STOP_WAIT_SECONDS):
+        log.warning("a stopped trial's Ray Train run did not end within %.0f s", STOP_WAIT_SECONDS)
 
 
 def train_report(metrics: dict[str, Any]) -> None:
@@ -129,18 +205,22 @@ class WorkerGroupReaper(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         # Not on errors: Tune retries the trial at once, and its new workers' group may already be the recorded one.
         # A failed Ray Train run removes its group itself.
-        import ray
-        from ray.util import placement_group_table, remove_placement_group
-        from ray.util.placement_group import PlacementGroup
+        remove_worker_group(worker_group_record(self.experiment, trial.trial_id))
 
-        record = worker_group_record(self.experiment, trial.trial_id)
-        try:
-            group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.read_text().strip())))
-            record.unlink()
-        except (OSError, ValueError):  # not a data-parallel trial, or nothing recorded
-            return
-        if placement_group_table(group).get("state") != "REMOVED":
-            remove_placement_group(group)
+
+def remove_worker_group(record: Path) -> None:
+    """Remove the placement group ``record`` names, unless Ray removed it already; then the record."""
+    import ray
+    from ray.util import placement_group_table, remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    try:
+        group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.read_text().strip())))
+    except (OSError, ValueError):  # not a data-parallel trial, or nothing recorded
+        return
+    if placement_group_table(group).get("state") != "REMOVED":
+        remove_placement_group(group)
+    record.unlink(missing_ok=True)
 
 
 def train_on_workers(config: dict[str, Any], task: dict[str, Any], cache_dir: str, out: str, *,
@@ -157,7 +237,8 @@ def train_on_workers(config: dict[str, Any], task: dict[str, Any], cache_dir: st
     workers = int(config["workers"])
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True, configure_logging=False,
+                 runtime_env=QUIET_RAY)
     try:
         cpus = float(ray.cluster_resources().get("CPU", 1))
         per_worker = min(float(threads or cpus), 0.95 * cpus / workers)  # a sliver stays for Ray Train's controller
@@ -168,7 +249,8 @@ def train_on_workers(config: dict[str, Any], task: dict[str, Any], cache_dir: st
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus >= workers,
                                          resources_per_worker={"CPU": per_worker, **({"GPU": 1} if gpus >= workers else {})}),
             run_config=ray.train.RunConfig(name="ray_train", storage_path=str(Path(out).resolve()),
-                                           failure_config=ray.train.FailureConfig(max_failures=0)))
+                                           failure_config=ray.train.FailureConfig(max_failures=0),
+                                           logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL)))
         trainer.fit()
     finally:
         if started:

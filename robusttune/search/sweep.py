@@ -121,16 +121,18 @@ def _init_ray(address: str | None, stop: StopSignals, *, log_to_driver: bool = F
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if ray.is_initialized():  # a caller (a notebook, a test session) started Ray already: use it
         return
+    from robusttune.search.data_parallel import QUIET_RAY
+
     try:
         if address:
-            ray.init(address=address, log_to_driver=log_to_driver)
+            ray.init(address=address, log_to_driver=log_to_driver, runtime_env=QUIET_RAY)
         else:
             # No dashboard. Ray 2.60 binds its GCS, raylet and worker ports to every interface whatever node IP it is
             # given (ray.init maps 127.0.0.1 to the node's address); its default token authentication for local
             # clusters (Ray >= 2.59) is what guards them, so robusttune never turns it off.
             stop.started_ray()
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver,
-                     configure_logging=False)
+                     configure_logging=False, runtime_env=QUIET_RAY)
         stop.claim()
     except Exception as error:
         filename = getattr(error, "filename", None)
@@ -176,9 +178,9 @@ def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, s
 
     function = runner.trainable(experiment.resolve(), space, space_text)
     function.__name__ = "robusttune_trial"  # Tune names trials after it
-    from robusttune.search.data_parallel import trial_resources
+    from robusttune.search.data_parallel import stoppable, trial_resources, uses_workers
 
-    return tune.with_resources(function, trial_resources(space))
+    return tune.with_resources(stoppable(function) if uses_workers(space) else function, trial_resources(space))
 
 
 def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner):
