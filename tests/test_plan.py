@@ -65,7 +65,8 @@ def test_plan_on_the_mini_world_uses_a_cached_calibration(tmp_path, tiny_world_c
     terms = plan["terms"]
     assert plan["sweep_hours"] == pytest.approx(sum(terms.values())) and plan["dominant"] == max(terms, key=terms.get)
     assert terms["train"] + terms["eval"] < 8 * plan["trial_hours"]
-    assert plan["wall_hours"] == pytest.approx((plan["sweep_hours"] - terms["tail"]) / 2 + terms["tail"], rel=1e-6)
+    assert plan["wall_hours"] == pytest.approx((plan["sweep_hours"] - terms["tail"]) / 2 + plan["tail"]["wall_hours"],
+                                               rel=1e-6)
     assert plan["storage_bytes_per_trial"] == 4 * calibration["parameters"]  # 'final': the weights only
     # timed at the trial's own micro-batch (16), the evaluation at its batch (64, or the largest set)
     assert calibration["batch_timing"] == "trial micro-batch"
@@ -83,6 +84,12 @@ def test_plan_on_the_mini_world_uses_a_cached_calibration(tmp_path, tiny_world_c
     assert tail["vanilla_train_s"] == pytest.approx(12 * calibration["step_seconds"]["vanilla-all"])
     assert terms["tail"] * 3600 == pytest.approx(sum(tail[k] for k in ("startup_s", "zero_shot_eval_s", "vanilla_train_s",
                                                                       "vanilla_eval_s", "wise_s", "checkpoint_s")))
+    # one Ray task for the references and one per front trial's curve, each with its own start, two at a time
+    front, startup = tail["expected_front"], calibration["startup_seconds"]
+    assert tail["tasks"] == pytest.approx(1 + front) and tail["startup_s"] == pytest.approx((1 + front) * startup)
+    curve_s = startup + 11 * full_eval_s
+    assert tail["wall_hours"] * 3600 == pytest.approx(max(terms["tail"] * 3600 - front * curve_s,
+                                                          terms["tail"] * 3600 / 2))
     # checkpoints: per evaluation latest.pt (weights + AdamW's moments) and at most a best.pt, at the measured rate
     checkpoints, weights = plan["checkpoints"], 4 * calibration["parameters"]
     assert checkpoints["bytes_per_evaluation"] == 4 * weights and checkpoints["write"]["bytes_per_s"] > 0
@@ -243,7 +250,8 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
         sum(1 / k for k in range(1, 13)))
     assert tail["wise_evaluations"] == pytest.approx(11 * (1 + tail["expected_front"]))
     assert tail["vanilla_train_s"] == pytest.approx(10 * per_epoch * 0.75)
-    assert tail["hours"] * 3600 == pytest.approx(5.0 + full * 1e-3 + 10 * per_epoch * 0.75 + 10 * full * 1e-3
+    assert tail["hours"] * 3600 == pytest.approx(5.0 * (1 + tail["expected_front"]) + full * 1e-3
+                                                 + 10 * per_epoch * 0.75 + 10 * full * 1e-3
                                                  + tail["wise_evaluations"] * full * 1e-3 + tail["checkpoint_s"])
     # checkpoints: latest.pt (3 x the fp32 weights) and at most a best.pt at each evaluation, at the measured rate
     weights = 4 * 88_000_000
@@ -251,7 +259,10 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
     assert found.checkpoints["bytes_per_evaluation"] == 4 * weights and rate > 0
     assert found.trial_checkpoint_hours * 3600 == pytest.approx((10 * 4 * weights + weights) / rate)
     assert sum(found.terms.values()) == pytest.approx(found.sweep_hours) and found.dominant == "train"
-    assert found.wall_hours == pytest.approx((found.sweep_hours - found.terms["tail"]) / 8 + found.terms["tail"])
+    # the tail's tasks side by side on the 8 trials' devices: the references' task (vanilla FT's training) is longest
+    references_s = tail["hours"] * 3600 - tail["expected_front"] * (5.0 + 11 * full * 1e-3)
+    assert tail["wall_hours"] * 3600 == pytest.approx(references_s)
+    assert found.wall_hours == pytest.approx((found.sweep_hours - found.terms["tail"]) / 8 + tail["wall_hours"])
 
     # a loader at 100 img/s with workers bounds every method (512 images: 5.12 s a step > 2 s)
     slow = {"source": "folder", "num_workers": 8, "overlaps_step": True, "in_step": False, "images_per_s": 100.0,
@@ -296,4 +307,5 @@ def test_data_parallel_trials_are_planned_per_process_in_device_hours(tmp_path, 
     assert found.ranks == 2
     assert found.trial_hours * 3600 == pytest.approx(2 * 5.0 + 2 * 10 * per_epoch * 2.71 + 10 * full * 1e-3)
     assert found.tail["vanilla_train_s"] == pytest.approx(10 * per_epoch * (0.05 + 0.1 + 0.01 * 512))
-    assert found.wall_hours == pytest.approx((found.sweep_hours - found.terms["tail"]) / 16 + found.terms["tail"])
+    assert found.wall_hours == pytest.approx((found.sweep_hours - found.terms["tail"]) / 16
+                                             + found.tail["wall_hours"])

@@ -87,6 +87,22 @@ def test_trackers_and_heartbeats_on_a_mo_asha_sweep(tmp_path, tiny_world_config,
     assert len({trial for trial, _ in beats}) == 3 and {int(step) for _, step in beats} >= {1, 2, 3}
     # ... which are no evaluations: records hold evaluation rows only (every 4 steps), the study no heartbeat values
     rows = records(experiment)
+    # the console: one line per trial event, and none of Ray Tune's boxed tables (those come with --verbose)
+    finals = {r["trial_id"]: r for r in rows if r.get("final")}
+    shown = result.stdout + result.stderr
+    assert "╭" not in shown and "Trial status" not in shown
+    for trial_id, final in finals.items():
+        (started,) = re.findall(rf"^trial {trial_id} started: (.*)$", result.stderr, re.M)
+        assert dict(pair.split("=") for pair in started.split()) == {
+            "w_distill": f"{final['sampled']['w_distill']:.3g}", "region": final["sampled"]["region"]}, started
+        evaluated = re.findall(rf"^trial {trial_id} evaluation (\d) \(step (\d)/8\): id_val_acc (\d+\.\d) "
+                               rf" ood_mean (\d+\.\d)$", result.stderr, re.M)
+        assert [int(n) for n, *_ in evaluated] == [r["evaluation"] for r in rows
+                                                     if r["trial_id"] == trial_id and not r.get("final")
+                                                     and r["status"] != "failed"]
+        ending = {"complete": "complete: ", "stopped-early": "stopped by the scheduler after evaluation 1 (step 4/8): ",
+                  "failed": "failed: "}[final["status"]]
+        assert len(re.findall(rf"^trial {trial_id} {re.escape(ending)}", result.stderr, re.M)) == 1, result.stderr
     assert rows and all("heartbeat" not in r and "loss" not in r for r in rows)
     assert all(r["step"] % 4 == 0 for r in rows if r.get("status") != "failed")
     study = optuna.load_study(study_name="tracked", storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))))

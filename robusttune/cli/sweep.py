@@ -31,6 +31,16 @@ def _print_result(result, args: argparse.Namespace) -> int:
     return 0
 
 
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray Tune's own tables too (by default: one line per trial event and the heartbeats)")
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """0: nothing but the JSON line (``--json``); 1: one line per trial event; 2: Ray Tune's tables too."""
+    return 0 if args.json else 2 if args.verbose else 1
+
+
 def add_loggers(parser: argparse.ArgumentParser, *, resume: bool = False) -> None:
     parser.add_argument("--logger", action="append", choices=["wandb", "mlflow", "tensorboard"],
                         help="log to an experiment tracker (repeatable; W&B offline and a local MLflow store by default)"
@@ -43,7 +53,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = api.sweep(args.space, storage=args.storage, name=args.name, trials=args.trials,
                        concurrency=args.concurrency, seed=args.seed, address=args.address,
                        max_failures=args.max_failures, overwrite=args.overwrite, cache_dir=args.cache_dir,
-                       verbose=0 if args.json else 1, loggers=args.logger or (), heartbeat_seconds=args.heartbeat)
+                       verbose=verbosity(args), loggers=args.logger or (), heartbeat_seconds=args.heartbeat)
     return _print_result(result, args)
 
 
@@ -51,7 +61,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from robusttune import api
 
     result = api.resume(args.experiment, address=args.address, max_failures=args.max_failures,
-                        cache_dir=args.cache_dir, verbose=0 if args.json else 1,
+                        cache_dir=args.cache_dir, verbose=verbosity(args),
                         allow_space_change=args.allow_space_change, loggers=args.logger)
     return _print_result(result, args)
 
@@ -89,7 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     name = args.name or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"sweeping 'demo' -> {args.storage}/{name}", flush=True)
     result = api.sweep("demo", storage=args.storage, name=name, trials=args.trials, seed=args.seed,
-                       cache_dir=args.cache_dir, verbose=0 if args.json else 1)
+                       cache_dir=args.cache_dir, verbose=verbosity(args))
     report = api.report(result.experiment, cache_dir=args.cache_dir)
     code = _print_result(_with_seconds(result, time.perf_counter() - started), args)
     if not args.json:
@@ -116,6 +126,7 @@ def register(commands) -> None:
     sweep.add_argument("--max-failures", type=int, default=0, metavar="N", help="retries of a crashed trial from its checkpoint")
     sweep.add_argument("--overwrite", action="store_true", help="replace an existing experiment of the same name")
     add_loggers(sweep)
+    add_verbose(sweep)
     sweep.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
                        help="trials report step, loss, images/s and ETA between evaluations at most every S seconds (default 30)")
     sweep.set_defaults(handler=cmd_sweep)
@@ -126,6 +137,7 @@ def register(commands) -> None:
     resume.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: local")
     resume.add_argument("--max-failures", type=int, default=0, metavar="N")
     add_loggers(resume, resume=True)
+    add_verbose(resume)
     resume.add_argument("--allow-space-change", action="store_true",
                         help="resume although space.yaml was edited since the sweep started")
     resume.set_defaults(handler=cmd_resume)
@@ -141,4 +153,5 @@ def register(commands) -> None:
     demo.add_argument("--name", help="experiment name (default: demo-<time>)")
     demo.add_argument("--storage", default="runs", metavar="DIR", help="where experiments go (default: ./runs)")
     demo.add_argument("--seed", type=int, metavar="S")
+    add_verbose(demo)
     demo.set_defaults(handler=cmd_demo)

@@ -183,15 +183,20 @@ class RecordsCallback(Callback):
                                                  failure="trial crashed (node lost?); retried from its last checkpoint"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        reason = "trial raised an error"
-        error_file = getattr(trial, "error_file", None)
-        try:
-            if error_file and Path(error_file).is_file():
-                lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
-                reason = lines[-1][:500] if lines else reason
-                if reason.startswith("robusttune.errors."):  # our own errors are already one line for people
-                    reason = reason.split(": ", 1)[-1]
-        except OSError:
-            reason = traceback.format_exc(limit=1)[-300:]
-        append_record(self.experiment, self._row(trial, "failed", trial.last_result or {}, failure=reason, final=True,
-                                                 errored=True))
+        append_record(self.experiment, self._row(trial, "failed", trial.last_result or {}, failure=error_reason(trial),
+                                                 final=True, errored=True))
+
+
+def error_reason(trial) -> str:
+    """Why a trial raised, in one line: the last line of its error file (our own errors are one line already)."""
+    reason = "trial raised an error"
+    error_file = getattr(trial, "error_file", None)
+    try:
+        if error_file and Path(error_file).is_file():
+            lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+            reason = lines[-1][:500] if lines else reason
+            if reason.startswith("robusttune.errors."):  # our own errors are already one line for people
+                reason = reason.split(": ", 1)[-1]
+    except OSError:
+        reason = traceback.format_exc(limit=1)[-300:]
+    return reason

@@ -701,12 +701,17 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
     complete = trials * survivor_fraction(space, evaluations)
     front = expected_front_size(max(1, round(complete)), len(space.objective.metrics))
     wise_evaluations = len(space.baselines.wise_alphas) * (1 + front)
-    tail_parts = {"startup_s": calibration.startup_seconds, "zero_shot_eval_s": full_eval_s,
+    # one Ray task for the references (zero-shot, vanilla FT and its curve), one per front trial's curve: each starts
+    # its own process; they run side by side, as many at once as the space's concurrency
+    tasks = 1 + front
+    tail_parts = {"startup_s": tasks * calibration.startup_seconds, "zero_shot_eval_s": full_eval_s,
                   "vanilla_train_s": vanilla_steps * vanilla_step,
                   "vanilla_eval_s": vanilla_eval_images * eval_per_image,
                   "wise_s": wise_evaluations * full_eval_s, "checkpoint_s": weights / write_rate}
     tail_s = sum(tail_parts.values())
-    tail = {"hours": tail_s / 3600, **tail_parts, "vanilla_steps": vanilla_steps,
+    curve_s = calibration.startup_seconds + len(space.baselines.wise_alphas) * full_eval_s  # one front trial's task
+    tail_wall_s = max(tail_s - front * curve_s, tail_s / concurrency)  # the references' task, or all tasks shared
+    tail = {"hours": tail_s / 3600, "wall_hours": tail_wall_s / 3600, "tasks": tasks, **tail_parts, "vanilla_steps": vanilla_steps,
             "vanilla_evaluations": vanilla_evaluations, "expected_complete_trials": complete,
             "expected_front": front, "wise_alphas": len(space.baselines.wise_alphas),
             "wise_evaluations": wise_evaluations, "full_evaluation_images": full_images,
@@ -717,7 +722,7 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
                "tail": tail_s}
     terms = {name: seconds / 3600 for name, seconds in terms_s.items()}
     sweep_h = sum(terms.values())
-    wall_h = (sweep_h - terms["tail"]) / (concurrency * ranks) + terms["tail"]
+    wall_h = (sweep_h - terms["tail"]) / (concurrency * ranks) + tail_wall_s / 3600
     kept = {"all": 4 * weights, "best": 2 * weights, "final": weights}[config.checkpoints.value]
     return Plan(
         space.name, trials, concurrency, steps, evaluations, eval_images, trial_s / 3600, sweep_h, wall_h,

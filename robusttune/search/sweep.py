@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from robusttune.errors import ConfigError, SweepError, storage_error
 from robusttune.experiment import (LOST_BEFORE_SAVE, MANIFEST_FORMAT, append_record, budget_used, end_torn_tail, journal,
-                                   latest_by_trial, load_frozen_space, read_manifest, scheduler_state, tune_dir,
-                                   write_manifest)
+                                   latest_by_trial, load_frozen_space, parse_space_text, read_manifest,
+                                   scheduler_state, tune_dir, write_manifest)
 from robusttune.search.staging import check_worker_visibility
 from robusttune.search.stopping import StopSignals
 from robusttune.space import SearchSpace
@@ -100,22 +100,31 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
 
 
 def _callbacks(experiment: Path, space_text: str, options: SweepOptions) -> list:
-    """The driver's callbacks: the records, the trackers asked for, and the heartbeat lines (unless quiet)."""
+    """The driver's callbacks: the records, the trackers asked for, and the console's lines (unless quiet)."""
     from robusttune.search.adapters import RecordsCallback
-    from robusttune.search.trackers import HeartbeatPrinter, tracker_callbacks
-
+    from robusttune.search.console import HeartbeatPrinter, TrialEvents
     from robusttune.search.data_parallel import WorkerGroupReaper
+    from robusttune.search.trackers import tracker_callbacks
 
     callbacks = [RecordsCallback(experiment.resolve(), space_text), WorkerGroupReaper(experiment.resolve()),
                  *tracker_callbacks(options.loggers, experiment)]
-    return callbacks + ([HeartbeatPrinter()] if options.verbose > 0 else [])
+    if options.verbose > 0:
+        space = parse_space_text(space_text)
+        callbacks += [TrialEvents(space.objective.metrics, list(space.parameters)), HeartbeatPrinter()]
+    return callbacks
+
+
+def _tune_verbosity(options: SweepOptions) -> int:
+    """Ray Tune's own console (its boxed tables) only with ``--verbose``: the sweep prints one line per event. Tune's
+    new console prints its configuration box and paths even when silent, its older one does not."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if options.verbose >= 2 else "0"
+    return 1 if options.verbose >= 2 else 0
 
 
 def _init_ray(address: str | None, stop: StopSignals, *, log_to_driver: bool = False) -> None:
     """Connect to ``address`` or start a local Ray (which ``stop`` then shuts down when the driver ends)."""
     import ray
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     # Save Tune's experiment state at most every 2 s (default: 10 s or more), so that an interrupted sweep
     # loses little: a trial started after the last save is re-run from scratch on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -224,7 +233,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
         tune_config=tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(space, experiment),
                                     num_samples=trials, reuse_actors=not uses_workers(space)),
         run_config=tune.RunConfig(
-            name=tune_dir(experiment).name, storage_path=str(experiment.resolve()), verbose=options.verbose,
+            name=tune_dir(experiment).name, storage_path=str(experiment.resolve()), verbose=_tune_verbosity(options),
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             stop=runner.stopper(experiment.resolve()),
@@ -335,7 +344,7 @@ def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, opti
         raise SweepError(f"{experiment}: this Ray version restores sweeps in a way robusttune does not know; "
                          f"nothing was changed")
     internal._run_config = replace(internal._run_config, callbacks=_callbacks(experiment, space_text, options),
-                                   stop=runner.stopper(experiment.resolve()),
+                                   verbose=_tune_verbosity(options), stop=runner.stopper(experiment.resolve()),
                                    failure_config=tune.FailureConfig(max_failures=options.max_failures))
     internal._tune_config.scheduler = make_scheduler(space, experiment)
     searcher = internal._tune_config.search_alg

@@ -1,4 +1,4 @@
-"""Experiment trackers and live progress, as Ray Tune callbacks (driver side).
+"""Experiment trackers, as Ray Tune callbacks (driver side); the console is ``robusttune.search.console``.
 
 ``--logger wandb|mlflow|tensorboard`` adds Ray Tune's own integration callbacks: every reported result (each
 evaluation's metrics and the heartbeats between them) and each trial's sampled config reach the tracker. They
@@ -74,22 +74,3 @@ def tracker_places(loggers: Sequence[str], experiment: Path) -> dict[str, str]:
     places = {"wandb": str(experiment / "wandb"), "mlflow": os.environ.get("MLFLOW_TRACKING_URI") or mlflow_store(experiment),
               "tensorboard": str(experiment / "tune")}
     return {name: places[name] for name in dict.fromkeys(loggers)}
-
-
-class HeartbeatPrinter(Callback):
-    """One compact line per heartbeat on stderr: ``trial 3a2f_00001  step 120/400  loss 1.234  312 img/s  ETA 4m10s``."""
-
-    def __init__(self, stream=None, min_interval_s: float = 0.0):
-        self.stream, self.min_interval_s = stream, min_interval_s
-        self._last: dict[str, float] = {}
-
-    def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
-        if not result.get("heartbeat"):
-            return
-        now = time.monotonic()
-        if now - self._last.get(trial.trial_id, -1e9) < self.min_interval_s:
-            return
-        self._last[trial.trial_id] = now
-        line = (f"trial {trial.trial_id}  step {result['step']}/{result['total_steps']}  loss {result['loss']:.4f}  "
-                f"{result['images_per_s']:.0f} img/s  ETA {duration(result['eta_s'])}")
-        print(line, file=self.stream or sys.stderr, flush=True)
