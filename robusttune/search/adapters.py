@@ -14,6 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from robusttune.cache import atomic_write_json
 from robusttune.experiment import append_record, end_status, heartbeats, parse_space_text, trial_checkpoints
+from robusttune.search import ray_compat as door
 from robusttune.search.trainable import HEARTBEAT_KEYS
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,14 @@ class RobustOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         """No trial beyond the budget as the records count it: Tune's restored state misses a trial that finished
         after its last save, and would run that trial's slot again."""
-        if self.budget is not None and trial_id not in self._ot_trials \
-                and len(self.used_slots | set(self._ot_trials)) >= self.budget:
+        asked = door.optuna_trials(self)
+        if self.budget is not None and trial_id not in asked and len(self.used_slots | set(asked)) >= self.budget:
             return Searcher.FINISHED
         return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if self._told_already(trial_id):  # a restored trial that had finished after Tune's last save, re-reported
-            self._completed_trials.add(trial_id)
+            door.completed_trials(self).add(trial_id)
             return
         status = "failed" if error else end_status(result or {})
         if status == "failed":
@@ -59,10 +60,10 @@ class RobustOptunaSearch(OptunaSearch):
     journal: Path | None = None  # set before a restore: this experiment's journal (see point_at_journal)
 
     def _told_already(self, trial_id: str) -> bool:
-        trial = self._ot_trials.get(trial_id)
+        trial = door.optuna_trials(self).get(trial_id)
         if trial is None:
             return False
-        return self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+        return door.study_storage(door.optuna_study(self)).get_trial(door.storage_id(trial)).state.is_finished()
 
     def restore(self, checkpoint_path: str) -> None:
         journal, budget, used = self.journal, self.budget, self.used_slots
@@ -82,19 +83,23 @@ class RobustOptunaSearch(OptunaSearch):
         if not path.is_file():  # never fall back on the pickled study: it names another experiment's journal
             raise FileNotFoundError(f"{path}: the experiment's Optuna study is missing")
         storage = JournalStorage(JournalFileBackend(str(path)))
-        study = optuna.load_study(study_name=self._ot_study.study_name, storage=storage, sampler=self._sampler)
-        self._storage, self._ot_study, self.journal = storage, study, path
-        self._ot_trials = {tid: optuna.trial.Trial(study, trial._trial_id) for tid, trial in self._ot_trials.items()}
+        study = optuna.load_study(study_name=door.optuna_study(self).study_name, storage=storage,
+                                  sampler=door.searcher_sampler(self))
+        door.use_study(self, storage, study)
+        self.journal = path
+        door.set_optuna_trials(self, {tid: optuna.trial.Trial(study, door.storage_id(trial))
+                                      for tid, trial in door.optuna_trials(self).items()})
 
     def fail_orphans(self) -> int:
         import optuna
 
-        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
-        storage = self._ot_study._storage
-        orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        told = door.completed_trials(self)
+        live = {t.number for tid, t in door.optuna_trials(self).items() if tid not in told}
+        study = door.optuna_study(self)
+        orphans = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                    if t.number not in live]
         for trial in orphans:
-            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            door.study_storage(study).set_trial_state_values(door.storage_id(trial), optuna.trial.TrialState.FAIL)
         if orphans:
             log.warning("marked %d Optuna trial(s) left RUNNING by the interruption as FAIL", len(orphans))
         return len(orphans)
@@ -111,7 +116,7 @@ class RelocatedSearchGenerator(SearchGenerator):
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
-        storage = getattr(self._experiment, "storage", None)
+        storage = getattr(door.generator_experiment(self), "storage", None)
         if storage is not None:  # the spec new trials are made from shares this object
             storage.storage_fs_path = self.storage_path
 

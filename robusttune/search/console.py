@@ -34,11 +34,18 @@ def _percent(value: Any) -> str:
     return f"{100 * value:.1f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
-class TrialEvents(Callback):
-    """One line per trial event (see the module's docstring)."""
+EVALUATION_LINE_SECONDS = 30.0  # a trial's evaluations are shown at most this often (its first and its end always)
 
-    def __init__(self, metrics: Sequence[str], parameters: Sequence[str], stream: TextIO | None = None):
+
+class TrialEvents(Callback):
+    """One line per trial event (see the module's docstring); a trial's evaluations at most every
+    ``evaluation_seconds`` (short trials would fill the screen with them; a long trial's all show)."""
+
+    def __init__(self, metrics: Sequence[str], parameters: Sequence[str], stream: TextIO | None = None,
+                 evaluation_seconds: float = EVALUATION_LINE_SECONDS):
         self.metrics, self.parameters, self.stream = list(metrics), list(parameters), stream
+        self.evaluation_seconds = evaluation_seconds
+        self._shown: dict[str, float] = {}  # trial id -> when its last evaluation line was shown
 
     def _say(self, trial, text: str) -> None:
         print(f"trial {trial.trial_id} {text}", file=self.stream or sys.stderr, flush=True)
@@ -58,7 +65,10 @@ class TrialEvents(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get("heartbeat") or result.get("trial_status") == "failed":
             return  # heartbeats have their own lines; a failure is said when the trial ends
-        self._say(trial, f"{self._at(result)}: {self._scores(result)}")
+        now = time.monotonic()
+        if now - self._shown.get(trial.trial_id, -math.inf) >= self.evaluation_seconds:
+            self._shown[trial.trial_id] = now
+            self._say(trial, f"{self._at(result)}: {self._scores(result)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         from robusttune.experiment import end_status

@@ -42,13 +42,6 @@ STOP_WAIT_SECONDS = 60.0  # how long a stopped trial's cleanup waits for its Ray
 # Ray Train's own INFO lines (each worker's every report, with all its metrics; a stopped trial's "failure") repeat
 # what the sweep prints; its warnings and errors still reach the console
 TRAIN_LOG_LEVEL = "WARNING"
-# Loggers of Ray Train that write what the sweep says already, or noise, in every process (worker-process setup hook):
-# the placement-group cleaner warns once a second for the whole run when Ray's state API is not served (a local Ray
-# without a dashboard; stopped trials' groups are removed here instead, see above); each worker logs its every report
-# with all its metrics (a logger named by its file, which Train's log level does not reach); a stopped trial's workers
-# "failed to shut down gracefully"
-_QUIET_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
-                  "ray.train.v2._internal.callbacks.backend_setup": logging.ERROR}
 QUIET_RAY = {"worker_process_setup_hook": "robusttune.search.data_parallel.quiet_ray_train"}
 
 class _InFlight:
@@ -119,13 +112,14 @@ def run_on_workers(worker, worker_config: dict[str, Any], *, workers: int, space
 
 def quiet_ray_train() -> None:
     """Every Ray worker process's setup hook (``QUIET_RAY``, given to ``ray.init``): Ray Train's noisy loggers quiet."""
-    quiet = dict(_QUIET_LOGGERS)
-    try:
-        from ray.train.v2._internal.execution import context
+    from robusttune.search.ray_compat import TRAIN_LOGGERS_TO_QUIET, train_reports_logger_name
 
-        quiet[context.__file__] = logging.WARNING
-    except ImportError:  # another Ray: its loggers are its own
-        pass
+    # the cleaner's warnings (Ray's state API is not served by a local Ray without a dashboard; stopped trials' groups
+    # are removed here instead, see above), a stopped run's backend shutdown, each worker's every report (INFO)
+    quiet = dict.fromkeys(TRAIN_LOGGERS_TO_QUIET, logging.ERROR)
+    reports = train_reports_logger_name()
+    if reports is not None:
+        quiet[reports] = logging.WARNING
     for name, level in quiet.items():
         # a filter, not a level: Ray Train's logging setup resets its loggers' levels (logging.config.dictConfig)
         logging.getLogger(name).addFilter(lambda record, level=level: record.levelno >= level)
@@ -166,11 +160,10 @@ def train_report(metrics: dict[str, Any]) -> None:
 
 def heartbeat_queue():
     """The queue through which Ray Train hands its workers' reports to this Tune trial's session (Ray's
-    ``TuneReportCallback`` uses the same one): rank 0 puts its heartbeats there. Ray internal: tested in
-    tests/test_data_parallel.py so that a Ray upgrade that moves it fails there, by name."""
-    from ray.train._internal.session import get_session
+    ``TuneReportCallback`` uses the same one): rank 0 puts its heartbeats there."""
+    from robusttune.search.ray_compat import train_report_queue
 
-    return get_session()._get_or_create_inter_actor_queue()
+    return train_report_queue()
 
 
 def beat_through(queue):

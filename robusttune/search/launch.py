@@ -46,10 +46,10 @@ def check_cluster_file(path: Path) -> dict:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-    from ray.autoscaler._private.util import validate_config
+    from robusttune.search.ray_compat import validate_cluster_config
 
     try:
-        validate_config(config)
+        validate_cluster_config(config)
     except Exception as error:  # jsonschema / ValueError messages
         raise ConfigError(f"{path}: not a valid Ray cluster config: {str(error).splitlines()[0][:200]}") from None
     return config

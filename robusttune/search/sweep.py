@@ -339,22 +339,26 @@ def _point_at(tuner, experiment: Path, space: SearchSpace, space_text: str, opti
 
     from robusttune.search.adapters import RelocatedSearchGenerator, RobustOptunaSearch
 
-    internal = getattr(tuner, "_local_tuner", None)
-    if internal is None or not hasattr(internal, "_run_config") or not hasattr(internal, "_tune_config"):
+    from robusttune.search import ray_compat as door
+
+    internal = door.restored_tuner(tuner)
+    if internal is None:
         raise SweepError(f"{experiment}: this Ray version restores sweeps in a way robusttune does not know; "
                          f"nothing was changed")
-    internal._run_config = replace(internal._run_config, callbacks=_callbacks(experiment, space_text, options),
-                                   verbose=_tune_verbosity(options), stop=runner.stopper(experiment.resolve()),
-                                   failure_config=tune.FailureConfig(max_failures=options.max_failures))
-    internal._tune_config.scheduler = make_scheduler(space, experiment)
-    searcher = internal._tune_config.search_alg
+    door.set_run_config(internal, replace(door.run_config(internal),
+                                          callbacks=_callbacks(experiment, space_text, options),
+                                          verbose=_tune_verbosity(options), stop=runner.stopper(experiment.resolve()),
+                                          failure_config=tune.FailureConfig(max_failures=options.max_failures)))
+    settings = door.tune_config(internal)
+    settings.scheduler = make_scheduler(space, experiment)
+    searcher = settings.search_alg
     while hasattr(searcher, "searcher"):  # the ConcurrencyLimiter around it
         searcher = searcher.searcher
     if not isinstance(searcher, RobustOptunaSearch):
         raise SweepError(f"{experiment}: the restored search algorithm is {type(searcher).__name__}, not robusttune's")
     searcher.journal = journal(experiment.resolve())
     searcher.budget, searcher.used_slots = options.trials, frozenset(used)
-    internal._tune_config.search_alg = RelocatedSearchGenerator(internal._tune_config.search_alg,
+    settings.search_alg = RelocatedSearchGenerator(settings.search_alg,
                                                                 storage_path=str(experiment.resolve()))
 
 
