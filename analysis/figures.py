@@ -11,6 +11,7 @@ import pandas as pd
 
 from robusttune import pareto
 from robusttune.cache import atomic_write
+from robusttune.metrics import OOD_MEAN, is_ood_set
 
 REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
 REFILL_MARKERS = {"single": ("o", "circle"), "multi": ("s", "square"), "none": ("^", "triangle-up"), "-": ("D", "diamond")}
@@ -69,7 +70,7 @@ def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    oods = [c for c in frame.columns if c.startswith("ood_") and c != "ood_mean" and not c.startswith("ood_mean")]
+    oods = [c for c in frame.columns if is_ood_set(c) and not c.startswith(OOD_MEAN)]
     panels = [y, *sorted(oods)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
     done = frame[frame["status"] == "complete"]

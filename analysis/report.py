@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from robusttune.cache import atomic_write_text
+from robusttune.metrics import OOD_MEAN, is_ood_set
 
 from robusttune import pareto
 from robusttune.analysis import effects, figures, results
@@ -195,7 +196,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     figs = []
     if not frame.empty:
         parts.append("<h2>ID vs OOD</h2>")
-        oods = ["ood_mean", *(c for c in metrics if c.startswith("ood_") and c != "ood_mean")] if "ood_mean" in metrics else []
+        oods = [OOD_MEAN, *(c for c in metrics if is_ood_set(c))] if OOD_MEAN in metrics else []
         for metric in oods:
             figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric, refs=refs, logit=logit_axes))
             parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from robusttune.cache import atomic_write
+from robusttune import metrics
 from robusttune.errors import DataError
 from robusttune.experiment import RECORDS, is_evaluation, is_reference_row, is_trial_row, read_records
 
@@ -27,9 +28,8 @@ def _rows(experiment: Path) -> list[dict]:
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    ood = sorted(c for c in frame.columns if c.startswith("ood_") and c != "ood_mean")
-    first = [c for c in ("id_val_acc", "id_acc") if c in frame.columns]
-    return first + ood + (["ood_mean"] if "ood_mean" in frame.columns else [])
+    """The frame's metric columns in table order (``robusttune.metrics.metric_columns``)."""
+    return metrics.metric_columns(frame.columns)
 
 
 def evaluations(experiment: Path) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def trials(experiment: Path) -> pd.DataFrame:
         record = {"trial_id": trial_id, "status": row.get("status", "running"), "failure": row.get("failure"),
                   "step": row.get("step"), "total_steps": row.get("total_steps"), "order": row["_index"]}
         record |= {f"param.{k}": v for k, v in (row.get("sampled") or {}).items() if k != "seed"}
-        record |= {k: v for k, v in row.items() if k.startswith(("id_", "ood_")) or k == "objective"}
+        record |= {k: v for k, v in row.items() if metrics.is_accuracy_column(k)}
         mine = evals[evals["trial_id"] == trial_id] if not evals.empty else evals
         if "eval_subset" in mine:  # best_* compares like with like: full-set evaluations only, never subset ones
             mine = mine[mine["eval_subset"].isna()]

@@ -24,6 +24,7 @@ from typing import Any
 from robusttune.cache import resolve_cache_dir
 from robusttune.config import TaskSpec, TrainConfig, parse
 from robusttune.errors import ConfigError, DataError
+from robusttune.metrics import OBJECTIVE, is_metric
 from robusttune.experiment import (STATUSES, ExperimentLock, check_experiment, check_new_experiment,
                                    check_space_unchanged, latest_by_trial, load_frozen_space, new_experiment_dir,
                                    pareto_trials, read_heartbeats, read_manifest, report_dir)
@@ -55,7 +56,7 @@ class TrainSummary:
             data = json.loads((out / "summary.json").read_text())
         except (OSError, ValueError):
             raise DataError(f"{out}: the run wrote no readable summary.json") from None
-        metrics = {k: v for k, v in data.items() if k.startswith(("id_", "ood_"))}
+        metrics = {k: v for k, v in data.items() if is_metric(k)}
         return cls(data["status"], metrics, int(data["steps"]), float(data["seconds"]), out, data.get("failure"))
 
 
@@ -116,7 +117,7 @@ def trial_table(experiment: Path) -> list[dict[str, Any]]:
     for trial_id, row in sorted(latest_by_trial(experiment).items()):
         sampled = row.get("sampled") if isinstance(row.get("sampled"), dict) else {}
         rows.append({"trial_id": trial_id, "status": row.get("status"), "step": row.get("step"),
-                     **{k: v for k, v in row.items() if k.startswith(("id_", "ood_")) or k in ("objective", "failure")},
+                     **{k: v for k, v in row.items() if is_metric(k) or k in (OBJECTIVE, "failure")},
                      **{k: v for k, v in sampled.items() if k != "seed"}})
     return rows
 

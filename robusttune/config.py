@@ -493,8 +493,8 @@ class TaskSpec(Frozen):
 
     def metrics(self) -> list[str]:
         """The metrics every evaluation of this task reports."""
+        from robusttune.metrics import task_metrics
+
         if self.imagenet is not None:
-            oods = [f"ood_{name.value}" for name in self.imagenet.ood_dirs]
-        else:
-            oods = [f"ood_{shift.value}" for shift in (self.world or default_world()).ood_shifts]
-        return ["id_val_acc", "id_acc", *oods, *(["ood_mean"] if oods else [])]
+            return task_metrics(name.value for name in self.imagenet.ood_dirs)
+        return task_metrics(shift.value for shift in (self.world or default_world()).ood_shifts)

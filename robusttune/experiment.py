@@ -317,7 +317,6 @@ def load_frozen_space(experiment: str | Path):
 
 def parse_space_text(text: str, source: str = "frozen search space"):
     """A frozen space's YAML text (as trials receive it) back into a validated ``SearchSpace``."""
-    import yaml
 
     from robusttune.config import load_yaml_text, parse
     from robusttune.space import SearchSpace

@@ -16,16 +16,17 @@ from robusttune import progress
 from robusttune.cache import atomic_write
 from robusttune.config import TrainConfig, parse
 from robusttune.experiment import heads_dir, latest_by_trial, load_frozen_space, trial_checkpoints
+from robusttune.metrics import OBJECTIVE, OOD_MEAN
 
 
 def _pick_trials(experiment: Path) -> dict[str, str]:
     """{'best_ood': trial_id, 'best_joint': trial_id} among complete trials."""
-    rows = {t: r for t, r in latest_by_trial(experiment).items() if r.get("status") == "complete" and "ood_mean" in r}
+    rows = {t: r for t, r in latest_by_trial(experiment).items() if r.get("status") == "complete" and OOD_MEAN in r}
     if not rows:
         return {}
-    picks = {"best_ood": max(rows, key=lambda t: rows[t]["ood_mean"])}
-    if any("objective" in r for r in rows.values()):
-        picks["best_joint"] = max(rows, key=lambda t: rows[t].get("objective", float("-inf")))
+    picks = {"best_ood": max(rows, key=lambda t: rows[t][OOD_MEAN])}
+    if any(OBJECTIVE in r for r in rows.values()):
+        picks["best_joint"] = max(rows, key=lambda t: rows[t].get(OBJECTIVE, float("-inf")))
     return picks
 
 

@@ -48,9 +48,8 @@ from pydantic import Field, field_validator, model_validator
 from robusttune.config import (MAX_SEED, Frozen, TaskSpec, TrainConfig, load_mapping_and_text, load_yaml_text, parse,
                                shorten)
 from robusttune.errors import ConfigError
+from robusttune.metrics import ID_METRICS, ID_VAL, OOD_MEAN, is_ood_set
 
-OBJECTIVE_METRIC = "objective"
-KNOWN_METRICS = ("id_acc", "id_val_acc", "ood_mean")
 
 # Upper bounds that keep validating a space, and building its sampler, fast and small (see also the loader's
 # robusttune.config.MAX_FILE_BYTES / MAX_NODES / MAX_DEPTH):
@@ -72,7 +71,7 @@ class Scalarization(Frozen):
 
 
 class Objective(Frozen):
-    metrics: tuple[str, ...] = ("id_val_acc", "ood_mean")
+    metrics: tuple[str, ...] = (ID_VAL, OOD_MEAN)
     directions: tuple[Direction, ...] = (Direction.MAX, Direction.MAX)
     scalarization: Scalarization = Scalarization()
 
@@ -81,7 +80,7 @@ class Objective(Frozen):
         if not self.metrics or len(self.metrics) != len(self.directions):
             raise ValueError("objective.metrics and objective.directions must have the same, non-zero length")
         for metric in self.metrics:
-            if metric not in KNOWN_METRICS and not metric.startswith("ood_"):
+            if metric not in (*ID_METRICS, OOD_MEAN) and not is_ood_set(metric):
                 raise ValueError(f"unknown objective metric {shorten(repr(metric))} (use id_acc, id_val_acc, ood_mean "
                                  f"or ood_<set>)")
         if len(set(self.metrics)) != len(self.metrics):

@@ -27,6 +27,7 @@ from robusttune.config import parse
 from robusttune.errors import ConfigError, DataError
 from robusttune.experiment import (is_evaluation, latest_by_trial, new_experiment_dir, parse_space_text, read_records,
                                    reported_evaluations, trial_checkpoints)
+from robusttune.metrics import OBJECTIVE
 from robusttune.pareto import hypervolume_2d, hypervolume_over_trials, worst_point
 from robusttune.search.sweep import SweepOptions, run_sweep
 from robusttune.search.trainable import failure_result
@@ -63,7 +64,7 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
             time.sleep(pace)  # lets tests interrupt a replay mid-search
         values = {m: float(row[m]) for m in metrics if m in row and not _missing(row[m])}
         atomic_write_json(progress, {"evaluation": int(row["evaluation"])})
-        tune.report({**values, "objective": space.objective.scalar(values), "step": int(row["step"]),
+        tune.report({**values, OBJECTIVE: space.objective.scalar(values), "step": int(row["step"]),
                      "epoch": float(row["epoch"]), "evaluation": int(row["evaluation"]), "total_steps": total,
                      "sim_time_s": float(row["time_s"]), "table_point": point,
                      "trial_status": "complete" if int(row["step"]) >= total else "running"})

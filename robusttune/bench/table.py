@@ -23,6 +23,7 @@ import yaml
 
 from robusttune.config import parse
 from robusttune.errors import ConfigError, DataError
+from robusttune.metrics import OBJECTIVE, is_metric
 from robusttune.space import SearchSpace
 
 META_KEY = b"robusttune.table"
@@ -131,11 +132,11 @@ def table_from_experiment(experiment: Path, space: SearchSpace, space_text: str,
         key = json.dumps(sampled, sort_keys=True)
         if key not in points:
             continue
-        metrics = {k: v for k, v in record.items() if k.startswith(("id_", "ood_"))}
+        metrics = {k: v for k, v in record.items() if is_metric(k)}
         metrics_seen |= set(metrics)
         rows[(record["trial_id"], int(record["evaluation"]))] = {
             "point": points[key], **sampled, "evaluation": int(record["evaluation"]), "step": int(record["step"]),
-            "epoch": float(record.get("epoch", 0.0)), **metrics, "objective": record.get("objective"),
+            "epoch": float(record.get("epoch", 0.0)), **metrics, OBJECTIVE: record.get(OBJECTIVE),
             "time_s": float(record.get("time_total_s", float("nan"))),
             "status": "complete" if record["step"] >= record.get("total_steps", math.inf) else "running"}
     if not rows:

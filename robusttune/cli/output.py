@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-METRIC_ORDER = ("id_acc", "id_val_acc")
+from robusttune.metrics import is_accuracy_column, metric_columns
+
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,7 +55,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain-text table; accuracies (``id_*``, ``ood_*``, ``objective``) in %."""
     def cell(column: str, value: Any) -> str:
         if isinstance(value, float):
-            percent = column.startswith(("id_", "ood_")) or column == "objective"
+            percent = is_accuracy_column(column)
             return f"{100 * value:.1f}" if percent else f"{value:.3g}"
         return "" if value is None else str(value)
 
@@ -65,15 +66,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def metric_columns(metrics: dict[str, Any]) -> list[str]:
-    """ID metrics, then each OOD set, then the OOD mean."""
-    oods = sorted(k for k in metrics if k.startswith("ood_") and k != "ood_mean")
-    return [k for k in METRIC_ORDER if k in metrics] + oods + (["ood_mean"] if "ood_mean" in metrics else [])
-
-
 def trial_columns(rows: Sequence[dict[str, Any]], parameters: Sequence[str]) -> list[str]:
-    oods = sorted({k for r in rows for k in r if k.startswith("ood_") and k != "ood_mean"})
-    return ["trial_id", "status", "id_val_acc", "id_acc", *oods, "ood_mean", *parameters]
+    return ["trial_id", "status", *metric_columns({k for r in rows for k in r}), *parameters]
 
 
 def progress_bar():

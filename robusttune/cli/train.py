@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robusttune.cli.output import add_common, add_placement, emit, metric_columns, table
+from robusttune.cli.output import add_common, add_placement, emit, table
+from robusttune.metrics import metric_columns
 from robusttune.errors import ConfigError, TrainingError
 
 TASK_KEYS = ("world", "imagenet")

@@ -46,6 +46,7 @@ import torch
 from robusttune.cache import atomic_write_json, stable_hash
 from robusttune.config import TrainConfig, parse
 from robusttune.space import SearchSpace
+from robusttune.metrics import ID_TEST, ID_VAL, ood_metric
 
 MIX_SAMPLES = 256  # configurations drawn from the space to weigh its methods
 CALIBRATION_START = 8  # the first micro-batch timed; then doubled up to the trial's own
@@ -295,8 +296,8 @@ def _sizes(space: SearchSpace, cache_dir: Path) -> tuple[int, int, dict[str, int
         return scan_set(kind, path, cache_dir).size
 
     train = size("imagenet", spec.train_dir, "imagenet_train")
-    sizes = {"id_val_acc": spec.val_holdout, "id_acc": size("imagenet", spec.val_dir, "imagenet_val")}
-    sizes |= {f"ood_{name.value}": size(name.value, path, name.value) for name, path in spec.ood_dirs.items()}
+    sizes = {ID_VAL: spec.val_holdout, ID_TEST: size("imagenet", spec.val_dir, "imagenet_val")}
+    sizes |= {ood_metric(name.value): size(name.value, path, name.value) for name, path in spec.ood_dirs.items()}
     source = "the folders" if not missing else f"published dataset sizes for the missing {', '.join(missing)}"
     return train - spec.val_holdout, 1000, sizes, source
 

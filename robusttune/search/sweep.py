@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from robusttune.errors import ConfigError, SweepError, storage_error
+from robusttune.metrics import OBJECTIVE
 from robusttune.experiment import (LOST_BEFORE_SAVE, MANIFEST_FORMAT, append_record, budget_used, end_torn_tail, journal,
                                    latest_by_trial, load_frozen_space, parse_space_text, read_manifest,
                                    scheduler_state, tune_dir, write_manifest)
@@ -253,7 +254,7 @@ def make_scheduler(space: SearchSpace, experiment: Path):
     config = space.scheduler
     max_t = config.max_t or 10_000  # default: never cut a trial short of its own length
     if config.name == "asha":
-        return ASHAScheduler(metric="objective", mode="max", time_attr="evaluation", grace_period=config.grace_period,
+        return ASHAScheduler(metric=OBJECTIVE, mode="max", time_attr="evaluation", grace_period=config.grace_period,
                              reduction_factor=config.reduction_factor, max_t=max_t)
     if config.name == "mo_asha":
         return MultiObjectiveASHA(list(space.objective.metrics), [d.value for d in space.objective.directions],

@@ -11,16 +11,12 @@ beside each trial in ``<exp>/tune``.
 from __future__ import annotations
 
 import os
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ray.tune import Callback
 
 from robusttune.errors import ConfigError
-from robusttune.progress import duration
 
 LOGGERS = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX", "tensorboard")}
 

@@ -22,6 +22,7 @@ from ray import tune
 
 from robusttune.cache import atomic_write_json
 from robusttune.experiment import heads_dir, parse_space_text, trial_checkpoints
+from robusttune.metrics import OBJECTIVE
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def failure_result(space: SearchSpace, last: dict[str, float], **fields: Any) ->
     Tune's strict metric check would end the whole sweep otherwise), so the ones never measured are NaN. The
     searcher tells Optuna FAIL and the records say failed, whatever the values."""
     nan = float("nan")
-    return {**{m: nan for m in space.objective.metrics}, **last, "objective": nan, **fields, "trial_status": "failed"}
+    return {**{m: nan for m in space.objective.metrics}, **last, OBJECTIVE: nan, **fields, "trial_status": "failed"}
 
 
 HEARTBEAT_KEYS = ("step", "total_steps", "epoch", "loss", "images_per_s", "eta_s")
@@ -57,7 +58,7 @@ def heartbeat_result(space: SearchSpace, last: dict[str, float], progress: dict[
     nan = float("nan")
     values = {**{m: nan for m in space.objective.metrics}, **last}
     objective = space.objective.scalar(last) if last else nan
-    return {**values, "objective": objective, **{k: progress[k] for k in HEARTBEAT_KEYS}, "heartbeat": True,
+    return {**values, OBJECTIVE: objective, **{k: progress[k] for k in HEARTBEAT_KEYS}, "heartbeat": True,
             "trial_status": "running"}
 
 
@@ -128,7 +129,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
     node_id, heartbeat_seconds = job["node_id"], float(job["heartbeat_seconds"])
     total = run.total_steps
     best_saved = json.loads(best_meta.read_text()) if best_meta.is_file() else {}
-    best_objective, best_subset = best_saved.get("objective", float("-inf")), best_saved.get("subset")
+    best_objective, best_subset = best_saved.get(OBJECTIVE, float("-inf")), best_saved.get("subset")
     last: dict[str, float] = {}
     evaluations = len(run.history)
 
@@ -144,7 +145,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
         if objective > best_objective:
             best_objective, best_subset = objective, subset
             save_checkpoint(best, {"model": state["model"], "step": state["step"], "config": state["config"]})
-            atomic_write_json(best_meta, {"objective": objective, "step": state["step"], "subset": subset})
+            atomic_write_json(best_meta, {OBJECTIVE: objective, "step": state["step"], "subset": subset})
 
     def report(row: dict[str, Any]) -> None:
         nonlocal evaluations
@@ -158,7 +159,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
         metrics = row["metrics"]
         last.update(metrics)
         # 'evaluation' (not Tune's iteration counter, which restarts on resume) is the scheduler's time axis
-        report_to({**metrics, "objective": space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
+        report_to({**metrics, OBJECTIVE: space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
                    "evaluation": evaluations, "total_steps": total, "node_id": node_id,
                    **{k: row[k] for k in ("eval_images", "eval_subset") if k in row},
                    "trial_status": "complete" if row["step"] >= total else "running"})

@@ -11,18 +11,13 @@ from torch.utils.data import ConcatDataset
 from robusttune import progress
 from robusttune.data.sets import EvalSet, Loading, TensorImages, batch_loader, fixed_subset, restrict, sequential_batches
 from robusttune.errors import DataError
+from robusttune.metrics import OOD_MEAN, is_ood_set, ood_mean
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
 from robusttune.training.distributed import ALONE, Shard
 
 
 LARGE_EVALUATION = 20_000  # images: a progress bar (on the command line) from this size on
-
-
-def ood_mean(metrics: Mapping[str, float]) -> float:
-    """The mean over every ``ood_<set>`` accuracy (excluding ``ood_mean`` itself)."""
-    values = [v for k, v in metrics.items() if k.startswith("ood_") and k != "ood_mean"]
-    return float(sum(values) / len(values)) if values else float("nan")
 
 
 class Evaluator:
@@ -91,8 +86,8 @@ class Evaluator:
             summed = self.shard.sum_counts(correct + total, self.placement.device)
             correct, total = summed[:len(correct)], summed[len(correct):]
         metrics = {s.metric: c / t for s, c, t in zip(self.sets, correct, total)}
-        if any(k.startswith("ood_") for k in metrics):
-            metrics["ood_mean"] = ood_mean(metrics)
+        if any(is_ood_set(k) for k in metrics):
+            metrics[OOD_MEAN] = ood_mean(metrics)
         return metrics
 
 

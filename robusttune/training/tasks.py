@@ -16,6 +16,7 @@ from robusttune.data.imagenet import ImageFolderSet
 from robusttune.data.packed import PackedImages, is_pack, open_pack, projection_of, scan_kind
 from robusttune.data.sets import DatasetImages, EvalSet, LogitProjection, TaskData, loader_workers
 from robusttune.errors import DataError
+from robusttune.metrics import ID_TEST, ID_VAL
 from robusttune.models.classifier import ImageClassifier
 from robusttune.models.clip import build_classifier, check_model_name, create_clip, imagenet_classnames_and_templates, imagenet_preprocess
 
@@ -93,8 +94,8 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0, head_folders: Sequence[P
     held = sorted(order[: spec.val_holdout].tolist())
     kept = sorted(set(range(train_set.size)) - set(held))
     eval_sets: list[EvalSet] = [
-        EvalSet("id_val_acc", DatasetImages(train_set.dataset(transform, held))),
-        EvalSet("id_acc", DatasetImages(val_set.dataset(transform, None))),
+        EvalSet(ID_VAL, DatasetImages(train_set.dataset(transform, held))),
+        EvalSet(ID_TEST, DatasetImages(val_set.dataset(transform, None))),
         *(EvalSet(f"ood_{name}", DatasetImages(scanned.dataset(transform, None)), scanned.projection)
           for name, scanned in ood_sets),
     ]
