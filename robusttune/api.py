@@ -25,7 +25,7 @@ from robusttune.cache import resolve_cache_dir
 from robusttune.config import TaskSpec, TrainConfig, parse
 from robusttune.errors import ConfigError, DataError
 from robusttune.metrics import OBJECTIVE, is_metric
-from robusttune.experiment import (STATUSES, ExperimentLock, check_experiment, check_new_experiment,
+from robusttune.experiment import (STATUSES, RunFiles, ExperimentLock, check_experiment, check_new_experiment,
                                    check_space_unchanged, latest_by_trial, load_frozen_space, new_experiment_dir,
                                    pareto_trials, read_heartbeats, read_manifest, report_dir)
 from robusttune.space import SearchSpace, load_space
@@ -53,7 +53,7 @@ class TrainSummary:
     def read(cls, out: Path) -> TrainSummary:
         """The summary a run wrote into ``out`` (``summary.json``)."""
         try:
-            data = json.loads((out / "summary.json").read_text())
+            data = json.loads(RunFiles(out).summary.read_text())
         except (OSError, ValueError):
             raise DataError(f"{out}: the run wrote no readable summary.json") from None
         metrics = {k: v for k, v in data.items() if is_metric(k)}
@@ -160,7 +160,7 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | o
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if not resume:
-        (out / "checkpoint.pt").unlink(missing_ok=True)  # a fresh run (--overwrite) never continues another's checkpoint
+        RunFiles(out).checkpoint.unlink(missing_ok=True)  # a fresh run (--overwrite) never continues another's checkpoint
     if config.workers > 1:
         from robusttune.search.data_parallel import train_on_workers
 

@@ -52,6 +52,72 @@ REFERENCE_KINDS = ("baseline", "wise")
 # ------------------------------------------------------------------------------------------------ layout
 
 
+@dataclass(frozen=True)
+class TrialFiles:
+    """A trial's own files, in ``<experiment>/checkpoints/<trial_id>/`` (``trial_checkpoints``)."""
+
+    folder: Path
+
+    @property
+    def latest(self) -> Path:
+        """Every evaluation's weights and optimizer state (resumable); the final weights once the trial ended."""
+        return self.folder / "latest.pt"
+
+    @property
+    def best(self) -> Path:
+        """The weights of the best evaluation by the objective."""
+        return self.folder / "best.pt"
+
+    @property
+    def best_meta(self) -> Path:
+        """``best.pt``'s objective, step and whether it was a subset evaluation."""
+        return self.folder / "best.json"
+
+    @property
+    def replay(self) -> Path:
+        """A benchmark replay's progress (``robusttune.bench.replay``)."""
+        return self.folder / "replay.json"
+
+
+def trial_files(experiment: str | Path, trial_id: str) -> TrialFiles:
+    return TrialFiles(trial_checkpoints(experiment, trial_id))
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """A ``robusttune train`` run's folder (``robusttune.training.train_dir``)."""
+
+    folder: Path
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        """One row per evaluation."""
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        """The latest, resumable checkpoint."""
+        return self.folder / "checkpoint.pt"
+
+    @property
+    def final(self) -> Path:
+        """The final weights, with the config, the task and the metrics."""
+        return self.folder / "final.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "summary.json"
+
+
+def vanilla_checkpoint(experiment: str | Path) -> Path:
+    """The experiment's vanilla fine-tuning baseline (trained once)."""
+    return baselines_dir(experiment) / "vanilla_ft.pt"
+
+
 def trial_checkpoints(experiment: str | Path, trial_id: str) -> Path:
     """``<experiment>/checkpoints/<trial_id>/``: ``latest.pt`` (every evaluation) and ``best.pt`` (best objective).
 
@@ -63,7 +129,7 @@ def trial_checkpoints(experiment: str | Path, trial_id: str) -> Path:
 
 def latest_checkpoint(experiment: str | Path, trial_id: str) -> Path | None:
     """The trial's latest checkpoint (its final weights once the trial is complete), if it has one."""
-    path = trial_checkpoints(experiment, trial_id) / "latest.pt"
+    path = trial_files(experiment, trial_id).latest
     return path if path.is_file() else None
 
 

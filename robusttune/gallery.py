@@ -15,7 +15,7 @@ import torch
 from robusttune import progress
 from robusttune.cache import atomic_write
 from robusttune.config import TrainConfig, parse
-from robusttune.experiment import heads_dir, latest_by_trial, load_frozen_space, trial_checkpoints
+from robusttune.experiment import heads_dir, latest_by_trial, load_frozen_space, trial_files
 from robusttune.metrics import OBJECTIVE, OOD_MEAN
 
 
@@ -43,7 +43,7 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
     from robusttune.training.tasks import build_task
 
     row = latest_by_trial(experiment)[trial_id]
-    checkpoint = trial_checkpoints(experiment, trial_id) / "latest.pt"
+    checkpoint = trial_files(experiment, trial_id).latest
     if not checkpoint.is_file() or not row.get("config"):
         return None
     space, _ = load_frozen_space(experiment)

@@ -26,7 +26,7 @@ from ray import tune
 from robusttune.config import parse
 from robusttune.errors import ConfigError, DataError
 from robusttune.experiment import (is_evaluation, latest_by_trial, new_experiment_dir, parse_space_text, read_records,
-                                   reported_evaluations, trial_checkpoints)
+                                   reported_evaluations, trial_files)
 from robusttune.metrics import OBJECTIVE
 from robusttune.pareto import hypervolume_2d, hypervolume_over_trials, worst_point
 from robusttune.search.sweep import SweepOptions, run_sweep
@@ -54,7 +54,7 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
     point = stored.point_of({**space.fixed, **{k: v for k, v in config.items() if k in space.parameters}})
     curve = stored.curves.get(point, [])
     total = int(stored.frame["step"].max())
-    progress = trial_checkpoints(experiment, tune.get_context().get_trial_id()) / "replay.json"
+    progress = trial_files(experiment, tune.get_context().get_trial_id()).replay
     start = json.loads(progress.read_text())["evaluation"] if progress.is_file() else 0  # resumed after a crash
     metrics = stored.meta["metrics"]
     # Resumed: report the last recorded evaluation again, as the training trainable does (it may not have reached

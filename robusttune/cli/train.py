@@ -11,6 +11,7 @@ from typing import Any
 from robusttune.cli.output import add_common, add_placement, emit, table
 from robusttune.metrics import metric_columns
 from robusttune.errors import ConfigError, TrainingError
+from robusttune.experiment import RunFiles
 
 TASK_KEYS = ("world", "imagenet")
 
@@ -136,7 +137,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         if name == "vanilla FT":
             model, task = prepared.classifier(), prepared.task()
             zero_shot = {k: v.clone() for k, v in model.state_dict().items()}
-            finetuned = load_checkpoint(run_dir / "final.pt")["model"]
+            finetuned = load_checkpoint(RunFiles(run_dir).final)["model"]
             (wise_row,) = wise_curve(model, zero_shot, finetuned, task.eval_sets, alphas=(0.5,))
             rows.append({"method": "WiSE-FT of vanilla FT (alpha 0.5)", **{k: v for k, v in wise_row.items() if k != "alpha"}})
     seconds = round(time.perf_counter() - started, 1)

@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robusttune.experiment import (append_record, baselines_dir, heads_dir, latest_checkpoint, parse_space_text,
-                                   read_records)
+from robusttune.experiment import (append_record, heads_dir, latest_checkpoint, parse_space_text, read_records,
+                                   vanilla_checkpoint)
 
 
 def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
@@ -74,7 +74,7 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
 
     if references and "zero-shot" not in methods:
         record({"kind": "baseline", "method": "zero-shot", **evaluator(student)})
-    vanilla_path = baselines_dir(exp) / "vanilla_ft.pt"
+    vanilla_path = vanilla_checkpoint(exp)
     vanilla = load_checkpoint(vanilla_path) if references and vanilla_path.is_file() else None
     if vanilla is not None and ("metrics" not in vanilla or not config.resumes(json.loads(vanilla["config"]))):
         vanilla = None  # trained under other fixed settings (or by an older robusttune): train again

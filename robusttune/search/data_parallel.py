@@ -112,7 +112,7 @@ def run_on_workers(worker, worker_config: dict[str, Any], *, workers: int, space
 
 def quiet_ray_train() -> None:
     """Every Ray worker process's setup hook (``QUIET_RAY``, given to ``ray.init``): Ray Train's noisy loggers quiet."""
-    from robusttune.search.ray_compat import TRAIN_LOGGERS_TO_QUIET, train_reports_logger_name
+    from robusttune.search.ray_compat import TRAIN_CLEANER_THREAD, TRAIN_LOGGERS_TO_QUIET, train_reports_logger_name
 
     # the cleaner's warnings (Ray's state API is not served by a local Ray without a dashboard; stopped trials' groups
     # are removed here instead, see above), a stopped run's backend shutdown, each worker's every report (INFO)
@@ -123,6 +123,13 @@ def quiet_ray_train() -> None:
     for name, level in quiet.items():
         # a filter, not a level: Ray Train's logging setup resets its loggers' levels (logging.config.dictConfig)
         logging.getLogger(name).addFilter(lambda record, level=level: record.levelno >= level)
+    uncaught = threading.excepthook
+
+    def excepthook(args) -> None:  # the cleaner's thread dies quietly where its state query cannot work
+        if args.thread is None or args.thread.name != TRAIN_CLEANER_THREAD:
+            uncaught(args)
+
+    threading.excepthook = excepthook
 
 
 def stoppable(function):

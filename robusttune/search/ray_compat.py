@@ -108,6 +108,9 @@ def train_report_queue():
 TRAIN_LOGGERS_TO_QUIET = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
                           "ray.train.v2._internal.callbacks.backend_setup")
 TRAIN_REPORTS_MODULE = "ray.train.v2._internal.execution.context"
+# The cleaner's monitoring thread: where another local Ray instance runs too, its state query raises rather than
+# warns, and the uncaught error's traceback would reach the console
+TRAIN_CLEANER_MODULE, TRAIN_CLEANER_THREAD = TRAIN_LOGGERS_TO_QUIET[0], "PlacementGroupCleanerMonitor"
 
 
 def train_reports_logger_name() -> str | None:
@@ -160,6 +163,13 @@ def _sets(module: str, owner: str, *attributes: str) -> Callable[[], bool]:
     return check
 
 
+def _source_mentions(module: str, text: str) -> bool:
+    try:
+        return text in inspect.getsource(importlib.import_module(module))
+    except (ImportError, OSError, TypeError):
+        return False
+
+
 def _optuna_search_keeps_its_state() -> bool:
     """A real ``OptunaSearch`` after one suggestion holds what the accessors above read."""
     import optuna
@@ -187,6 +197,8 @@ INTERNALS: dict[str, Callable[[], bool]] = {
         _has("ray.train._internal.session", "_TrainSession", "_get_or_create_inter_actor_queue"),
     "ray.train._internal.session.get_session": _has("ray.train._internal.session", "get_session"),
     f"{TRAIN_REPORTS_MODULE} (its logger)": _has(TRAIN_REPORTS_MODULE),
+    f"{TRAIN_CLEANER_MODULE}: thread {TRAIN_CLEANER_THREAD}": lambda: _source_mentions(TRAIN_CLEANER_MODULE,
+                                                                                      f'"{TRAIN_CLEANER_THREAD}"'),
     **{f"{name} (its logger)": _has(name) for name in TRAIN_LOGGERS_TO_QUIET},
     "ray.autoscaler._private.util.validate_config": _has("ray.autoscaler._private.util", "validate_config"),
 }

@@ -21,7 +21,7 @@ from typing import Any
 from ray import tune
 
 from robusttune.cache import atomic_write_json
-from robusttune.experiment import heads_dir, parse_space_text, trial_checkpoints
+from robusttune.experiment import heads_dir, parse_space_text, trial_files
 from robusttune.metrics import OBJECTIVE
 from robusttune.space import SearchSpace
 
@@ -122,8 +122,8 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
     sampled = {k: v for k, v in config.items() if k in space.parameters}
     train_config = space.trial_config(sampled, seed=int(config.get(SEED_KEY, 0)))
     shard = Shard.current()
-    folder = trial_checkpoints(experiment, job["trial_id"])
-    latest, best, best_meta = folder / "latest.pt", folder / "best.pt", folder / "best.json"
+    files = trial_files(experiment, job["trial_id"])
+    latest, best, best_meta = files.latest, files.best, files.best_meta
     run = prepare_run(train_config, space.task, Path(job["cache_dir"]), checkpoint=latest,
                       head_folders=[heads_dir(experiment)])
     node_id, heartbeat_seconds = job["node_id"], float(job["heartbeat_seconds"])

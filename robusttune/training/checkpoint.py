@@ -50,11 +50,13 @@ def drop_resume_state(path: str | Path) -> int:
 def keep_checkpoints(folder: str | Path, keep: str) -> None:
     """Apply an ended trial's ``checkpoints`` policy (``robusttune.config.Keep``) to its folder: ``best`` keeps the final
     and the best weights, ``final`` the final weights only, ``all`` everything (optimizer state included)."""
-    folder = Path(folder)
+    from robusttune.experiment import TrialFiles
+
+    files = TrialFiles(Path(folder))
     if keep == "all":
         return
-    if (folder / "latest.pt").is_file():
-        drop_resume_state(folder / "latest.pt")
+    if files.latest.is_file():
+        drop_resume_state(files.latest)
     if keep == "final":
-        (folder / "best.pt").unlink(missing_ok=True)
-        (folder / "best.json").unlink(missing_ok=True)
+        files.best.unlink(missing_ok=True)
+        files.best_meta.unlink(missing_ok=True)

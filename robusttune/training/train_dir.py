@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from robusttune.config import TaskSpec, TrainConfig
+from robusttune.experiment import RunFiles
 from robusttune.training.checkpoint import save_checkpoint
 from robusttune.training.distributed import Shard
 from robusttune.training.run import prepare_run
@@ -19,12 +20,12 @@ def train_into(config: TrainConfig, spec: TaskSpec, cache: Path, out: Path, *,
                on_evaluation: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The run in this process (all of it, or this rank's share of a data-parallel run, whose leader alone writes);
     returns the summary (as ``summary.json`` holds it)."""
-    shard = Shard.current()
-    checkpoint, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    run = prepare_run(config, spec, cache, checkpoint=checkpoint)
+    shard, files = Shard.current(), RunFiles(out)
+    metrics_path = files.metrics
+    run = prepare_run(config, spec, cache, checkpoint=files.checkpoint)
     if shard.leader:
         metrics_path.write_text("".join(json.dumps({**r, **r["metrics"]}) + "\n" for r in run.history))
-        (out / "config.json").write_text(json.dumps({**config.to_dict(), **spec.to_dict()}, indent=2) + "\n")
+        files.config.write_text(json.dumps({**config.to_dict(), **spec.to_dict()}, indent=2) + "\n")
 
     def report(row: dict[str, Any]) -> None:
         if not shard.leader:
@@ -40,7 +41,7 @@ def train_into(config: TrainConfig, spec: TaskSpec, cache: Path, out: Path, *,
                "seconds": round(time.perf_counter() - started, 2), "out": str(out)}
     if shard.leader:
         if result.status == "complete":
-            save_checkpoint(out / "final.pt", {"model": run.student.state_dict(), "config": json.dumps(config.to_dict()),
+            save_checkpoint(files.final, {"model": run.student.state_dict(), "config": json.dumps(config.to_dict()),
                                                "task": json.dumps(spec.to_dict()), "metrics": json.dumps(result.metrics)})
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        files.summary.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
