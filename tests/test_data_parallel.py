@@ -247,7 +247,8 @@ def test_mo_asha_stops_one_and_two_worker_trials_alike_and_frees_their_workers(t
     assert done.returncode == 0, done.stderr[-3000:]
     # the console (workers' logs shown): a stopped trial is not a crash, and Ray Train's chatter stays out
     for noise in ("Traceback", "Failed to query", "Reporting training result", "FailurePolicy"):
-        assert noise not in done.stderr, done.stderr[-3000:]
+        at = done.stderr.find(noise)
+        assert at < 0, done.stderr[max(0, at - 1500):at + 1500]
     finals = {r["trial_id"]: r for r in records(experiment) if r.get("final")}
     assert len(finals) == 6
     ends = {(r["config"]["workers"], r["status"]) for r in finals.values()}

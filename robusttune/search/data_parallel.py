@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -111,7 +112,9 @@ def run_on_workers(worker, worker_config: dict[str, Any], *, workers: int, space
 
 
 def quiet_ray_train() -> None:
-    """Every Ray worker process's setup hook (``QUIET_RAY``, given to ``ray.init``): Ray Train's noisy loggers quiet."""
+    """Every Ray worker process's setup hook (``QUIET_RAY``, given to ``ray.init``): Ray Train's noisy loggers quiet,
+    its cleaner's thread and a worker Ray ends with SIGTERM (Tune ends each data-parallel space's trial actor) end
+    without a traceback on the console."""
     from robusttune.search.ray_compat import TRAIN_CLEANER_THREAD, TRAIN_LOGGERS_TO_QUIET, train_reports_logger_name
 
     # the cleaner's warnings (Ray's state API is not served by a local Ray without a dashboard; stopped trials' groups
@@ -130,6 +133,13 @@ def quiet_ray_train() -> None:
             uncaught(args)
 
     threading.excepthook = excepthook
+    unraisable = sys.unraisablehook
+
+    def unraisablehook(args) -> None:  # Ray's SIGTERM handler ending a worker (an actor Tune ended) mid-callback
+        if not isinstance(args.exc_value, SystemExit):
+            unraisable(args)
+
+    sys.unraisablehook = unraisablehook
 
 
 def stoppable(function):
