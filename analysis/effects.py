@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from robusttune.cache import atomic_write
+from robusttune.metrics import OOD_MEAN
 
 MIN_TRIALS = 8
 FOLDS = 4
@@ -71,7 +72,7 @@ def importance(frame: pd.DataFrame, params: list[str], objectives: list[str], *,
     return result
 
 
-def effects_png(frame: pd.DataFrame, params: list[str], path, *, y: str = "ood_mean") -> None:
+def effects_png(frame: pd.DataFrame, params: list[str], path, *, y: str = OOD_MEAN) -> None:
     """OOD mean against each numeric parameter, coloured by masking region."""
     import matplotlib
 

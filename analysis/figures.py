@@ -11,7 +11,7 @@ import pandas as pd
 
 from robusttune import pareto
 from robusttune.cache import atomic_write
-from robusttune.metrics import OOD_MEAN, is_ood_set
+from robusttune.metrics import ID_TEST, OOD_MEAN, is_ood_set
 
 REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
 REFILL_MARKERS = {"single": ("o", "circle"), "multi": ("s", "square"), "none": ("^", "triangle-up"), "-": ("D", "diamond")}
@@ -62,7 +62,7 @@ def _logit(values):
     return np.log(clipped / (1 - clipped))
 
 
-def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = "id_acc", y: str = "ood_mean", title: str = "",
+def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = ID_TEST, y: str = OOD_MEAN, title: str = "",
                refs: pd.DataFrame | None = None, logit: bool = False) -> Path:
     """With ``logit``, both axes are logit-scaled (as in the WiSE-FT paper), labelled in %."""
     import matplotlib

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from robusttune.cache import atomic_write_text
-from robusttune.metrics import OOD_MEAN, is_ood_set
+from robusttune.metrics import ID_TEST, ID_VAL, OOD_MEAN, is_ood_set
 
 from robusttune import pareto
 from robusttune.analysis import effects, figures, results
@@ -27,7 +27,7 @@ def _pct(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{100 * float(value):.1f}"
 
 
-def summarise(frame: pd.DataFrame, records_time: tuple[float, float] | None, *, x: str = "id_acc", y: str = "ood_mean",
+def summarise(frame: pd.DataFrame, records_time: tuple[float, float] | None, *, x: str = ID_TEST, y: str = OOD_MEAN,
               refs: pd.DataFrame | None = None) -> dict[str, Any]:
     """The numbers at the top of the report (also returned by ``robusttune report --json``)."""
     counts = {s: int((frame["status"] == s).sum()) for s in ("complete", "stopped-early", "failed", "running")} if not frame.empty else {}
@@ -128,7 +128,7 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     refs = results.baselines(experiment)
     times = [r.get("time") for r in results._rows(experiment) if r.get("time")]
     summary = summarise(frame, (min(times), max(times)) if times else None, refs=refs)
-    front = figures.front_points(frame, "id_acc", "ood_mean") if summary.get("front_size") else frame.iloc[0:0]
+    front = figures.front_points(frame, ID_TEST, OOD_MEAN) if summary.get("front_size") else frame.iloc[0:0]
     written: dict[str, str] = {}
     if "csv" in formats:
         written["trials.csv"] = str(results.export(frame, out / "trials.csv"))
@@ -144,7 +144,7 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
         written["hypervolume.png"] = str(figures.hypervolume_png(curve, out / "hypervolume.png"))
         if effects_path:
             written["effects.png"] = str(effects_path)
-    importance = effects.importance(frame, params, ["id_val_acc", "ood_mean"]) if not frame.empty and "id_val_acc" in frame else pd.DataFrame()
+    importance = effects.importance(frame, params, [ID_VAL, OOD_MEAN]) if not frame.empty and ID_VAL in frame else pd.DataFrame()
     summary["importance"] = importance.round(4).to_dict() if not importance.empty else {}
     summary["importance_method"] = importance.attrs.get("method") or importance.attrs.get("reason", "not computed: no trials")
     if "html" in formats:
@@ -170,7 +170,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     counts = summary.get("counts", {})
     cards = [("trials", str(summary.get("trials", 0))), *((k, str(v)) for k, v in counts.items())]
     if "best_id" in summary:
-        cards += [("best ID (%)", _pct(summary["best_id"]["id_acc"])), ("best OOD mean (%)", _pct(summary["best_ood"]["ood_mean"])),
+        cards += [("best ID (%)", _pct(summary["best_id"][ID_TEST])), ("best OOD mean (%)", _pct(summary["best_ood"][OOD_MEAN])),
                   ("Pareto front", str(summary["front_size"])), ("hypervolume", f"{summary['hypervolume']:.5f}")]
     if "wall_seconds" in summary:
         cards.append(("wall time (s)", f"{summary['wall_seconds']:.0f}"))
@@ -178,13 +178,13 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     parts = [f"<h1>robusttune report: {html.escape(experiment.name)}</h1>", f'<div class="cards">{card_html}</div>']
     if "reference_point" in summary:
         ref = summary["reference_point"]
-        parts.append(f'<p class="note">Hypervolume over (id_acc, ood_mean) with reference point ({_pct(ref["id_acc"])}, '
-                     f'{_pct(ref["ood_mean"])}): the {html.escape(ref["kind"])}. Fronts here use ID test accuracy (id_acc); the search itself selected on the ID '
+        parts.append(f'<p class="note">Hypervolume over (id_acc, ood_mean) with reference point ({_pct(ref[ID_TEST])}, '
+                     f'{_pct(ref[OOD_MEAN])}): the {html.escape(ref["kind"])}. Fronts here use ID test accuracy (id_acc); the search itself selected on the ID '
                      f'validation split. Stopped-early, failed and running trials are kept out of fronts.</p>')
     if "vanilla_ft" in summary:
         zs, ft = summary["zero_shot"], summary["vanilla_ft"]
-        parts.append(f'<p class="note">Zero-shot: ID {_pct(zs["id_acc"])}, OOD mean {_pct(zs["ood_mean"])}. Vanilla fine-tuning: '
-                     f'ID {_pct(ft["id_acc"])}, OOD mean {_pct(ft["ood_mean"])}. "above WiSE-FT" is how far a trial\'s OOD mean lies '
+        parts.append(f'<p class="note">Zero-shot: ID {_pct(zs[ID_TEST])}, OOD mean {_pct(zs[OOD_MEAN])}. Vanilla fine-tuning: '
+                     f'ID {_pct(ft[ID_TEST])}, OOD mean {_pct(ft[OOD_MEAN])}. "above WiSE-FT" is how far a trial\'s OOD mean lies '
                      f'above the WiSE-FT curve of vanilla FT at the same ID accuracy (points, blank outside the curve\'s ID range).</p>')
     parts.append("<h2>Pareto-optimal trials</h2>")
     if not front.empty:
@@ -198,7 +198,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         parts.append("<h2>ID vs OOD</h2>")
         oods = [OOD_MEAN, *(c for c in metrics if is_ood_set(c))] if OOD_MEAN in metrics else []
         for metric in oods:
-            figs.append(figures.pareto_plotly(frame, x="id_acc", y=metric, refs=refs, logit=logit_axes))
+            figs.append(figures.pareto_plotly(frame, x=ID_TEST, y=metric, refs=refs, logit=logit_axes))
             parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))
         if curve:
             figs.append(figures.hypervolume_plotly(curve))

@@ -14,6 +14,7 @@ import pandas as pd
 
 from robusttune.cache import atomic_write
 from robusttune import metrics
+from robusttune.metrics import ID_TEST, OOD_MEAN
 from robusttune.errors import DataError
 from robusttune.experiment import RECORDS, is_evaluation, is_reference_row, is_trial_row, read_records
 
@@ -84,7 +85,7 @@ def baselines(experiment: Path) -> pd.DataFrame:
     return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
 
 
-def wise_ood_at(curve: pd.DataFrame, id_value: float, *, x: str = "id_acc", y: str = "ood_mean") -> float:
+def wise_ood_at(curve: pd.DataFrame, id_value: float, *, x: str = ID_TEST, y: str = OOD_MEAN) -> float:
     """The WiSE-FT curve's OOD accuracy at a given ID accuracy (linear between alphas; NaN outside its range).
 
     Where the curve is not monotone in ID, the best OOD among the crossing segments is used (the curve's upper

@@ -41,7 +41,7 @@ import math
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -182,11 +182,15 @@ class Resources(Frozen):
         return gpu
 
 
+SchedulerChoice = Literal["none", "asha", "mo_asha"]
+SCHEDULERS = list(get_args(SchedulerChoice))
+
+
 class Scheduler(Frozen):
     """Early stopping. ``asha``: Ray's ASHA on the scalar objective; ``mo_asha``: multi-objective ASHA on the
     objective metrics (robusttune.search.mo_asha). Times are in evaluations."""
 
-    name: Literal["none", "asha", "mo_asha"] = "none"
+    name: SchedulerChoice = "none"
     grace_period: int = Field(1, ge=1, description="evaluations before a trial can be stopped")
     # at least 1.1: Ray's ASHA and MO-ASHA keep a list of rungs, log(max_t / grace_period) / log(eta) long
     reduction_factor: float = Field(3.0, ge=1.1, le=100)

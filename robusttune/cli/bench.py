@@ -7,6 +7,10 @@ from pathlib import Path
 
 from robusttune.cli.output import add_common, command_group, emit, table
 from robusttune.errors import ConfigError
+from robusttune.space import SCHEDULERS, SamplerName
+
+# the space's samplers that replay on the table (the grid is the table itself), and the paper's own grid
+REPLAY_SAMPLERS = [s.value for s in SamplerName if s is not SamplerName.GRID] + ["paper_grid"]
 
 
 def cmd_tabulate(args: argparse.Namespace) -> int:
@@ -108,9 +112,9 @@ def register(commands) -> None:
 
     replay = bench_commands.add_parser("replay", help="replay searches against a table through Ray Tune + Optuna + scheduler")
     replay.add_argument("table", metavar="TABLE", help="a table file, or 'mini_full' for the shipped table")
-    replay.add_argument("--sampler", "--searcher", default="tpe", choices=["random", "tpe", "nsga2", "gp", "paper_grid"],
+    replay.add_argument("--sampler", "--searcher", default="tpe", choices=REPLAY_SAMPLERS,
                         help="Optuna sampler, or the paper's 27-config grid (default: tpe)")
-    replay.add_argument("--scheduler", default="mo_asha", choices=["none", "asha", "mo_asha"], help="early stopping (default: mo_asha)")
+    replay.add_argument("--scheduler", default="mo_asha", choices=SCHEDULERS, help="early stopping (default: mo_asha)")
     replay.add_argument("--budget", type=float, default=0.4, metavar="F",
                         help="evaluations to spend, as a fraction of training the full grid (default 0.4)")
     replay.add_argument("--seeds", default="0", metavar="S,S,...", help="sampler seeds, one search each (default 0)")

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from robusttune.config import Precision
 from robusttune.metrics import is_accuracy_column, metric_columns
 
 
@@ -16,6 +17,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def values(enum) -> list[str]:
+    """An enum's values, as a flag's choices (the enum is the one list)."""
+    return [member.value for member in enum]
 
 
 def add_common(parser: argparse.ArgumentParser, *, config_help: str | None = None, cache: bool = True) -> None:
@@ -31,7 +37,7 @@ def add_common(parser: argparse.ArgumentParser, *, config_help: str | None = Non
 def add_placement(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--precision`` (default: the config's, else auto)."""
     parser.add_argument("--device", metavar="DEV", help="auto (default: a visible GPU, else the CPU), cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", choices=values(Precision),
                         help="autocast dtype (auto: bf16 on a GPU that supports it, else fp32)")
 
 

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robusttune.cli.output import add_common, add_placement, emit, table
-from robusttune.metrics import metric_columns
+from robusttune.cli.output import add_common, add_placement, emit, table, values
+from robusttune.config import CamMethod, DistillKind, Preset, Refill, Region, Schedule, Trainable
 from robusttune.errors import ConfigError, TrainingError
 from robusttune.experiment import RunFiles
+from robusttune.metrics import metric_columns
 
 TASK_KEYS = ("world", "imagenet")
 
@@ -154,17 +155,17 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     train = commands.add_parser("train", help="fine-tune once (mini world by default, or CLIP on ImageNet folders)")
     add_common(train, config_help="YAML/JSON with TrainConfig keys and optionally a 'world' or 'imagenet' section")
-    train.add_argument("--region", choices=["object", "context", "random", "none"], help="patches to mask (none: clean images)")
-    train.add_argument("--refill", choices=["none", "single", "multi"], help="how masked patches are refilled")
+    train.add_argument("--region", choices=values(Region), help="patches to mask (none: clean images)")
+    train.add_argument("--refill", choices=values(Refill), help="how masked patches are refilled")
     form = train.add_mutually_exclusive_group()
     form.add_argument("--threshold", type=float, metavar="T", help="mask by normalised CAM threshold (probability for random)")
     form.add_argument("--ratio", type=float, metavar="R", help="mask exactly round(R * patches) patches")
     train.add_argument("--w-distill", type=float, metavar="W", help="distillation weight (0 = vanilla fine-tuning)")
-    train.add_argument("--distill", choices=["feature", "logit"], help="distil image features (MSE) or logits (KD)")
-    train.add_argument("--cam", choices=["relevance", "gradcam"], help="class activation map method")
-    train.add_argument("--trainable", choices=["all", "head"], help="'head' is a linear probe")
-    train.add_argument("--preset", choices=["paper"], help="every official default of the paper's code at once")
-    train.add_argument("--schedule", choices=["cosine", "onecycle"], help="lr schedule (onecycle: the official one)")
+    train.add_argument("--distill", choices=values(DistillKind), help="distil image features (MSE) or logits (KD)")
+    train.add_argument("--cam", choices=values(CamMethod), help="class activation map method")
+    train.add_argument("--trainable", choices=values(Trainable), help="'head' is a linear probe")
+    train.add_argument("--preset", choices=values(Preset), help="every official default of the paper's code at once")
+    train.add_argument("--schedule", choices=values(Schedule), help="lr schedule (onecycle: the official one)")
     train.add_argument("--lr", type=float, metavar="LR")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps (0 = evaluate the zero-shot model)")
     train.add_argument("--batch-size", type=int, metavar="B")
