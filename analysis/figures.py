@@ -25,9 +25,8 @@ def _style(row) -> tuple[str, str, str]:
 
 
 def front_points(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    done = frame[(frame["status"] == "complete")].dropna(subset=[x, y])
-    keep = pareto.non_dominated(done[[x, y]].to_numpy().tolist())
-    return done.iloc[keep].sort_values(x)
+    """The trials on the Pareto front of (x, y) (``robusttune.pareto.front``), in order of x."""
+    return frame.iloc[pareto.front(frame.to_dict("records"), [x, y])].sort_values(x)
 
 
 def _step_xy(front: pd.DataFrame, x: str, y: str) -> tuple[list[float], list[float]]:

@@ -178,9 +178,9 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     parts = [f"<h1>robusttune report: {html.escape(experiment.name)}</h1>", f'<div class="cards">{card_html}</div>']
     if "reference_point" in summary:
         ref = summary["reference_point"]
-        parts.append(f'<p class="note">Hypervolume over (id_acc, ood_mean) with reference point ({_pct(ref[ID_TEST])}, '
-                     f'{_pct(ref[OOD_MEAN])}): the {html.escape(ref["kind"])}. Fronts here use ID test accuracy (id_acc); the search itself selected on the ID '
-                     f'validation split. Stopped-early, failed and running trials are kept out of fronts.</p>')
+        parts.append(f'<p class="note">Hypervolume over ({ID_TEST}, {OOD_MEAN}) with reference point ({_pct(ref[ID_TEST])}, '
+                     f'{_pct(ref[OOD_MEAN])}): the {html.escape(ref["kind"])}. Fronts here use ID test accuracy ({ID_TEST}); the search itself selected on the ID '
+                     f'validation split ({ID_VAL}). Stopped-early, failed and running trials are kept out of fronts.</p>')
     if "vanilla_ft" in summary:
         zs, ft = summary["zero_shot"], summary["vanilla_ft"]
         parts.append(f'<p class="note">Zero-shot: ID {_pct(zs[ID_TEST])}, OOD mean {_pct(zs[OOD_MEAN])}. Vanilla fine-tuning: '

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from robusttune.config_files import (MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_mapping,  # noqa: F401 (re-exported)
                                      load_mapping_and_text, load_yaml_text, one_line, shorten)
+from robusttune.bounds import MAX_SEED
 from robusttune.errors import ConfigError
 
 
@@ -133,7 +134,6 @@ def load_config(model: type[ConfigT], path: str | Path) -> ConfigT:
 # error minutes into a sweep. Step and trial counts are not bounded here: their cost is the user's to choose, and
 # what reads them (``robusttune plan``, the schedulers) is arithmetic in them.
 
-MAX_SEED = 2**32  # seeds are in [0, 2**32): what NumPy and every sweep accept
 MAX_BATCH = 2**16  # images in one (eval) batch; the paper's is 512
 MAX_IMAGE_SIZE = 224  # mini-world image side in pixels (ImageNet's); the default is 24
 MAX_CANVAS_SIZE = 448  # mini-world canvas side before cropping; the default is 32
@@ -454,12 +454,30 @@ class TrainConfig(Frozen):
         return self.uses_masks and self.region in (Region.OBJECT, Region.CONTEXT)
 
 
+class PackEncoding(StrEnum):
+    """How ``robusttune data pack`` stores images: raw uint8 (lossless) or JPEG (about a fifth of the bytes)."""
+
+    RAW = "raw"
+    JPEG = "jpeg"
+
+
+class Tracker(StrEnum):
+    """Experiment trackers a sweep can log to (``robusttune.search.trackers``)."""
+
+    WANDB = "wandb"
+    MLFLOW = "mlflow"
+    TENSORBOARD = "tensorboard"
+
+
 class OodSet(StrEnum):
     IMAGENET_V2 = "imagenet_v2"
     IMAGENET_R = "imagenet_r"
     IMAGENET_SKETCH = "imagenet_sketch"
     IMAGENET_A = "imagenet_a"
     OBJECTNET = "objectnet"
+
+
+PACK_KINDS = ("imagenet", *(s.value for s in OodSet))  # imagenet: a train or val folder of 1000 wnid folders
 
 
 class ImageNetTask(Frozen):

@@ -19,6 +19,15 @@ class ConfigError(RobustTuneError, ValueError):
     exit_code = 2
 
 
+class ParameterError(ConfigError):
+    """One named parameter has a bad value. The message names it as the API spells it (``max_failures must be >=
+    0, got -1``); the CLI says the flag that set it instead (``--max-failures must be ...``)."""
+
+    def __init__(self, parameter: str, problem: str):
+        super().__init__(f"{parameter} {problem}")
+        self.parameter, self.problem = parameter, problem
+
+
 class DataError(RobustTuneError):
     """A dataset folder or cached data file is missing or malformed."""
 

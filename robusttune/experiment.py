@@ -205,9 +205,9 @@ def check_new_experiment(storage: Path, name: str, *, overwrite: bool) -> Path:
     path = Path(storage) / check_experiment_name(name)
     if path.exists() or path.is_symlink():
         if not overwrite:
-            raise ConfigError(f"{path}: experiment already exists (use 'robusttune resume {path}', another --name, or --overwrite)")
+            raise ConfigError(f"{path}: experiment already exists (use 'robusttune resume {path}', another `name`, or `overwrite`)")
         if path.is_symlink() or not path.is_dir() or not _is_experiment(path):
-            raise ConfigError(f"{path}: not a robusttune experiment (no valid {MANIFEST}); --overwrite only replaces experiments")
+            raise ConfigError(f"{path}: not a robusttune experiment (no valid {MANIFEST}); `overwrite` only replaces experiments")
         holder = lock_holder(path)
         if holder:
             raise ConfigError(f"{path}: in use by {holder}; not replaced")
@@ -327,7 +327,7 @@ def _versions() -> dict[str, str]:
 
 def write_manifest(experiment: Path, space: Any, space_text: str, *, seed: int, trials: int, concurrency: int,
                    runner: Mapping[str, Any], loggers: Sequence[str] = ()) -> None:
-    """The frozen space and the manifest; ``runner`` says how trials run (see ``robusttune.search.runners``)."""
+    """The frozen space and the manifest; ``runner`` says how trials run (``robusttune.search.sweep.TrialRunner``)."""
     from robusttune.cache import atomic_write_json, atomic_write_text
 
     text = space_text or json.dumps(space.to_dict(), indent=2)
@@ -360,7 +360,7 @@ def check_space_unchanged(experiment: Path, *, allow_change: bool = False) -> No
         raise DataError(f"{Path(experiment) / SPACE}: the experiment's frozen search space is missing or unreadable") from None
     if actual != expected:
         raise ConfigError(f"{Path(experiment) / SPACE}: changed since the sweep started; restore it, or pass "
-                          f"--allow-space-change to resume under the edited space")
+                          f"`allow_space_change` to resume under the edited space")
 
 
 def load_frozen_space(experiment: str | Path):
@@ -553,12 +553,8 @@ def end_status(result: Mapping[str, Any]) -> str:
 
 def pareto_trials(latest: Mapping[str, dict[str, Any]], metrics: list[str],
                   directions: list[str] | None = None) -> list[dict[str, Any]]:
-    """The non-dominated complete trials on ``metrics`` (``max`` unless ``directions`` says ``min``), best on the
-    first metric first. Stopped-early, failed and running trials never enter a front."""
-    from robusttune.pareto import non_dominated
+    """The Pareto-optimal complete trials on ``metrics`` (``robusttune.pareto.front``), best on the first first."""
+    from robusttune.pareto import front
 
-    signs = [-1.0 if d == "min" else 1.0 for d in (directions or ["max"] * len(metrics))]
-    complete = [{"trial_id": tid, **row} for tid, row in latest.items()
-                if row.get("status") == "complete" and all(isinstance(row.get(m), int | float) for m in metrics)]
-    front = non_dominated([[sign * row[m] for sign, m in zip(signs, metrics)] for row in complete])
-    return sorted((complete[i] for i in front), key=lambda row: -signs[0] * row[metrics[0]])
+    rows = [{"trial_id": trial_id, **row} for trial_id, row in latest.items()]
+    return [rows[i] for i in front(rows, metrics, directions)]

@@ -2,14 +2,17 @@
 
 Shared by the search (MO-ASHA's rungs, the baselines' choice of trials) and ``robusttune.analysis`` (reports).
 
-Reference point for the hypervolume: the caller's (robusttune reports use the zero-shot model's point when the
-experiment has it, else the worst value of each objective among the complete trials). Only points that beat
-the reference in both objectives add volume.
+Reference point for the hypervolume: the caller's (robusttune's report uses the worst value of each objective among
+the complete trials: a fine-tuned trial often loses OOD accuracy to the zero-shot model, which as a reference would
+leave a volume of zero; the benchmark's replays use the table's worst final point). Only points that beat the
+reference in both objectives add volume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +37,21 @@ def non_dominated(points: Sequence[Sequence[float]]) -> list[int]:
     if not len(points):
         return []
     return [int(i) for i in np.flatnonzero(~_domination_matrix(points).any(axis=0))]
+
+
+def front(rows: Sequence[Mapping[str, Any]], axes: Sequence[str], directions: Sequence[str] | None = None) -> list[int]:
+    """The Pareto front of a table's rows on ``axes`` (each ``max`` unless ``directions`` says ``min``): indices of
+    the complete rows (``status == "complete"``) with a number on every axis that no other such row dominates,
+    best on the first axis first. Stopped-early, failed and running trials never enter a front. The one front
+    function: the search's (the objective's metrics) and the report's (ID test vs OOD mean) differ only in axes."""
+    signs = [-1.0 if d == "min" else 1.0 for d in (directions or ["max"] * len(axes))]
+    eligible = [i for i, row in enumerate(rows) if row.get("status") == "complete" and all(_is_number(row.get(a)) for a in axes)]
+    kept = non_dominated([[sign * float(rows[i][a]) for sign, a in zip(signs, axes)] for i in eligible])
+    return sorted((eligible[k] for k in kept), key=lambda i: -signs[0] * float(rows[i][axes[0]]))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def hypervolume_2d(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:

@@ -45,7 +45,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from robusttune.config import (MAX_SEED, Frozen, TaskSpec, TrainConfig, load_mapping_and_text, load_yaml_text, parse,
+from robusttune.bounds import MAX_SEED, check_alphas
+from robusttune.config import (Frozen, TaskSpec, TrainConfig, load_mapping_and_text, load_yaml_text, parse,
                                shorten)
 from robusttune.errors import ConfigError
 from robusttune.metrics import ID_METRICS, ID_VAL, OOD_MEAN, is_ood_set
@@ -211,10 +212,7 @@ class Baselines(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> Baselines:
-        if not self.wise_alphas or any(not 0.0 <= a <= 1.0 for a in self.wise_alphas):
-            raise ValueError(f"baselines.wise_alphas must be values in [0, 1], got {list(self.wise_alphas)}")
-        if len(set(self.wise_alphas)) != len(self.wise_alphas):
-            raise ValueError("baselines.wise_alphas must not repeat a value")
+        check_alphas(self.wise_alphas, "baselines.wise_alphas")
         return self
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a per-session cache directory and the small, fast test world."""
+"""Shared fixtures: a per-session cache directory, the small, fast test world, the session's local Ray with its
+faults armed, and places that fail (a full disk, a read-only folder). Helpers that are not fixtures: helpers.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import Faults, kill_9_when_ready
 
 torch.set_num_threads(2)
 
@@ -38,46 +40,33 @@ def default_world_data(cache_dir):
     return load_world(default_world(), cache_dir)
 
 
-FAULTS = Path(__file__).resolve().parent / "faults"
-# The sweeps that run in the test process share one local Ray (``ray_local``), started with these faults armed: a
-# trial whose learning rate is exactly NAN_LR gets a NaN loss at step NAN_STEP, one with NAN_AT_START_LR at step 0
-# (before its first evaluation). No other test uses these rates.
-NAN_LR, NAN_STEP = 0.00234, 3
-NAN_AT_START_LR = 0.00345
+@dataclass(frozen=True)
+class NanLoss:
+    """A fault armed in the session's Ray: a run trained at learning rate ``lr`` gets a NaN loss at ``step``."""
+
+    lr: float  # a rate no other test uses, so that only the runs meant to fail do
+    step: int
 
 
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
+NAN_MIDWAY, NAN_AT_START = NanLoss(lr=0.00234, step=3), NanLoss(lr=0.00345, step=0)  # at start: before any evaluation
 
 
-def invoke(*args, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
-    """``robusttune ARGS`` run in this process (``main([...])``): the exit code and what it printed. For commands
-    where a subprocess adds nothing; the drills that kill the driver keep real subprocesses."""
-    import contextlib
-    import io
-    import os
+@pytest.fixture(scope="session")
+def nan_midway(ray_local) -> NanLoss:
+    """Trials at ``nan_midway.lr`` in the session's Ray diverge at step 3, after their first evaluation."""
+    return NAN_MIDWAY
 
-    from robusttune.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    os.environ.update(env or {})
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([str(a) for a in args])
-            except SystemExit as exit_:  # argparse's usage errors and --help
-                code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-    return CliResult(code, out.getvalue(), err.getvalue())
+@pytest.fixture(scope="session")
+def nan_at_start(ray_local) -> NanLoss:
+    """Trials at ``nan_at_start.lr`` in the session's Ray diverge at step 0, before their first evaluation."""
+    return NAN_AT_START
+
+
+@pytest.fixture(scope="session")
+def faults() -> Faults:
+    """``faults.nan_loss((step, lr))``, ``faults.kill_after_final(n)``: environments that arm a fault in a subprocess."""
+    return Faults()
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +79,7 @@ def ray_local():
     if ray.is_initialized():  # a test that should have asked for this fixture started its own
         ray.shutdown()
     saved = dict(os.environ)
-    os.environ.update(nan_fault_env((NAN_STEP, NAN_LR), (0, NAN_AT_START_LR)))  # inherited by the raylet, hence by every worker
+    os.environ.update(Faults.nan_loss(*((f.step, f.lr) for f in (NAN_MIDWAY, NAN_AT_START))))  # inherited by the raylet, hence by every worker
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     finally:
@@ -100,75 +89,10 @@ def ray_local():
     ray.shutdown()
 
 
-def nan_fault_env(*faults: tuple[int, float | None]) -> dict[str, str]:
-    """Environment for a subprocess (and the Ray workers it starts) whose training loss turns NaN at ``step`` in
-    runs with learning rate ``lr`` (every run when None), for each ``(step, lr)``; see tests/faults/sitecustomize.py."""
-    import json
-    import os
-
-    path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "ROBUSTTUNE_TEST_NAN": json.dumps([{"step": s, "lr": lr} for s, lr in faults])}
-
-
 @pytest.fixture()
 def kill_9_when():
-    return _kill_9_when
-
-
-def _kill_9_when(args, env, ready, *, timeout: float, never: str) -> None:
-    """Run ``robusttune ARGS`` in its own session until ``ready()`` is true, then ``kill -9`` it and the Ray
-    processes it started (its process group, nothing else); fail with ``never`` if that takes over ``timeout`` s."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    driver = subprocess.Popen([sys.executable, "-m", "robusttune.cli", *map(str, args)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            time.sleep(0.3)
-            if ready():
-                return
-        pytest.fail(never)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-
-
-def train_run(prepared, config, task=None, **kwargs):
-    """One fine-tuning run of the prepared world's zero-shot classifier: ``(student, TrainResult)``."""
-    from robusttune.models.classifier import frozen_copy
-    from robusttune.training.loop import train
-
-    student = prepared.classifier()
-    return student, train(config, student, frozen_copy(student), task or prepared.task(), **kwargs)
-
-
-def interrupted_then_resumed(prepared, config, checkpoint: Path, *, stop_at: int, task=None):
-    """Train until the evaluation at step ``stop_at`` is saved, stop there as a kill would, and resume from that
-    checkpoint in a fresh run: ``(student, TrainResult)`` of the resumed run."""
-    from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(row):
-        if row["step"] == stop_at:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_run(prepared, config, task, save_checkpoint=lambda state: save_checkpoint(checkpoint, state), report=stop)
-    return train_run(prepared, config, task, resume=load_checkpoint(checkpoint))
-
-
-def assert_same_run(a, b) -> None:
-    """Two ``(student, TrainResult)`` pairs with equal evaluations and bit-identical weights."""
-    assert [r["metrics"] for r in a[1].history] == [r["metrics"] for r in b[1].history]
-    for key, value in a[0].state_dict().items():
-        assert torch.equal(value, b[0].state_dict()[key]), key
+    """``kill_9_when(args, env, ready, timeout=..., never=...)``: a CLI subprocess killed with -9 once ready()."""
+    return kill_9_when_ready
 
 
 @pytest.fixture()

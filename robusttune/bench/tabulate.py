@@ -43,7 +43,7 @@ def tabulate(space: SearchSpace, out: Path, *, storage: Path, name: str | None =
     if resumed:
         frozen, _ = load_frozen_space(experiment)
         if frozen.to_dict() != grid.to_dict():
-            raise ConfigError(f"{experiment}: holds a tabulation of another space or grid; pass another --name")
+            raise ConfigError(f"{experiment}: holds a tabulation of another space or grid; pass another `name`")
         log.info("resuming the tabulation in %s", experiment)
         resume_sweep(experiment, options, runner)
     else:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from robusttune.cli import bench, data, launch, plan, report, sweep, train, world
-from robusttune.cli.output import Parser
+from robusttune.cli.output import Parser, said_with_flags
 from robusttune.errors import RobustTuneError, storage_error
 
 PROG = "robusttune"
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RobustTuneError as error:
         if args.debug:
             raise
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {said_with_flags(error)}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # a full disk or a read-only place the command had to write to, said in one line
         if args.debug:

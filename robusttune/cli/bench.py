@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from robusttune.cli.output import add_common, command_group, emit, table
-from robusttune.errors import ConfigError
+from robusttune.errors import ParameterError
 from robusttune.space import SCHEDULERS, SamplerName
 
 # the space's samplers that replay on the table (the grid is the table itself), and the paper's own grid
@@ -14,26 +14,20 @@ REPLAY_SAMPLERS = [s.value for s in SamplerName if s is not SamplerName.GRID] + 
 
 
 def cmd_tabulate(args: argparse.Namespace) -> int:
-    from robusttune.api import cache_directory
-    from robusttune.bench.tabulate import tabulate
-    from robusttune.space import load_space
+    from robusttune import api
 
-    if args.concurrency is not None and args.concurrency < 1:
-        raise ConfigError(f"--concurrency must be >= 1, got {args.concurrency}")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: file exists (pass --overwrite to replace it)")
-    space, _ = load_space(args.space)
     if not args.json:
-        print(f"tabulating '{space.name}' -> {Path(args.storage) / (args.name or f'tabulate-{space.name}')}", flush=True)
-    done = tabulate(space, out, storage=Path(args.storage), name=args.name, concurrency=args.concurrency,
-                    address=args.address, cache_dir=cache_directory(args.cache_dir), verbose=0 if args.json else 1)
+        print(f"tabulating '{args.space}' -> {Path(args.storage) / (args.name or f'tabulate-{Path(args.space).stem}')}",
+              flush=True)
+    done = api.tabulate(args.space, out=args.out, storage=args.storage, name=args.name, concurrency=args.concurrency,
+                        address=args.address, overwrite=args.overwrite, cache_dir=args.cache_dir,
+                        verbose=0 if args.json else 1)
     payload = {"table": str(done.table), "points": done.points, "full_curves": done.full_curves, "rows": done.rows,
                "evaluations_per_curve": done.evaluations_per_curve, "seconds": done.seconds,
                "experiment": str(done.experiment), "resumed": done.resumed}
 
     def human() -> None:
-        print(f"table {out}: {done.full_curves} of {done.points} grid points with full curves "
+        print(f"table {done.table}: {done.full_curves} of {done.points} grid points with full curves "
               f"({done.evaluations_per_curve} evaluations each), {done.rows} rows, tabulated in {done.seconds:.0f} s")
         if done.full_curves < done.points:
             print(f"  {done.points - done.full_curves} point(s) have no full curve (failed or interrupted); replays treat "
@@ -45,55 +39,26 @@ def cmd_tabulate(args: argparse.Namespace) -> int:
 
 def _seeds(text: str) -> list[int]:
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"--seeds takes comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise ConfigError("--seeds names no seed")
-    return seeds
+        raise ParameterError("seeds", f"takes comma-separated integers, got {text!r}") from None
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    import os
-    import tempfile
+    from robusttune import api
 
-    from robusttune.bench.replay import Arm, budget_to_reach, hypervolume_at, resolve_table, run_replay, table_reference
-    from robusttune.bench.table import read_table
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # replays are many short searches: no progress tables
-    seeds = _seeds(args.seeds)
-    if not 0 < args.budget <= 10:
-        raise ConfigError(f"--budget is a fraction of the full grid's compute in (0, 10], got {args.budget}")
-    if args.pace < 0:
-        raise ConfigError(f"--pace must be >= 0, got {args.pace}")
-    if args.sampler == "paper_grid" and args.scheduler != "none":
-        raise ConfigError("the paper's grid runs every config in full: use --scheduler none")
-    path = resolve_table(args.table)
-    stored = read_table(path)
-    full_grid = len(stored.curves) * stored.evaluations  # the compute of training every grid point in full
-    arm = Arm.of(args.sampler, args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor)
-    budget = max(1, round(args.budget * full_grid))
-    _, table_hv = table_reference(stored)
-    storage = Path(args.storage) if args.storage else Path(tempfile.mkdtemp(prefix="robusttune-replay-"))
-    rows = []
-    for seed in seeds:
-        run = run_replay(path, arm, seed, budget, storage, name=f"{arm.name}-seed{seed}", pace=args.pace)
-        reached = budget_to_reach(run.curve, 0.95 * table_hv)
-        hv = hypervolume_at(run.curve, budget)
-        rows.append({"seed": seed, "trials": run.trials, "evaluations": run.used,
-                     "hv": round(hv, 6), "hv_fraction": round(hv / table_hv, 4),
-                     "budget_fraction_to_95pct": None if reached is None else round(reached / full_grid, 4),
-                     "seconds": round(run.seconds, 1), "experiment": str(run.experiment)})
-    payload = {"table": str(path), "arm": arm.name, "budget_evaluations": budget, "full_grid_evaluations": full_grid,
-               "table_hypervolume": table_hv, "runs": rows}
+    result = api.replay(args.table, sampler=args.sampler, scheduler=args.scheduler, budget=args.budget,
+                        seeds=_seeds(args.seeds), grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+                        storage=args.storage, pace=args.pace)
 
     def human() -> None:
-        print(f"{arm.name} on {path.name}: budget {budget} evaluations ({args.budget:.0%} of the full grid's {full_grid}); "
-              f"table hypervolume {table_hv:.6f}")
-        print(table(rows, ["seed", "trials", "evaluations", "hv", "hv_fraction", "budget_fraction_to_95pct", "seconds"]))
-        print(f"experiments: {storage}  (robusttune report <experiment> draws any of them)")
+        print(f"{result.arm} on {result.table.name}: budget {result.budget_evaluations} evaluations ({args.budget:.0%} of "
+              f"the full grid's {result.full_grid_evaluations}); table hypervolume {result.table_hypervolume:.6f}")
+        print(table(result.runs, ["seed", "trials", "evaluations", "hv", "hv_fraction", "budget_fraction_to_95pct",
+                                  "seconds"]))
+        print(f"experiments: {result.storage}  (robusttune report <experiment> draws any of them)")
 
-    emit(payload, args.json, human)
+    emit(result.to_dict(), args.json, human)
     return 0
 
 
@@ -112,7 +77,7 @@ def register(commands) -> None:
 
     replay = bench_commands.add_parser("replay", help="replay searches against a table through Ray Tune + Optuna + scheduler")
     replay.add_argument("table", metavar="TABLE", help="a table file, or 'mini_full' for the shipped table")
-    replay.add_argument("--sampler", "--searcher", default="tpe", choices=REPLAY_SAMPLERS,
+    replay.add_argument("--sampler", default="tpe", choices=REPLAY_SAMPLERS,
                         help="Optuna sampler, or the paper's 27-config grid (default: tpe)")
     replay.add_argument("--scheduler", default="mo_asha", choices=SCHEDULERS, help="early stopping (default: mo_asha)")
     replay.add_argument("--budget", type=float, default=0.4, metavar="F",

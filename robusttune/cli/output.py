@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from robusttune.config import Precision
+from robusttune.errors import ParameterError
 from robusttune.metrics import is_accuracy_column, metric_columns
 
 
@@ -17,6 +19,23 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# API parameters whose flag is not ``--`` + the name with dashes
+FLAGS = {"formats": "--format", "loggers": "--logger", "heartbeat_seconds": "--heartbeat", "finetuned": "FINETUNED"}
+
+
+def flag_of(parameter: str) -> str:
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def said_with_flags(error: Exception) -> str:
+    """An error's one line as the command line says it: the bad parameter of a ``ParameterError``, and any
+    parameter a message quotes as a remedy (```overwrite```), named by their flags."""
+    message = str(error)
+    if isinstance(error, ParameterError) and error.parameter.isidentifier():
+        message = f"{flag_of(error.parameter)} {error.problem}"
+    return re.sub(r"`([a-z_]+)`", lambda quoted: flag_of(quoted.group(1)), message)
 
 
 def values(enum) -> list[str]:

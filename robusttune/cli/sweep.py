@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from robusttune.cli.output import add_common, emit, table, trial_columns
+from robusttune.cli.output import add_common, emit, table, trial_columns, values
+from robusttune.config import Tracker
 
 
 def _print_result(result, args: argparse.Namespace) -> int:
-    from robusttune.experiment import read_manifest
-    from robusttune.search.trackers import tracker_places
-
-    trackers = tracker_places(read_manifest(result.experiment).get("loggers", []), result.experiment)
-    payload = {"experiment": str(result.experiment), "counts": result.counts, "pareto": result.pareto,
-               "seconds": result.seconds, "trackers": trackers}
     metrics = list(result.space.objective.metrics)
 
     def human() -> None:
@@ -24,10 +19,10 @@ def _print_result(result, args: argparse.Namespace) -> int:
         counts = result.counts
         print(f"\n{sum(counts.values())} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) in {result.seconds:.0f} s")
         print(f"experiment: {result.experiment}   (status: robusttune status {result.experiment})")
-        for name, place in trackers.items():
+        for name, place in result.trackers.items():
             print(f"{name} logs: {place}")
 
-    emit(payload, args.json, human)
+    emit(result.to_dict(), args.json, human)
     return 0
 
 
@@ -42,7 +37,7 @@ def verbosity(args: argparse.Namespace) -> int:
 
 
 def add_loggers(parser: argparse.ArgumentParser, *, resume: bool = False) -> None:
-    parser.add_argument("--logger", action="append", choices=["wandb", "mlflow", "tensorboard"],
+    parser.add_argument("--logger", action="append", choices=values(Tracker),
                         help="log to an experiment tracker (repeatable; W&B offline and a local MLflow store by default)"
                              + ("; default: the sweep's own" if resume else ""))
 
@@ -88,29 +83,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from robusttune import api
-    from robusttune.config import default_world
-    from robusttune.training.world import prepare_world
 
-    started = time.perf_counter()
-    prepared = prepare_world(default_world(), api.cache_directory(args.cache_dir))
-    zs = prepared.zero_shot
-    print(f"mini world ready (tiny CLIP: {prepared.source}); zero-shot ID {100 * zs['id_acc']:.1f}, "
-          f"OOD mean {100 * zs['ood_mean']:.1f}", flush=True)
-    name = args.name or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"sweeping 'demo' -> {args.storage}/{name}", flush=True)
-    result = api.sweep("demo", storage=args.storage, name=name, trials=args.trials, seed=args.seed,
-                       cache_dir=args.cache_dir, verbose=verbosity(args))
-    report = api.report(result.experiment, cache_dir=args.cache_dir)
-    code = _print_result(_with_seconds(result, time.perf_counter() - started), args)
+    def ready(world) -> None:
+        if not args.json:
+            print(f"mini world ready (tiny CLIP: {world.weights_source}); zero-shot ID {100 * world.zero_shot['id_acc']:.1f}, "
+                  f"OOD mean {100 * world.zero_shot['ood_mean']:.1f}", flush=True)
+            print(f"sweeping 'demo' -> {args.storage}/{args.name or 'demo-<time>'}", flush=True)
+
+    result = api.demo(storage=args.storage, name=args.name, trials=args.trials, seed=args.seed, cache_dir=args.cache_dir,
+                      verbose=verbosity(args), on_ready=ready)
+    code = _print_result(result.sweep, args)
     if not args.json:
-        print(f"report: {report.files.get('index.html')} (pareto.png, trials.csv, front.csv beside it)")
+        print(f"report: {result.report.files.get('index.html')} (pareto.png, trials.csv, front.csv beside it)")
     return code
-
-
-def _with_seconds(result, seconds: float):
-    from dataclasses import replace
-
-    return replace(result, seconds=round(seconds, 1))
 
 
 def register(commands) -> None:

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from robusttune.cli.output import add_common, add_placement, emit, table, values
 from robusttune.config import CamMethod, DistillKind, Preset, Refill, Region, Schedule, Trainable
-from robusttune.errors import ConfigError, TrainingError
-from robusttune.experiment import RunFiles
+from robusttune.errors import ParameterError, TrainingError
 from robusttune.metrics import metric_columns
 
 TASK_KEYS = ("world", "imagenet")
-
-# The fixed reference runs of ``robusttune baselines`` on the mini world, side by side.
-BASELINE_RUNS: tuple[tuple[str, dict], ...] = (
-    ("zero-shot", {"steps": 0, "region": "none", "w_distill": 0.0}),
-    ("vanilla FT", {"region": "none", "w_distill": 0.0}),
-    ("FT + FD (clean)", {"region": "none", "w_distill": 1.0}),
-    ("FT + FD (object mask, single fill)", {"region": "object", "refill": "single", "mask_threshold": 0.3, "w_distill": 1.0}),
-)
 
 
 def _train_and_task_config(args: argparse.Namespace):
@@ -74,31 +64,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alphas(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(float(a) for a in text.split(","))
+    except ValueError:
+        raise ParameterError("alphas", f"must be comma-separated numbers, got {text!r}") from None
+
+
 def cmd_wise(args: argparse.Namespace) -> int:
     from robusttune import api
 
-    alphas = None
-    if args.alphas:
-        try:
-            alphas = tuple(float(a) for a in args.alphas.split(","))
-        except ValueError:
-            raise ConfigError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-        if any(not 0.0 <= a <= 1.0 for a in alphas):
-            raise ConfigError(f"--alphas must lie in [0, 1], got {args.alphas!r}")
-    out = Path(args.out) if args.out else None
-    if out is not None:  # checked before the evaluations, not after them
-        if out.is_dir() or not out.parent.is_dir():
-            raise ConfigError(f"--out {out}: must be a file in an existing folder")
-        if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-            raise ConfigError(f"--out {out}: not writable")
-    rows = api.wise(args.finetuned, zero_shot=args.zero_shot, alphas=alphas, cache_dir=args.cache_dir,
-                    threads=args.threads, device=args.device or "auto", precision=args.precision or "auto")
-    if out is not None:
-        import json
-
-        from robusttune.cache import atomic_write_text
-
-        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = api.wise(args.finetuned, zero_shot=args.zero_shot, alphas=_alphas(args.alphas), out=args.out,
+                    cache_dir=args.cache_dir, threads=args.threads, device=args.device or "auto",
+                    precision=args.precision or "auto")
 
     def human() -> None:
         print(table(rows, ["alpha", *metric_columns(rows[0])]))
@@ -107,48 +87,29 @@ def cmd_wise(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_name(method: str) -> str:
-    return method.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("+", "plus")
-
-
 def cmd_baselines(args: argparse.Namespace) -> int:
-    import torch
-
     from robusttune import api
-    from robusttune.config import TaskSpec, TrainConfig, default_world, parse
-    from robusttune.training.checkpoint import load_checkpoint
-    from robusttune.training.wise import wise_curve
-    from robusttune.training.world import prepare_world
+    from robusttune.api.runs import BASELINE_RUNS
 
-    started = time.perf_counter()
     out = Path(args.out) if args.out else Path("runs") / time.strftime("baselines-%Y%m%d-%H%M%S")
-    api.check_out_dir(out, resume=False, overwrite=False)
-    cache = api.cache_directory(args.cache_dir)
-    prepared = prepare_world(default_world(), cache)
-    print(f"mini world ready (tiny CLIP: {prepared.source}); fine-tuning {len(BASELINE_RUNS) - 1} variants, "
-          f"seed {args.seed}, {args.steps} steps each", flush=True)
-    rows = []
-    for name, overrides in BASELINE_RUNS:
-        steps = overrides.get("steps", args.steps)
-        config = parse(TrainConfig, {**overrides, "steps": steps, "seed": args.seed}, f"baseline run '{name}'")
-        run_dir = out / _run_name(name)
-        summary = api.train(config, task=TaskSpec(), out=run_dir, cache_dir=cache, threads=args.threads)
-        rows.append({"method": name, **summary.metrics})
-        print(f"  {name}: ID {100 * summary.metrics['id_acc']:.1f}  OOD mean {100 * summary.metrics['ood_mean']:.1f}", flush=True)
-        if name == "vanilla FT":
-            model, task = prepared.classifier(), prepared.task()
-            zero_shot = {k: v.clone() for k, v in model.state_dict().items()}
-            finetuned = load_checkpoint(RunFiles(run_dir).final)["model"]
-            (wise_row,) = wise_curve(model, zero_shot, finetuned, task.eval_sets, alphas=(0.5,))
-            rows.append({"method": "WiSE-FT of vanilla FT (alpha 0.5)", **{k: v for k, v in wise_row.items() if k != "alpha"}})
-    seconds = round(time.perf_counter() - started, 1)
+    if not args.json:
+        print(f"fine-tuning {len(BASELINE_RUNS) - 1} variants on the mini world, seed {args.seed}, {args.steps} steps each",
+              flush=True)
+
+    def show(row: dict[str, Any]) -> None:
+        if not args.json:
+            print(f"  {row['method']}: ID {100 * row['id_acc']:.1f}  OOD mean {100 * row['ood_mean']:.1f}", flush=True)
+
+    result = api.baselines(out=out, steps=args.steps, seed=args.seed, cache_dir=args.cache_dir, threads=args.threads,
+                           on_row=show)
 
     def human() -> None:
         print()
-        print(table(rows, ["method", *metric_columns(rows[0])]))
-        print(f"\naccuracies in %; {seconds:.0f} s on {torch.get_num_threads()} threads; runs in {out}")
+        print(table(result.rows, ["method", *metric_columns(result.rows[0])]))
+        print(f"\naccuracies in %; {result.seconds:.0f} s on {result.threads} threads (tiny CLIP: {result.weights_source}); "
+              f"runs in {result.out}")
 
-    emit({"rows": rows, "out": str(out), "seconds": seconds}, args.json, human)
+    emit(result.to_dict(), args.json, human)
     return 0
 
 

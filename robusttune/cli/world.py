@@ -3,59 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 from robusttune.cli.output import add_common, command_group, emit, progress_bar, table
-from robusttune.errors import ConfigError
-
-
-def _world_config(path: str | None):
-    from robusttune.config import WorldConfig, default_world, load_config
-
-    return load_config(WorldConfig, path) if path else default_world()
 
 
 def cmd_world_prepare(args: argparse.Namespace) -> int:
-    from robusttune.api import cache_directory
-    from robusttune.training.world import prepare_world
+    from robusttune import api
 
-    config = _world_config(args.config)
-    started = time.perf_counter()
-    prepared = prepare_world(config, cache_directory(args.cache_dir), progress=progress_bar())
-    seconds = round(time.perf_counter() - started, 2)
-    payload = {"world": config.name, "weights": str(prepared.weights), "weights_source": prepared.source,
-               "zero_shot": prepared.zero_shot, "seconds": seconds,
-               "sizes": {"train": len(prepared.world.train), "val": len(prepared.world.val), "test": len(prepared.world.test),
-                         **{f"ood_{k}": len(v) for k, v in prepared.world.ood.items()}}}
+    world = api.prepare_world(args.config, cache_dir=args.cache_dir, progress=progress_bar())
 
     def human() -> None:
-        print(f"world '{config.name}' ready in {seconds:.1f} s (tiny CLIP: {prepared.source}, {prepared.weights})")
+        print(f"world '{world.world}' ready in {world.seconds:.1f} s (tiny CLIP: {world.weights_source}, {world.weights})")
         print("zero-shot accuracy (%):")
-        print(table([prepared.zero_shot], list(prepared.zero_shot)))
+        print(table([world.zero_shot], list(world.zero_shot)))
 
-    emit(payload, args.json, human)
+    emit(world.to_dict(), args.json, human)
     return 0
 
 
 def cmd_world_pretrain(args: argparse.Namespace) -> int:
-    from robusttune.api import cache_directory
-    from robusttune.data.mini.world import load_world, world_dir
-    from robusttune.training.world import pretrain_and_save, world_key
+    from robusttune import api
 
-    config = _world_config(args.config)
-    cache = cache_directory(args.cache_dir)
-    out = Path(args.out) if args.out else world_dir(config, cache) / f"tiny_clip_{world_key(config)}.pt"
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: file exists (pass --overwrite to replace it)")
-    meta = pretrain_and_save(load_world(config, cache), out, progress=progress_bar())
-    payload = {"weights": str(out), **meta}
+    meta = api.pretrain_world(args.config, out=args.out, overwrite=args.overwrite, cache_dir=args.cache_dir,
+                              progress=progress_bar())
 
     def human() -> None:
-        print(f"pre-trained in {meta['pretrain_seconds']:.0f} s -> {out}")
+        print(f"pre-trained in {meta['pretrain_seconds']:.0f} s -> {meta['weights']}")
         print(table([meta["zero_shot"]], list(meta["zero_shot"])))
 
-    emit(payload, args.json, human)
+    emit(meta, args.json, human)
     return 0
 
 

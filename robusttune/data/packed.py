@@ -31,13 +31,15 @@ from torch.utils.data import Dataset
 from robusttune.cache import atomic_write, atomic_write_json
 from robusttune.data.imagenet import OOD_SETS, ImageFolderSet, Lister, images_in, imagenet_samples, scan_ood_folder
 from robusttune.data.sets import DatasetImages, Loading, LogitProjection, batch_loader
-from robusttune.errors import DataError
+from robusttune.bounds import at_least
+from robusttune.config import PACK_KINDS, PackEncoding
+from robusttune.errors import DataError, ParameterError
 
 FORMAT = "robusttune.pack/1"
 INDEX_FILE = "robusttune-pack.json"
 STATE_FILE = ".pack-state.json"
-KINDS = ("imagenet", *OOD_SETS)  # imagenet: a train or val folder of 1000 wnid folders
-ENCODINGS = ("raw", "jpeg")
+KINDS = PACK_KINDS
+ENCODINGS = tuple(e.value for e in PackEncoding)
 
 Progress = Callable[[int, int], None]  # (images done, total)
 
@@ -123,11 +125,11 @@ def pack_folder(source: str | Path, out: str | Path, *, kind: str, transform: Ca
     ``workers`` above the usable CPUs is capped to them (``pack_workers``)."""
     source, out = Path(source), Path(out)
     if encoding not in ENCODINGS:
-        raise DataError(f"encoding must be one of {', '.join(ENCODINGS)}, got '{encoding}'")
+        raise ParameterError("encoding", f"must be one of {', '.join(ENCODINGS)}, got '{encoding}'")
     if not 1 <= quality <= 100:
-        raise DataError(f"quality must lie in 1..100, got {quality}")
-    if shard_size < 1 or workers < 0:
-        raise DataError(f"shard size must be >= 1 and workers >= 0, got {shard_size} and {workers}")
+        raise ParameterError("quality", f"must lie in 1..100, got {quality}")
+    at_least("shard_size", shard_size, 1)
+    at_least("workers", workers, 0)
     workers = pack_workers(workers)
     samples, _, crop = scan_kind(kind, source)
     if not samples:

@@ -61,8 +61,9 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
     student, task = build_task(space.task, Path(cache_dir), head_folders=[heads_dir(exp)])
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    placement = Placement.of(config.device, config.precision)  # the trials' device and precision, for every row here
     evaluator = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, num_workers=task.num_workers,
-                          placement=Placement.of(config.device, config.precision))  # the trials' device and precision
+                          placement=placement)
     written = 0
 
     def record(row: dict[str, Any]) -> None:
@@ -79,7 +80,7 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     if vanilla is not None and ("metrics" not in vanilla or not config.resumes(json.loads(vanilla["config"]))):
         vanilla = None  # trained under other fixed settings (or by an older robusttune): train again
     if references and vanilla is None:
-        result = prepare_run(config, space.task, Path(cache_dir), built=(student, task)).train()
+        result = prepare_run(config, space.task, Path(cache_dir), built=(student, task), placement=placement).train()
         vanilla = {"model": {k: v.detach().clone() for k, v in student.state_dict().items()},
                    "config": json.dumps(config.to_dict()), "metrics": json.dumps(result.metrics)}
         save_checkpoint(vanilla_path, vanilla)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from robusttune.errors import ConfigError, SweepError, storage_error
+from robusttune.bounds import at_least, check_max_failures, check_seed
+from robusttune.errors import ConfigError, ParameterError, SweepError, storage_error
 from robusttune.metrics import OBJECTIVE
 from robusttune.experiment import (LOST_BEFORE_SAVE, MANIFEST_FORMAT, append_record, budget_used, end_torn_tail, journal,
                                    latest_by_trial, load_frozen_space, parse_space_text, read_manifest,
@@ -50,6 +51,12 @@ class SweepOptions:
     verbose: int = 1
     loggers: tuple[str, ...] = ()  # trackers: wandb, mlflow, tensorboard (robusttune.search.trackers)
 
+    def __post_init__(self) -> None:  # the options' bounds, checked where they are built (the API, tabulate)
+        at_least("trials", self.trials, 1)
+        at_least("concurrency", self.concurrency, 1)
+        check_seed(self.seed)
+        check_max_failures(self.max_failures)
+
 
 def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> int | None:
     """Everything that can be checked on this machine before anything is created or started: the model name, the
@@ -62,8 +69,6 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
         check_model_name(space.task.imagenet.model)
     if options is None:
         return None
-    if not 0 <= options.seed < 2**32:
-        raise ConfigError(f"--seed must be in [0, 2**32), got {options.seed}")
     from robusttune.search.samplers import make_sampler
 
     make_sampler(space, options.seed)  # bad sampler options fail here, not after the experiment exists
@@ -76,7 +81,7 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
         cpus = os.cpu_count() or 1
         if space.resources.cpu * ranks > cpus:
             raise ConfigError(f"space '{space.name}': resources.cpu is {space.resources.cpu} {per} but this machine "
-                              f"has {cpus} CPU(s); lower it, or sweep on a cluster with --address")
+                              f"has {cpus} CPU(s); lower it, or sweep on a cluster with `address`")
         fits = math.floor(cpus / (space.resources.cpu * ranks) + 1e-9)
         machine, trial = f"{cpus} CPU(s)", f"{space.resources.cpu * ranks:g} CPU(s)"
         if space.resources.gpu > 0:
@@ -85,7 +90,7 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
             gpus = torch.cuda.device_count()
             if space.resources.gpu * ranks > gpus:
                 raise ConfigError(f"space '{space.name}': resources.gpu is {space.resources.gpu} {per} but this "
-                                  f"machine has {gpus} GPU(s); set resources.gpu: 0, or sweep on a cluster with --address")
+                                  f"machine has {gpus} GPU(s); set resources.gpu: 0, or sweep on a cluster with `address`")
             fits = min(fits, math.floor(gpus / (space.resources.gpu * ranks) + 1e-9))
             machine, trial = f"{machine} and {gpus} GPU(s)", f"{trial} + {space.resources.gpu * ranks:g} GPU(s)"
         wanted = min(options.concurrency, options.trials)
@@ -95,8 +100,8 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
                         "%d will run at once (the others wait)", space.name, wanted, machine, fits, trial, at_once)
     exported = os.environ.get("RAY_ADDRESS")
     if options.address is None and exported:
-        raise ConfigError(f"RAY_ADDRESS is set ({exported}) but --address is not: pass --address {exported} to sweep "
-                          f"on that cluster, or unset RAY_ADDRESS to sweep on this machine")
+        raise ParameterError("address", f"is not given but RAY_ADDRESS is set ({exported}): pass `address` {exported} "
+                                        f"to sweep on that cluster, or unset RAY_ADDRESS to sweep on this machine")
     return at_once
 
 

@@ -16,9 +16,12 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from robusttune.errors import ConfigError
+from robusttune.config import Tracker
+from robusttune.errors import ParameterError
 
-LOGGERS = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX", "tensorboard")}
+# each tracker's package, and the extra that installs it
+LOGGERS = {Tracker.WANDB: ("wandb", "wandb"), Tracker.MLFLOW: ("mlflow", "mlflow"),
+           Tracker.TENSORBOARD: ("tensorboardX", "tensorboard")}
 
 
 def check_loggers(loggers: Sequence[str]) -> None:
@@ -27,10 +30,10 @@ def check_loggers(loggers: Sequence[str]) -> None:
 
     for name in loggers:
         if name not in LOGGERS:
-            raise ConfigError(f"unknown logger '{name}'; known: {', '.join(LOGGERS)}")
+            raise ParameterError("loggers", f"has an unknown logger '{name}'; known: {', '.join(LOGGERS)}")
         module, extra = LOGGERS[name]
         if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"--logger {name} needs the '{module}' package: pip install 'robusttune[{extra}]'")
+            raise ParameterError("loggers", f"{name} needs the '{module}' package: pip install 'robusttune[{extra}]'")
 
 
 def tracker_callbacks(loggers: Sequence[str], experiment: Path) -> list[Callback]:

@@ -18,6 +18,7 @@ from robusttune.data.sets import TaskData, class_subset, restrict
 from robusttune.errors import CheckpointError
 from robusttune.models.classifier import ImageClassifier, frozen_copy
 from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
+from robusttune.training.device import Placement
 from robusttune.training.distributed import ALONE, Shard
 from robusttune.training.loop import OnStep, Report, TrainResult, total_steps, train
 from robusttune.training.tasks import build_task
@@ -32,6 +33,7 @@ class Run:
     task: TaskData
     checkpoint: Path | None
     resume: dict[str, Any] | None
+    placement: Placement  # the run's device and precision, resolved once (its evaluations use it too)
 
     @property
     def total_steps(self) -> int:
@@ -58,7 +60,8 @@ class Run:
 
         writes = self.checkpoint is not None and shard.leader
         return train(self.config, self.student, frozen_copy(self.student), self.task, report=report,
-                     save_checkpoint=save if writes else None, resume=self.resume, on_step=on_step, shard=shard)
+                     save_checkpoint=save if writes else None, resume=self.resume, placement=self.placement,
+                     on_step=on_step, shard=shard)
 
 
 def with_train_subset(task: TaskData, config: TrainConfig) -> TaskData:
@@ -70,9 +73,11 @@ def with_train_subset(task: TaskData, config: TrainConfig) -> TaskData:
 
 
 def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpoint: Path | None = None,
-                built: tuple[ImageClassifier, TaskData] | None = None, head_folders: Sequence[Path] = ()) -> Run:
+                built: tuple[ImageClassifier, TaskData] | None = None, head_folders: Sequence[Path] = (),
+                placement: Placement | None = None) -> Run:
     """Build the task (or take ``built``; ``head_folders`` keep its zero-shot head) and read ``checkpoint`` if it
-    exists; a checkpoint written with another config is refused."""
+    exists; a checkpoint written with another config is refused. ``placement``: the caller's, when it evaluates
+    on it too (default: the config's device and precision)."""
     student, task = built if built is not None else build_task(spec, cache_dir, head_folders=head_folders)
     task = with_train_subset(task, config)
     resume = None
@@ -80,4 +85,4 @@ def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpo
         resume = load_checkpoint(checkpoint)
         if not config.resumes(json.loads(resume["config"])):
             raise CheckpointError(f"{checkpoint}: checkpoint was written with a different config; cannot resume")
-    return Run(config, student, task, checkpoint, resume)
+    return Run(config, student, task, checkpoint, resume, placement or Placement.of(config.device, config.precision))

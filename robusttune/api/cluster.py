@@ -1,0 +1,67 @@
+"""``launch``: bring a Ray cluster up (a cluster-launcher YAML) and submit a sweep to it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from robusttune.bounds import check_max_failures
+from robusttune.errors import ParameterError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """The commands of a launch (all of them, in order), the cluster's ``/dev/shm`` sizing notes and warnings,
+    and whether they were run (``dry_run`` only prints them)."""
+
+    commands: list[str]
+    sizing: list[str]
+    warnings: list[str]
+    executed: bool
+
+    @property
+    def follow_up(self) -> list[str]:
+        """The commands left to the user once the sweep is submitted (follow, status, report, resume, down)."""
+        return self.commands[self.commands.index("# follow it"):]
+
+
+SIZING_RULE = ("/dev/shm per node: the data loaders' workers x prefetch x (train + eval batch) x 3 x H x W bytes, "
+               "x the trials the node runs at once, + Ray's object store")
+
+
+def launch(space: str, *, cluster: str | os.PathLike[str], storage: str, name: str | None = None,
+           token_auth: bool = True, max_failures: int = 3, dry_run: bool = False,
+           on_warning: Callable[[str], None] = log.warning) -> LaunchResult:
+    """Start (or update) the cluster of ``cluster`` with ``ray up`` and submit a sweep of ``space`` to it as a Ray
+    job writing to ``storage`` (an absolute folder every node mounts); ``max_failures`` retries a trial whose node
+    dies from its checkpoint. Everything that can be checked here (the space, the cluster file against Ray's
+    schema, each node type's ``/dev/shm``, the name) is checked before anything runs; what is doubtful but not
+    refused (a ``/dev/shm`` smaller than the trials may need) goes to ``on_warning`` first."""
+    from robusttune.experiment import check_experiment_name
+    from robusttune.search.launch import check_cluster_file, check_shared_memory, execute, plan, render
+    from robusttune.search.sweep import check_runnable
+    from robusttune.space import load_space
+
+    loaded, _ = load_space(space)  # fail here, not on the cluster, on a bad space
+    check_runnable(loaded)
+    check_max_failures(max_failures)
+    if not storage.startswith("/"):
+        raise ParameterError("storage", f"must be an absolute path mounted on every node (shared storage), got {storage!r}")
+    cluster_file = Path(cluster)
+    shm = check_shared_memory(loaded, check_cluster_file(cluster_file), source=str(cluster_file))
+    name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_experiment_name(name)
+    steps = plan(space, cluster_file, name=name, storage=storage, token_auth=token_auth, max_failures=max_failures)
+    sizing = [SIZING_RULE, *shm.notes] if shm.notes or shm.warnings else []
+    result = LaunchResult(render(steps, token_auth=token_auth), sizing, list(shm.warnings), executed=not dry_run)
+    for warning in result.warnings:
+        on_warning(warning)
+    if not dry_run:
+        execute(steps, token_auth=token_auth)
+    return result

@@ -1,0 +1,194 @@
+"""Searches: ``sweep``, ``resume``, ``status`` and ``demo`` (the main job on the mini world)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from robusttune.api.common import cache_directory, status_counts, trial_table
+from robusttune.bounds import at_least, check_max_failures
+from robusttune.errors import DataError
+from robusttune.experiment import (ExperimentLock, check_experiment, check_new_experiment, check_space_unchanged,
+                                   latest_by_trial, load_frozen_space, new_experiment_dir, pareto_trials,
+                                   read_heartbeats, read_manifest)
+from robusttune.space import SearchSpace, load_space
+
+
+@dataclass(frozen=True)
+class Status:
+    """An experiment's trials as its records say (one row per trial), without starting Ray."""
+
+    experiment: Path
+    space: str | None
+    planned: int | None
+    parameters: list[str]
+    trials: list[dict[str, Any]]
+    counts: dict[str, int]
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # running trials' latest heartbeats
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A finished (or interrupted-and-resumed) sweep: its directory, trial counts and Pareto-optimal trials."""
+
+    experiment: Path
+    space: SearchSpace
+    counts: dict[str, int]
+    pareto: list[dict[str, Any]]
+    seconds: float
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    trackers: dict[str, str] = field(default_factory=dict)  # each experiment tracker's logs: where they are
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"experiment": str(self.experiment), "counts": self.counts, "pareto": self.pareto,
+                "seconds": self.seconds, "trackers": self.trackers}
+
+
+def _runner_for(manifest: Mapping[str, Any], cache: Path):
+    """The trial runner an experiment was started with (its manifest says which)."""
+    runner = manifest.get("runner") or {}
+    if runner.get("kind") == "replay":
+        from robusttune.bench.replay import ReplayRunner
+
+        return ReplayRunner.from_manifest(runner)
+    if runner.get("kind") == "train":
+        from robusttune.search.trainable import TrainingRunner
+
+        return TrainingRunner(cache, baselines=bool(runner.get("baselines", True)),
+                              heartbeat_seconds=float(runner.get("heartbeat_seconds", 30.0)))
+    raise DataError(f"manifest names no trial runner robusttune knows ({runner.get('kind')!r})")
+
+
+def _finished(experiment: Path, space: SearchSpace, seconds: float) -> SweepResult:
+    from robusttune.search.trackers import tracker_places
+
+    rows = trial_table(experiment)
+    front = pareto_trials(latest_by_trial(experiment), list(space.objective.metrics),
+                          [d.value for d in space.objective.directions])
+    shown = {r["trial_id"]: r for r in rows}
+    trackers = tracker_places(read_manifest(experiment).get("loggers", []), experiment)
+    return SweepResult(experiment, space, status_counts(rows), [shown[r["trial_id"]] for r in front],
+                       round(seconds, 1), rows, trackers)
+
+
+def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "runs", name: str | None = None,
+          trials: int | None = None, concurrency: int | None = None, seed: int | None = None, address: str | None = None,
+          max_failures: int = 0, overwrite: bool = False, cache_dir: str | os.PathLike[str] | None = None,
+          verbose: int = 1, runner: Any = None, loggers: Sequence[str] = (), heartbeat_seconds: float = 30.0) -> SweepResult:
+    """Run a multi-objective search over ``space`` (a built-in name or a YAML file) into ``storage/name``, then
+    the baselines. ``runner`` replaces the fine-tuning trials (e.g. ``robusttune.bench.replay.ReplayRunner``).
+    ``loggers``: experiment trackers (``wandb``, ``mlflow``, ``tensorboard``); trials report a heartbeat (step, loss,
+    images/s, ETA) between evaluations at most every ``heartbeat_seconds``. ``verbose``: 0 quiet, 1 one line per
+    trial event, 2 Ray Tune's tables too."""
+    from robusttune.search.sweep import SweepOptions, check_runnable, run_sweep
+    from robusttune.search.trackers import check_loggers
+    from robusttune.search.trainable import TrainingRunner
+
+    # Validate everything first: nothing is created (or replaced) until all of it holds
+    loaded, text = load_space(str(space))
+    at_least("trials", trials, 1)
+    at_least("concurrency", concurrency, 1)
+    at_least("heartbeat_seconds", heartbeat_seconds, 0, " seconds")
+    check_loggers(loggers)
+    cache = cache_directory(cache_dir)
+    options = SweepOptions(trials=trials or loaded.budget.trials, concurrency=concurrency or loaded.budget.concurrency,
+                           seed=loaded.sampler.seed if seed is None else seed, address=address,
+                           max_failures=max_failures, verbose=verbose, loggers=tuple(loggers))
+    check_runnable(loaded, options)
+    name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_new_experiment(Path(storage), name, overwrite=overwrite)
+    experiment = new_experiment_dir(Path(storage), name, overwrite=overwrite)
+    started = time.perf_counter()
+    try:
+        with ExperimentLock(experiment, f"robusttune sweep {space}"):
+            run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache, heartbeat_seconds=heartbeat_seconds))
+    except BaseException:
+        _remove_if_nothing_ran(experiment)
+        raise
+    return _finished(experiment, loaded, time.perf_counter() - started)
+
+
+def _remove_if_nothing_ran(experiment: Path) -> None:
+    """A sweep that failed before any trial reported or Tune saved any state leaves nothing to resume: remove the
+    folder this call created, so the name is free again."""
+    import shutil
+
+    from robusttune.experiment import RECORDS, tune_dir
+
+    if not (experiment / RECORDS).exists() and not tune_dir(experiment).exists():
+        shutil.rmtree(experiment, ignore_errors=True)
+
+
+def resume(experiment: str | os.PathLike[str], *, address: str | None = None, max_failures: int = 0,
+           cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1,
+           allow_space_change: bool = False, loggers: Sequence[str] | None = None) -> SweepResult:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoints,
+    the rest of the budget runs, then the missing baselines. Refuses rather than starting afresh, refuses an
+    edited ``space.yaml`` unless ``allow_space_change``, and refuses while another process runs the experiment.
+    ``loggers`` (default: those the sweep started with) keep logging to the same trackers."""
+    from robusttune.search.sweep import SweepOptions, resume_sweep
+    from robusttune.search.trackers import check_loggers
+
+    path = check_experiment(Path(experiment))
+    check_max_failures(max_failures)
+    manifest = read_manifest(path)
+    check_space_unchanged(path, allow_change=allow_space_change)
+    space, _ = load_frozen_space(path)
+    options = SweepOptions(trials=int(manifest.get("trials") or space.budget.trials),
+                           concurrency=int(manifest.get("concurrency") or space.budget.concurrency),
+                           seed=int(manifest.get("seed", space.sampler.seed)), address=address,
+                           max_failures=max_failures, verbose=verbose,
+                           loggers=tuple(manifest.get("loggers", ()) if loggers is None else loggers))
+    check_loggers(options.loggers)
+    runner = _runner_for(manifest, cache_directory(cache_dir))
+    started = time.perf_counter()
+    with ExperimentLock(path, f"robusttune resume {experiment}"):
+        resume_sweep(path, options, runner)
+    return _finished(path, space, time.perf_counter() - started)
+
+
+def status(experiment: str | os.PathLike[str]) -> Status:
+    """The experiment's trials from its records (works while the sweep runs; never starts Ray)."""
+    path = check_experiment(Path(experiment))
+    manifest = read_manifest(path)
+    rows = trial_table(path)
+    running = {r["trial_id"] for r in rows if r["status"] == "running"}
+    progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
+    return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
+                  status_counts(rows), progress)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The main job: the mini world, the sweep of the built-in ``demo`` space over it, and its report."""
+
+    world: Any  # robusttune.api.data.WorldResult
+    sweep: SweepResult
+    report: Any  # robusttune.api.reports.ReportResult
+    seconds: float
+
+
+DEMO_SPACE = "demo"
+
+
+def demo(*, storage: str | os.PathLike[str] = "runs", name: str | None = None, trials: int | None = None,
+         seed: int | None = None, cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1,
+         on_ready: Callable[[Any], None] | None = None) -> DemoResult:
+    """Prepare the mini world (``on_ready`` gets it, before the sweep starts), sweep the built-in ``demo`` space
+    over it into ``storage/name`` (default ``demo-<time>``) and write the experiment's report."""
+    from robusttune.api.data import prepare_world
+    from robusttune.api.reports import report
+
+    started = time.perf_counter()
+    world = prepare_world(cache_dir=cache_dir)
+    if on_ready is not None:
+        on_ready(world)
+    swept = sweep(DEMO_SPACE, storage=storage, name=name or f"demo-{time.strftime('%Y%m%d-%H%M%S')}", trials=trials,
+                  seed=seed, cache_dir=cache_dir, verbose=verbose)
+    written = report(swept.experiment, cache_dir=cache_dir)
+    seconds = round(time.perf_counter() - started, 1)
+    return DemoResult(world, replace(swept, seconds=seconds), written, seconds)

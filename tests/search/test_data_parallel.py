@@ -1,0 +1,273 @@
+"""Data-parallel trials: N processes (gloo on the CPU here, NCCL on GPUs) train exactly the run one process trains with
+N times the micro-batches, through the loop directly and through Ray Train inside Ray Tune."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import invoke
+from helpers import records, tiny_space, write_space
+
+CONFIG = {"steps": 20, "batch_size": 16, "eval_every": 10, "eval_batch_size": 64, "lr": 1e-3, "region": "object",
+          "refill": "single", "mask_ratio": 0.3, "w_distill": 3.0, "seed": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, out: str, config: dict, world_config: dict, cache_dir: str,
+          synchronise: bool) -> None:
+    import torch.distributed as dist
+
+    from robusttune.config import TrainConfig, WorldConfig
+    from robusttune.models.classifier import frozen_copy
+    from robusttune.training import distributed
+    from robusttune.training.loop import train
+    from robusttune.training.world import prepare_world
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    if not synchronise:  # the fault a DDP wrapper that never fires would leave: every rank steps on its own gradient
+        distributed.Shard.sum_gradients = lambda self, params: None
+    try:
+        prepared = prepare_world(WorldConfig.model_validate(world_config), Path(cache_dir))
+        student = prepared.classifier()
+        result = train(TrainConfig.model_validate(config), student, frozen_copy(student), prepared.task(),
+                       shard=distributed.Shard.current())
+        torch.save({"state": student.state_dict(), "history": result.history, "status": result.status},
+                   f"{out}.rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def data_parallel(tmp_path, tiny_world_config, cache_dir, config, *, world=2, synchronise=True):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "dp")
+    mp.start_processes(_rank, args=(world, _free_port(), out, config, tiny_world_config.to_dict(), str(cache_dir),
+                                    synchronise), nprocs=world, start_method="spawn")
+    return [torch.load(f"{out}.rank{r}", weights_only=True) for r in range(world)]
+
+
+def alone(tiny_prepared, config):
+    from robusttune.config import TrainConfig
+    from robusttune.models.classifier import frozen_copy
+    from robusttune.training.loop import train
+
+    student, threads = tiny_prepared.classifier(), torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: the same kernels sum in the same order
+    try:
+        result = train(TrainConfig.model_validate(config), student, frozen_copy(student), tiny_prepared.task())
+    finally:
+        torch.set_num_threads(threads)
+    return {"state": student.state_dict(), "history": result.history, "status": result.status}
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
+@pytest.mark.slow
+def test_two_workers_equal_one_worker_at_the_same_global_batch(tmp_path, tiny_world_config, tiny_prepared, cache_dir):
+    """2 gloo processes x accum 1 == 1 process x accum 2 (the same micro-batches, masks and donors): every evaluation,
+    every loss part and every final weight, to 1e-5 (bit for bit here, at equal thread counts); both ranks end with
+    the same weights. Without the gradient
+    all-reduce the weights differ (the test would catch a DDP wrapper whose reducer never fires)."""
+    single = alone(tiny_prepared, {**CONFIG, "accum_steps": 2})
+    ranks = data_parallel(tmp_path, tiny_world_config, cache_dir, {**CONFIG, "workers": 2})
+    assert single["status"] == ranks[0]["status"] == "complete"
+    for key, value in single["state"].items():
+        assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key  # the ranks agree exactly
+        assert close(ranks[0]["state"][key], value), key
+    for a, b, last in zip(single["history"], ranks[0]["history"], ranks[1]["history"]):
+        assert a["step"] == b["step"] and a["metrics"] == pytest.approx(b["metrics"], abs=1e-9)  # sharded evaluation
+        for part in ("loss_task", "loss_distill", "mask_fraction"):  # the step's last micro-batch is rank 1's
+            assert a[part] == pytest.approx(last[part], rel=1e-5), part
+
+    unsynchronised = data_parallel(tmp_path, tiny_world_config, cache_dir, {**CONFIG, "workers": 2}, synchronise=False)
+    differs = [k for k, v in single["state"].items() if v.is_floating_point() and not close(unsynchronised[0]["state"][k], v)]
+    assert differs, "unsynchronised gradients gave the same weights: the test could not catch a missing all-reduce"
+
+
+def test_a_step_splits_into_the_same_micro_batches_on_any_number_of_workers():
+    from robusttune.config import TrainConfig
+    from robusttune.training.distributed import Shard
+    from robusttune.training.loop import StepBatches
+
+    config = TrainConfig(steps=3, batch_size=12, accum_steps=1, workers=3)
+    shards = [list(StepBatches(config, 40, 0, 3, shard=Shard(r, 3))) for r in range(3)]
+    single = list(StepBatches(TrainConfig(steps=3, batch_size=12, accum_steps=3), 40, 0, 3))
+    assert [b for step in range(3) for r in range(3) for b in shards[r][step:step + 1]] == single
+    assert [StepBatches(config, 40, 0, 3, shard=Shard(r, 3)).slots for r in range(3)] == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+def test_workers_that_do_not_divide_the_batch_are_refused():
+    from robusttune.config import TrainConfig, parse
+    from robusttune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"must be a multiple of accum_steps x workers \(2 x 3\)"):
+        parse(TrainConfig, {"batch_size": 16, "accum_steps": 2, "workers": 3}, "t")
+
+
+# ------------------------------------------------------------------------- through Ray Train inside Ray Tune
+
+
+def dp_space(tiny_world_config, **overrides):
+    """Trials on 2 Ray Train workers of 0.9 CPU each (the 2-core machine also holds the trial's waiting process)."""
+    return tiny_space(tiny_world_config, **{
+        "fixed": {"steps": 24, "batch_size": 16, "eval_every": 8, "eval_batch_size": 128, "lr": 1e-3},
+        "budget": {"trials": 2, "concurrency": 1}, "resources": {"cpu": 0.9, "workers": 2},
+        "baselines": {"wise_alphas": [0.0, 1.0]}, **overrides})
+
+
+def evaluations(experiment: Path) -> dict[str, list[int]]:
+    steps: dict[str, list[int]] = {}
+    for row in records(experiment):
+        if row.get("evaluation") and not row.get("final") and row.get("status") != "failed":
+            steps.setdefault(row["trial_id"], []).append(row["step"])
+    return steps
+
+
+@pytest.mark.slow
+def test_a_two_worker_sweep_survives_kill_9_of_its_driver(tmp_path, tiny_world_config, tiny_prepared, cache_dir,
+                                                          kill_9_when, ray_local):
+    experiment = tmp_path / "runs" / "dp"
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+
+    def mid_trial() -> bool:
+        return (experiment / "records.jsonl").exists() and any(r.get("step") == 8 for r in records(experiment))
+
+    kill_9_when(["sweep", write_space(tmp_path / "dp.yaml", dp_space(tiny_world_config)), "--storage",
+                 tmp_path / "runs", "--name", "dp"], env, mid_trial, timeout=300,
+                never="the 2-worker trial never reported its first evaluation")
+    before = evaluations(experiment)
+    result = invoke("resume", experiment, "--json", env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["counts"]["complete"] == 2
+    after = evaluations(experiment)
+    for trial_id, steps in before.items():  # resumed from its checkpoint (rank 0 wrote it, every rank read it)
+        # as for one-worker trials: an evaluation the killed driver never recorded stays in the checkpoint's history
+        # only (the resumed trial re-reports its latest one)
+        resumed = after[trial_id][len(steps):]
+        assert resumed and min(resumed) >= max(steps) and max(resumed) == 24, (steps, resumed)
+    configs = [r["config"] for r in records(experiment) if r.get("final")]
+    assert {c["workers"] for c in configs} == {2}
+
+
+@pytest.mark.slow
+def test_a_lost_worker_fails_its_trial_which_is_retried_from_its_checkpoint(tmp_path, tiny_world_config,
+                                                                           tiny_prepared, cache_dir):
+    experiment = tmp_path / "runs" / "lost"
+    space = write_space(tmp_path / "lost.yaml", dp_space(tiny_world_config, budget={"trials": 1, "concurrency": 1}))
+    err = open(tmp_path / "err.txt", "wb")
+    driver = subprocess.Popen([sys.executable, "-m", "robusttune.cli", "sweep", space, "--storage", tmp_path / "runs",
+                               "--name", "lost", "--max-failures", "1", "--json"],
+                              env={**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}, stdout=subprocess.PIPE,
+                              stderr=err, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not ((experiment / "records.jsonl").exists()
+                                              and any(r.get("step") == 8 for r in records(experiment))):
+            time.sleep(0.3)
+        workers = [int(line.split()[0]) for line in subprocess.run(
+            ["ps", "-o", "pid=,args=", "-g", str(driver.pid)], capture_output=True, text=True).stdout.splitlines()
+            if "RayTrainWorker" in line]
+        assert workers, "no Ray Train worker found to kill"
+        os.kill(workers[-1], signal.SIGKILL)  # one worker of the trial dies (a lost node, an OOM kill)
+        out, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert driver.returncode == 0, (tmp_path / "err.txt").read_text()[-3000:]
+    assert json.loads(out.decode().strip().splitlines()[-1])["counts"]["complete"] == 1
+    rows = records(experiment)
+    assert any(r.get("retry") for r in rows), "the trial was not retried"
+    steps = evaluations(experiment)[rows[0]["trial_id"]]
+    assert steps[0] == 8 and max(steps) == 24 and steps == sorted(steps)  # retried from its checkpoint, not from 0
+
+
+@pytest.mark.slow
+def test_train_with_two_workers_is_the_run_of_one_worker_with_twice_the_micro_batches(tmp_path, tiny_world_config,
+                                                                                      tiny_prepared, cache_dir):
+    import yaml
+
+    from robusttune.training.checkpoint import load_checkpoint
+
+    config = {**CONFIG, "steps": 8, "eval_every": 4, "world": tiny_world_config.to_dict()}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**config, "accum_steps": 2}))
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+    for name, extra in (("one", ["--threads", "1"]), ("two", ["--workers", "2"])):
+        done = subprocess.run([sys.executable, "-m", "robusttune.cli", "train", "--config", tmp_path / f"{name}.yaml",
+                               "--out", tmp_path / name, "--json", *extra], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "complete"
+    one, two = load_checkpoint(tmp_path / "one" / "final.pt"), load_checkpoint(tmp_path / "two" / "final.pt")
+    assert json.loads(two["config"])["workers"] == 2
+    for key, value in one["model"].items():
+        assert close(two["model"][key], value), key
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8]  # written once, by rank 0
+
+
+
+@pytest.mark.slow
+def test_mo_asha_stops_one_and_two_worker_trials_alike_and_frees_their_workers(tmp_path, tiny_world_config,
+                                                                                 tiny_prepared, cache_dir):
+    # One trial at a time on 2 CPUs: a stopped 2-worker trial whose workers kept their CPUs would leave every later
+    # trial waiting forever (the driver's timeout below fails the test then).
+    experiment = tmp_path / "runs" / "mixed"
+    space = dp_space(tiny_world_config, budget={"trials": 6, "concurrency": 1}, resources={"cpu": 0.9},
+                     sampler={"name": "random", "seed": 1},
+                     parameters={"w_distill": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+                                 "workers": {"type": "categorical", "choices": [1, 2]}},
+                     scheduler={"name": "mo_asha", "grace_period": 1, "reduction_factor": 2})
+    done = subprocess.run([sys.executable, "-m", "robusttune.cli", "sweep", write_space(tmp_path / "mixed.yaml", space),
+                           "--storage", tmp_path / "runs", "--name", "mixed", "--heartbeat", "0.5"],
+                          env={**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the console (workers' logs shown): a stopped trial is not a crash, and Ray Train's chatter stays out
+    for noise in ("Traceback", "Failed to query", "Reporting training result", "FailurePolicy"):
+        at = done.stderr.find(noise)
+        assert at < 0, done.stderr[max(0, at - 1500):at + 1500]
+    finals = {r["trial_id"]: r for r in records(experiment) if r.get("final")}
+    assert len(finals) == 6
+    ends = {(r["config"]["workers"], r["status"]) for r in finals.values()}
+    # both kinds of trial ran, and the scheduler stopped a 2-worker trial early, at a rung, as it stops others
+    assert {w for w, _ in ends} == {1, 2} and (2, "stopped-early") in ends, ends
+    for trial_id, steps in evaluations(experiment).items():
+        stopped = finals[trial_id]["status"] == "stopped-early"
+        assert steps == sorted(set(steps)) and (max(steps) < 24 if stopped else max(steps) == 24), (trial_id, steps)
+    # rank 0's heartbeats reached the driver (at most every 0.5 s: the 2-worker trials' steps take longer)
+    beats = json.loads((experiment / "heartbeats.json").read_text())
+    two = [t for t, r in finals.items() if r["config"]["workers"] == 2]
+    assert any(t in beats for t in two), beats
+    assert not list((experiment / "train").glob("*.placement_group"))  # every stopped trial's group removed
+
+
+def test_ray_still_hands_reports_to_the_tune_session_through_its_queue():
+    """The one Ray internal the data-parallel heartbeats use (``data_parallel.heartbeat_queue``): a Ray upgrade that
+    renames it fails here, by name."""
+    from ray.train._internal.session import _TrainSession
+
+    assert callable(getattr(_TrainSession, "_get_or_create_inter_actor_queue", None)), \
+        "ray.train._internal.session._TrainSession._get_or_create_inter_actor_queue is gone: heartbeat_queue needs it"
