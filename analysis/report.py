@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from robusttune.cache import atomic_write_text
-from robusttune.metrics import ID_TEST, ID_VAL, OOD_MEAN, is_ood_set
+from robusttune.metrics import ID_TEST, ID_VAL, OBJECTIVE, OOD_MEAN, is_ood_set
 
 from robusttune import pareto
 from robusttune.analysis import effects, figures, results
@@ -166,7 +166,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
 
     metrics = results.metric_columns(frame) if not frame.empty else []
     params = results.parameters(frame) if not frame.empty else []
-    percent = set(metrics) | {"objective"}
+    percent = set(metrics) | {OBJECTIVE}
     counts = summary.get("counts", {})
     cards = [("trials", str(summary.get("trials", 0))), *((k, str(v)) for k, v in counts.items())]
     if "best_id" in summary:
@@ -221,7 +221,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
                 encoded = base64.b64encode(gallery.read_bytes()).decode()
                 parts.append(f"<h2>Counterfactual gallery: {html.escape(title)}</h2>"
                              f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}" style="max-width:100%">')
-        parts.append("<h2>All trials</h2>" + _table_html(frame, ["trial_id", "status", "step", *metrics, "objective", *params], percent=percent))
+        parts.append("<h2>All trials</h2>" + _table_html(frame, ["trial_id", "status", "step", *metrics, OBJECTIVE, *params], percent=percent))
         bad = frame[frame["status"].isin(["failed", "stopped-early"])]
         if not bad.empty:
             parts.append("<h2>Failed and stopped trials</h2>" + _table_html(bad, ["trial_id", "status", "step", "failure", *params], percent=set()))

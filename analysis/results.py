@@ -14,7 +14,7 @@ import pandas as pd
 
 from robusttune.cache import atomic_write
 from robusttune import metrics
-from robusttune.metrics import ID_TEST, OOD_MEAN
+from robusttune.metrics import ID_TEST, OBJECTIVE, OOD_MEAN
 from robusttune.errors import DataError
 from robusttune.experiment import RECORDS, is_evaluation, is_reference_row, is_trial_row, read_records
 
@@ -62,10 +62,10 @@ def trials(experiment: Path) -> pd.DataFrame:
         mine = evals[evals["trial_id"] == trial_id] if not evals.empty else evals
         if "eval_subset" in mine:  # best_* compares like with like: full-set evaluations only, never subset ones
             mine = mine[mine["eval_subset"].isna()]
-        scored = mine["objective"].dropna() if not mine.empty and "objective" in mine else pd.Series(dtype=float)
+        scored = mine[OBJECTIVE].dropna() if not mine.empty and OBJECTIVE in mine else pd.Series(dtype=float)
         if not scored.empty:
             best = mine.loc[scored.idxmax()]
-            record |= {f"best_{k}": best[k] for k in [*metric_columns(mine), "objective", "step"] if k in best}
+            record |= {f"best_{k}": best[k] for k in [*metric_columns(mine), OBJECTIVE, "step"] if k in best}
         records.append(record)
     frame = pd.DataFrame(records)
     if not frame.empty:

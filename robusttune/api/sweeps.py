@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from robusttune.api.common import cache_directory, status_counts, trial_table
-from robusttune.bounds import at_least, check_max_failures
+from robusttune.bounds import at_least
 from robusttune.errors import DataError
 from robusttune.experiment import (ExperimentLock, check_experiment, check_new_experiment, check_space_unchanged,
                                    latest_by_trial, load_frozen_space, new_experiment_dir, pareto_trials,
@@ -90,12 +90,11 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
 
     # Validate everything first: nothing is created (or replaced) until all of it holds
     loaded, text = load_space(str(space))
-    at_least("trials", trials, 1)
-    at_least("concurrency", concurrency, 1)
     at_least("heartbeat_seconds", heartbeat_seconds, 0, " seconds")
     check_loggers(loggers)
     cache = cache_directory(cache_dir)
-    options = SweepOptions(trials=trials or loaded.budget.trials, concurrency=concurrency or loaded.budget.concurrency,
+    options = SweepOptions(trials=loaded.budget.trials if trials is None else trials,  # the options check their bounds
+                           concurrency=loaded.budget.concurrency if concurrency is None else concurrency,
                            seed=loaded.sampler.seed if seed is None else seed, address=address,
                            max_failures=max_failures, verbose=verbose, loggers=tuple(loggers))
     check_runnable(loaded, options)
@@ -134,7 +133,6 @@ def resume(experiment: str | os.PathLike[str], *, address: str | None = None, ma
     from robusttune.search.trackers import check_loggers
 
     path = check_experiment(Path(experiment))
-    check_max_failures(max_failures)
     manifest = read_manifest(path)
     check_space_unchanged(path, allow_change=allow_space_change)
     space, _ = load_frozen_space(path)

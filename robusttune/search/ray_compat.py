@@ -1,7 +1,7 @@
 """The one door to Ray's and Optuna's internals: every private attribute or module robusttune uses, here only.
 
 Supported: Ray 2.60.x and Optuna 5.x (``pyproject.toml`` pins ``ray[tune]>=2.60,<3`` and ``optuna>=5.0,<6``).
-``INTERNALS`` names each internal with a check that it is still there; ``tests/test_ray_compat.py`` runs
+``INTERNALS`` names each internal with a check that it is still there; ``tests/search/test_ray_compat.py`` runs
 every check, so an upgrade that moves one fails there, by name, rather than somewhere in a sweep. Why each is used:
 
 * Ray Tune's ``OptunaSearch`` keeps its study and its Tune-to-Optuna trial map privately; ``RobustOptunaSearch``
