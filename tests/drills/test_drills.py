@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Faults, invoke
+from helpers import Faults, invoke, snapshot
 from helpers import records, tiny_space, write_space
 
 pytestmark = pytest.mark.slow
@@ -174,9 +174,6 @@ def test_a_partial_copy_never_reads_or_writes_the_original(tmp_path, tiny_world_
     copy = tmp_path / "copy"
     shutil.copytree(experiment, copy)
     (copy / "optuna.journal").unlink()
-
-    def snapshot(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
     original, copied = snapshot(experiment), snapshot(copy)
     result = invoke("resume", copy, cache_dir=cache_dir)
