@@ -43,10 +43,12 @@ log = logging.getLogger(__name__)
 
 MANIFEST, SPACE, JOURNAL, RECORDS, TUNE_DIR = "manifest.json", "space.yaml", "optuna.journal", "records.jsonl", "tune"
 CHECKPOINTS_DIR, BASELINES_DIR, SCHEDULER_STATE, REPORT_DIR = "checkpoints", "baselines", "scheduler.json", "report"
-HEADS_DIR, HEARTBEATS, TRAIN_RUNS_DIR = "heads", "heartbeats.json", "train"
+HEADS_DIR, HEARTBEATS, TRAIN_RUNS_DIR, CONFIRM_DIR = "heads", "heartbeats.json", "train", "confirm"
 MANIFEST_FORMAT = "robusttune.experiment/1"
 STATUSES = ("running", "complete", "stopped-early", "failed")
 REFERENCE_KINDS = ("baseline", "wise")
+ZERO_SHOT, VANILLA_FT = "zero-shot", "vanilla-ft"  # the reference runs' names in the records (method, source)
+CONFIRM_KIND = "confirm"  # a confirmation run's row: its point (alpha null) or one point of its WiSE-FT curve
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -152,6 +154,20 @@ def heads_dir(experiment: str | Path) -> Path:
 
 def baselines_dir(experiment: str | Path) -> Path:
     return Path(experiment) / BASELINES_DIR
+
+
+def confirm_weights(experiment: str | Path, config_key: str, seed: int) -> Path:
+    """A confirmation run's final weights (``confirm/<config key>-s<seed>.pt``)."""
+    return Path(experiment) / CONFIRM_DIR / f"{config_key}-s{seed}.pt"
+
+
+def confirm_progress(experiment: str | Path, config_key: str, seed: int) -> Path:
+    """A confirmation run's latest checkpoint while it trains (a killed run continues from it)."""
+    return Path(experiment) / CONFIRM_DIR / f"{config_key}-s{seed}.latest.pt"
+
+
+def is_confirm_row(row: dict[str, Any]) -> bool:
+    return row.get("kind") == CONFIRM_KIND
 
 
 def scheduler_state(experiment: str | Path) -> Path:

@@ -59,6 +59,7 @@ MAX_CONCURRENCY = 10_000  # budget.concurrency: trials at a time
 MAX_CHOICES = 1_000  # values in one parameter's choices, grid or 'when' list
 MAX_GRID_POINTS = 100_000  # the grid sampler's combinations (Optuna lists them all when it is built)
 MAX_WISE_ALPHAS = 101  # WiSE-FT mixing coefficients (one evaluation each): steps of 0.01
+MAX_CONFIRM_SEEDS, MAX_CONFIRM_TOP = 100, 100  # a confirmation trains seeds x (top + 1) runs
 
 
 class Direction(StrEnum):
@@ -216,6 +217,15 @@ class Baselines(Frozen):
         return self
 
 
+class Confirm(Frozen):
+    """What runs after the trials and baselines to tell signal from noise: the ``top`` configurations of the front
+    (by non-dominated rank, then crowding distance), vanilla fine-tuning and zero-shot, each trained with ``seeds``
+    seeds (seed 0 of a trial is the trial itself), each with its WiSE-FT curve on ``baselines.wise_alphas``."""
+
+    seeds: int = Field(3, ge=1, le=MAX_CONFIRM_SEEDS)
+    top: int = Field(5, ge=1, le=MAX_CONFIRM_TOP)
+
+
 class SearchSpace(Frozen):
     name: str = "space"
     description: str = ""
@@ -228,6 +238,7 @@ class SearchSpace(Frozen):
     resources: Resources = Resources()
     scheduler: Scheduler = Scheduler()
     baselines: Baselines = Baselines()
+    confirm: Confirm | None = None  # no confirmation stage unless the space asks for one
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:

@@ -18,12 +18,12 @@ from robusttune.api.common import cache_directory, check_out_dir, set_threads, t
 from robusttune.api.data import PackResult, WorldResult, pack, prepare_world, pretrain_world
 from robusttune.api.reports import ReportResult, plan, report
 from robusttune.api.runs import BaselinesResult, TrainSummary, baselines, train, wise
-from robusttune.api.sweeps import DemoResult, Status, SweepResult, demo, resume, status, sweep
+from robusttune.api.sweeps import ConfirmResult, DemoResult, Status, SweepResult, confirm, demo, resume, status, sweep
 
 __all__ = [  # the commands, then their results, then the helpers the CLI shares
-    "train", "wise", "baselines", "sweep", "resume", "status", "demo", "plan", "report", "launch", "tabulate", "replay",
-    "prepare_world", "pretrain_world", "pack",
-    "TrainSummary", "BaselinesResult", "SweepResult", "Status", "DemoResult", "ReportResult", "LaunchResult",
+    "train", "wise", "baselines", "sweep", "resume", "confirm", "status", "demo", "plan", "report", "launch", "tabulate",
+    "replay", "prepare_world", "pretrain_world", "pack",
+    "TrainSummary", "BaselinesResult", "SweepResult", "ConfirmResult", "Status", "DemoResult", "ReportResult", "LaunchResult",
     "ReplayResult", "WorldResult", "PackResult",
     "cache_directory", "check_out_dir", "set_threads", "trial_table",
 ]

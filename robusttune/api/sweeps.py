@@ -190,3 +190,42 @@ def demo(*, storage: str | os.PathLike[str] = "runs", name: str | None = None, t
     written = report(swept.experiment, cache_dir=cache_dir)
     seconds = round(time.perf_counter() - started, 1)
     return DemoResult(world, replace(swept, seconds=seconds), written, seconds)
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    """A confirmation: the rows it wrote, and one verdict row per configuration (``robusttune.analysis.stats``)."""
+
+    experiment: Path
+    written: int
+    verdicts: list[dict[str, Any]]
+    sentences: list[str]  # one per verdict row, for readers
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"experiment": str(self.experiment), "written": self.written, "verdicts": self.verdicts,
+                "sentences": self.sentences, "seconds": self.seconds}
+
+
+def confirm(experiment: str | os.PathLike[str], *, seeds: int | None = None, top: int | None = None,
+            trials: Sequence[str] | None = None, address: str | None = None,
+            cache_dir: str | os.PathLike[str] | None = None) -> ConfirmResult:
+    """Train the front's ``top`` configurations (or the named ``trials``), vanilla FT and zero-shot with ``seeds``
+    seeds each (defaults: the space's ``confirm`` key, else 3 and 5), each with its WiSE-FT curve, as Ray tasks;
+    then the verdicts against vanilla FT's WiSE-FT at equal ID. Resumable: what the records hold is not redone.
+    Refuses while another process runs the experiment."""
+    from robusttune.analysis.stats import sentence, verdicts
+    from robusttune.search.sweep import confirm_experiment
+    from robusttune.space import Confirm
+
+    path = check_experiment(Path(experiment))
+    space, text = load_frozen_space(path)
+    defaults = space.confirm or Confirm()
+    seeds = defaults.seeds if seeds is None else at_least("seeds", seeds, 1)
+    top = defaults.top if top is None else at_least("top", top, 1)
+    started = time.perf_counter()
+    with ExperimentLock(path, f"robusttune confirm {experiment}"):
+        written = confirm_experiment(path, space, text, cache_directory(cache_dir), top=top, seeds=seeds,
+                                     trial_ids=list(trials) if trials else None, address=address)
+    rows = verdicts(path)
+    return ConfirmResult(path, written, rows, [sentence(r) for r in rows], round(time.perf_counter() - started, 1))

@@ -81,6 +81,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+VERDICT_COLUMNS = ("source", "seeds", "id_acc_mean", "ood_mean_mean", "delta_ood_mean", "delta_ood_low", "delta_ood_high",
+                   "delta_ood_verdict")
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from robusttune import api
+
+    trials = [t.strip() for t in args.trials.split(",") if t.strip()] if args.trials else None
+    result = api.confirm(args.experiment, seeds=args.seeds, top=args.top, trials=trials, address=args.address,
+                         cache_dir=args.cache_dir)
+
+    def human() -> None:
+        print(f"confirmation of {result.experiment}: {result.written} row(s) written in {result.seconds:.0f} s "
+              f"(accuracies and gaps in %, 95% Student-t intervals over seeds)")
+        print(table(result.verdicts, [c for c in VERDICT_COLUMNS if any(c in r for r in result.verdicts)]))
+        for line in result.sentences:
+            print(f"- {line}")
+
+    emit(result.to_dict(), args.json, human)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from robusttune import api
 
@@ -126,6 +148,18 @@ def register(commands) -> None:
     resume.add_argument("--allow-space-change", action="store_true",
                         help="resume although space.yaml was edited since the sweep started")
     resume.set_defaults(handler=cmd_resume)
+
+    confirm = commands.add_parser("confirm", help="train the front's configurations with more seeds; verdicts against "
+                                                  "WiSE-FT at equal ID")
+    add_common(confirm)
+    confirm.add_argument("experiment", metavar="EXPDIR")
+    confirm.add_argument("--seeds", type=int, metavar="K", help="seeds per configuration (default: the space's confirm "
+                                                               "key, else 3; seed 0 of a trial is the trial itself)")
+    confirm.add_argument("--top", type=int, metavar="N", help="configurations from the front, by non-dominated rank "
+                                                             "then crowding distance (default: the space's, else 5)")
+    confirm.add_argument("--trials", metavar="ID,ID,...", help="confirm these trials instead of the top N")
+    confirm.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: local")
+    confirm.set_defaults(handler=cmd_confirm)
 
     status = commands.add_parser("status", help="show an experiment's trials (does not start Ray)")
     status.add_argument("experiment", metavar="EXPDIR")

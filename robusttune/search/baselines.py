@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robusttune.experiment import (append_record, heads_dir, latest_checkpoint, parse_space_text, read_records,
-                                   vanilla_checkpoint)
+from robusttune.experiment import (VANILLA_FT, ZERO_SHOT, append_record, heads_dir, latest_checkpoint,
+                                   parse_space_text, read_records, vanilla_checkpoint)
 
 
 def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
@@ -31,6 +31,14 @@ def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
     return methods, points
 
 
+def vanilla_config(space, seed: int = 0):
+    """Vanilla fine-tuning (no masks, no distillation) with the space's fixed settings: the baselines' reference."""
+    from robusttune.config import TrainConfig, parse
+
+    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
+    return parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": seed}, "vanilla fine-tuning baseline")
+
+
 def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int,
                       references: bool = True) -> int:
     """Compute what the records lack and append each row as soon as it exists (runs in a Ray task or in-process),
@@ -40,7 +48,6 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     import torch
 
     from robusttune import progress
-    from robusttune.config import TrainConfig, parse
     from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
     from robusttune.training.device import Placement
     from robusttune.training.evaluate import Evaluator
@@ -52,13 +59,12 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     exp = Path(experiment)
     space = parse_space_text(space_yaml)
     methods, points = recorded(exp)
-    sources = [*([("vanilla-ft", None)] if references else []), *((t, latest_checkpoint(exp, t)) for t in trial_ids)]
+    sources = [*([(VANILLA_FT, None)] if references else []), *((t, latest_checkpoint(exp, t)) for t in trial_ids)]
     missing = {source: [a for a in space.baselines.wise_alphas if (source, round(float(a), 6)) not in points]
                for source, _ in sources}
-    if (not references or {"zero-shot", "vanilla-ft"} <= methods) and not any(missing.values()):
+    if (not references or {ZERO_SHOT, VANILLA_FT} <= methods) and not any(missing.values()):
         return 0
-    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
-    config = parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
+    config = vanilla_config(space)
     student, task = build_task(space.task, Path(cache_dir), head_folders=[heads_dir(exp)])
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
     placement = Placement.of(config.device, config.precision)  # the trials' device and precision, for every row here
@@ -73,8 +79,8 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
         append_record(exp, row)
         written += 1
 
-    if references and "zero-shot" not in methods:
-        record({"kind": "baseline", "method": "zero-shot", **evaluator(student)})
+    if references and ZERO_SHOT not in methods:
+        record({"kind": "baseline", "method": ZERO_SHOT, **evaluator(student)})
     vanilla_path = vanilla_checkpoint(exp)
     vanilla = load_checkpoint(vanilla_path) if references and vanilla_path.is_file() else None
     if vanilla is not None and ("metrics" not in vanilla or not config.resumes(json.loads(vanilla["config"]))):
@@ -85,12 +91,12 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
                    "config": json.dumps(config.to_dict()), "metrics": json.dumps(result.metrics)}
         save_checkpoint(vanilla_path, vanilla)
         student.load_state_dict(zero_shot)
-    if references and "vanilla-ft" not in methods:
-        record({"kind": "baseline", "method": "vanilla-ft", "config": config.to_dict(), **json.loads(vanilla["metrics"])})
-    todo = [(source, path) for source, path in sources if missing[source] and (source == "vanilla-ft" or path is not None)]
+    if references and VANILLA_FT not in methods:
+        record({"kind": "baseline", "method": VANILLA_FT, "config": config.to_dict(), **json.loads(vanilla["metrics"])})
+    todo = [(source, path) for source, path in sources if missing[source] and (source == VANILLA_FT or path is not None)]
     with progress.bar("WiSE-FT baselines", sum(len(missing[source]) for source, _ in todo), unit="point") as bar:
         for source, path in todo:
-            finetuned = vanilla["model"] if source == "vanilla-ft" else load_checkpoint(path)["model"]
+            finetuned = vanilla["model"] if source == VANILLA_FT else load_checkpoint(path)["model"]
             for alpha in missing[source]:  # one row at a time: a kill loses at most this point of the curve
                 (row,) = wise_curve(student, zero_shot, finetuned, evaluator, alphas=(alpha,))
                 record({"kind": "wise", "source": source, **row})

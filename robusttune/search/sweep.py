@@ -313,6 +313,18 @@ def _resume(experiment: Path, options: SweepOptions, runner: TrialRunner, stop: 
     return results
 
 
+def confirm_experiment(experiment: Path, space: SearchSpace, space_text: str, cache_dir: Path, *, top: int,
+                       seeds: int, trial_ids: list[str] | None = None, address: str | None = None) -> int:
+    """The confirmation stage of a finished (or interrupted) sweep on its own (``robusttune confirm``): what the
+    records lack, as Ray tasks on ``address`` or a local Ray. Returns the rows written."""
+    from robusttune.search.confirm import run_confirmation, select_trials
+
+    select_trials(space, latest_by_trial(experiment), top=top, trial_ids=trial_ids)  # refuse before Ray starts
+    with StopSignals(experiment) as stop:
+        _init_ray(address, stop)
+        return run_confirmation(experiment, space, space_text, cache_dir, top=top, seeds=seeds, trial_ids=trial_ids)
+
+
 def _restart_unsaved(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner,
                      stop: StopSignals, *, planned: int):
     """The driver died before Ray Tune first saved its state, or a full disk tore it: nothing can be restored, and

@@ -213,6 +213,11 @@ class TrainingRunner:
                                                           [d.value for d in space.objective.directions])]
         log.info("WiSE-FT baselines: zero-shot, vanilla FT and %d Pareto trial(s)", len(front))
         run_baselines(experiment, space_text, self.cache_dir, front, cpu=space.resources.cpu, gpu=space.resources.gpu)
+        if space.confirm is not None and front:  # the space asks for it (and there is a front to confirm)
+            from robusttune.search.confirm import run_confirmation
+
+            run_confirmation(experiment, space, space_text, self.cache_dir, top=space.confirm.top,
+                             seeds=space.confirm.seeds)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "train", "baselines": self.baselines, "heartbeat_seconds": self.heartbeat_seconds}
