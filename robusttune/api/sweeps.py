@@ -29,6 +29,7 @@ class Status:
     trials: list[dict[str, Any]]
     counts: dict[str, int]
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # running trials' latest heartbeats
+    confirmation: dict[str, int] = field(default_factory=dict)  # the confirmation's runs recorded (and failed)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,20 @@ def status(experiment: str | os.PathLike[str]) -> Status:
     running = {r["trial_id"] for r in rows if r["status"] == "running"}
     progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
     return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
-                  status_counts(rows), progress)
+                  status_counts(rows), progress, confirmation_counts(path))
+
+
+def confirmation_counts(experiment: Path) -> dict[str, int]:
+    """The confirmation runs the records hold: ``runs`` with their own point, ``failed`` among them, and
+    ``curve_points`` of their WiSE-FT curves (empty when the experiment has no confirmation)."""
+    from robusttune.experiment import is_confirm_row, read_records
+
+    rows = [r for r in read_records(experiment) if is_confirm_row(r)]
+    if not rows:
+        return {}
+    points = [r for r in rows if r.get("alpha") is None]
+    return {"runs": len(points), "failed": sum(1 for r in points if r.get("status") == "failed"),
+            "curve_points": len(rows) - len(points)}
 
 
 @dataclass(frozen=True)

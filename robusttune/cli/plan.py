@@ -53,7 +53,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         tail = found.tail
         print(f"tail after the trials: {_hours(tail['hours'])} (zero-shot evaluation, vanilla FT "
               f"{tail['vanilla_steps']} steps, WiSE-FT {tail['wise_alphas']} x (1 + {tail['expected_front']:.1f} "
-              f"expected front) = {tail['wise_evaluations']:.0f} full evaluations; no confirmation runs yet)")
+              f"expected front) = {tail['wise_evaluations']:.0f} full evaluations)")
+        confirm = found.confirmation
+        if confirm.get("runs"):
+            print(f"confirmation: {confirm['seeds']} seeds x ({confirm['top']:.0f} configurations + vanilla FT) + zero-shot = "
+                  f"{confirm['runs']:.0f} runs, {confirm['trained_runs']:.0f} trained again, {_hours(confirm['seconds'] / 3600)} "
+                  f"({_hours(confirm['wall_seconds'] / 3600)} wall)")
         write = found.checkpoints["write"]
         print(f"checkpoints: {found.checkpoints['bytes_per_evaluation'] / 2**20:.0f} MiB per evaluation at "
               f"{write['bytes_per_s'] / 2**20:.0f} MiB/s (measured in {write['path']})")

@@ -71,12 +71,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"experiment {found.experiment} (space '{found.space}', {found.planned} trials planned)")
         print(table(found.trials, trial_columns(found.trials, found.parameters)) if found.trials else "(no trial has reported yet)")
         print(", ".join(f"{v} {k}" for k, v in found.counts.items()))
+        if found.confirmation:
+            confirmed = found.confirmation
+            print(f"confirmation: {confirmed['runs']} run(s) recorded ({confirmed['failed']} failed), "
+                  f"{confirmed['curve_points']} WiSE-FT point(s)")
         for trial_id, beat in sorted(found.progress.items()):
             ago = max(0.0, time.time() - float(beat["time"] if beat.get("time") is not None else time.time()))
             print(f"trial {trial_id}: step {beat.get('step')}/{beat.get('total_steps')}, loss {beat.get('loss', float('nan')):.4f}, "
                   f"{beat.get('images_per_s', 0):.0f} img/s, ETA {duration(beat.get('eta_s') or 0)} (heartbeat {ago:.0f} s ago)")
 
-    emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress},
+    emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress,
+          "confirmation": found.confirmation},
          args.json, human)
     return 0
 

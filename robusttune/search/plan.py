@@ -265,6 +265,7 @@ class Plan:
     trial_checkpoint_hours: float = 0.0  # a full-length trial's checkpoint writes
     checkpoints: dict[str, Any] = field(default_factory=dict)
     tail: dict[str, Any] = field(default_factory=dict)  # the baselines and WiSE-FT curves after the trials
+    confirmation: dict[str, Any] = field(default_factory=dict)  # the confirmation stage (none unless the space asks)
     terms: dict[str, float] = field(default_factory=dict)  # the sweep's device-hours by what they pay for
     dominant: str = ""  # the largest term
 
@@ -715,15 +716,18 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
     tail = {"hours": tail_s / 3600, "wall_hours": tail_wall_s / 3600, "tasks": tasks, **tail_parts, "vanilla_steps": vanilla_steps,
             "vanilla_evaluations": vanilla_evaluations, "expected_complete_trials": complete,
             "expected_front": front, "wise_alphas": len(space.baselines.wise_alphas),
-            "wise_evaluations": wise_evaluations, "full_evaluation_images": full_images,
-            "confirmation_s": 0.0, "confirmation": "none (robusttune runs no confirmation stage yet)"}
+            "wise_evaluations": wise_evaluations, "full_evaluation_images": full_images}
+    confirmation = _confirmation(space, complete, front, concurrency, startup=calibration.startup_seconds,
+                                 run_s=train_s + eval_s, vanilla_s=tail_parts["vanilla_train_s"] + tail_parts["vanilla_eval_s"],
+                                 full_eval_s=full_eval_s, write_s=weights / write_rate)
 
     terms_s = {"startup": trials * startup, "train": trials * fraction * train_s, "eval": trials * fraction * eval_s,
                "checkpoints": trials * ranks * (fraction * evaluations * per_evaluation + at_end) / write_rate,
-               "tail": tail_s}
+               "tail": tail_s, "confirm": confirmation["seconds"]}
     terms = {name: seconds / 3600 for name, seconds in terms_s.items()}
     sweep_h = sum(terms.values())
-    wall_h = (sweep_h - terms["tail"]) / (concurrency * ranks) + tail_wall_s / 3600
+    wall_h = ((sweep_h - terms["tail"] - terms["confirm"]) / (concurrency * ranks) + tail_wall_s / 3600
+              + confirmation["wall_seconds"] / 3600)
     kept = {"all": 4 * weights, "best": 2 * weights, "final": weights}[config.checkpoints.value]
     return Plan(
         space.name, trials, concurrency, steps, evaluations, eval_images, trial_s / 3600, sweep_h, wall_h,
@@ -736,4 +740,24 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
         method_steps=method_steps, trial_checkpoint_hours=trial_checkpoint_s / 3600,
         checkpoints={"bytes_per_evaluation": per_evaluation, "bytes_at_end": at_end, "write": storage,
                      "seconds_per_evaluation": per_evaluation / write_rate, "trial_seconds": trial_checkpoint_s},
-        tail=tail, terms=terms, dominant=max(terms, key=terms.get))
+        tail=tail, terms=terms, dominant=max(terms, key=terms.get), confirmation=confirmation)
+
+
+def _confirmation(space: SearchSpace, complete: float, front: float, concurrency: int, *, startup: float, run_s: float,
+                  vanilla_s: float, full_eval_s: float, write_s: float) -> dict[str, Any]:
+    """The confirmation stage's cost (``robusttune.search.confirm``): the top configurations and vanilla FT at seeds
+    1..K-1 trained again (seed 0 is the trial, or the baselines' run), each run with its WiSE-FT curve (seed 0's
+    curves of front trials and vanilla FT are the baselines'), zero-shot evaluated once; one Ray task per run, side by
+    side at the space's concurrency. A data-parallel space's runs train in one process each (device-hours alike)."""
+    if space.confirm is None:
+        return {"seeds": 0, "top": 0, "runs": 0, "trained_runs": 0, "seconds": 0.0, "wall_seconds": 0.0}
+    seeds, top = space.confirm.seeds, min(float(space.confirm.top), max(1.0, complete))
+    alphas = len(space.baselines.wise_alphas)
+    trained = (top + 1) * (seeds - 1)
+    curves = (top + 1) * seeds - (min(top, front) + 1)  # seed 0's curves of front trials and vanilla FT are reused
+    runs = (top + 1) * seeds + 1
+    seconds = (runs * startup + top * (seeds - 1) * run_s + (seeds - 1) * vanilla_s + curves * alphas * full_eval_s
+               + full_eval_s + trained * write_s)
+    longest = startup + max(run_s, vanilla_s) + alphas * full_eval_s
+    return {"seeds": seeds, "top": top, "runs": runs, "trained_runs": trained, "curves": curves, "seconds": seconds,
+            "wall_seconds": max(longest, seconds / max(1, concurrency))}

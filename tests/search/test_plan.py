@@ -309,3 +309,30 @@ def test_data_parallel_trials_are_planned_per_process_in_device_hours(tmp_path, 
     assert found.tail["vanilla_train_s"] == pytest.approx(10 * per_epoch * (0.05 + 0.1 + 0.01 * 512))
     assert found.wall_hours == pytest.approx((found.sweep_hours - found.terms["tail"]) / 16
                                              + found.tail["wall_hours"])
+
+
+def test_the_confirmation_stage_is_planned_run_by_run(tmp_path, monkeypatch):
+    """``confirm: {seeds: 3, top: 5}`` on the paper space (stubbed calibration): 3 x (5 + vanilla FT) + zero-shot
+    runs, (5 + 1) x 2 of them trained again, each with its curve except seed 0's of front trials and vanilla FT."""
+    import robusttune.search.plan as planning
+
+    data = _missing_paper_space(tmp_path).to_dict() | {"confirm": {"seeds": 3, "top": 5}}
+    space = SearchSpace.model_validate(data)
+    mix = planning.method_mix(space)
+    monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: planning.Calibration(
+        "cpu", 2, {name: 2.0 for name in mix} | {"vanilla-all": 0.75}, 1e-3, 5.0, 88_000_000))
+    found = planning.plan(space, tmp_path)
+    plain = planning.plan(_missing_paper_space(tmp_path), tmp_path)
+    confirm = found.confirmation
+    assert confirm["runs"] == 3 * 6 + 1 and confirm["trained_runs"] == 6 * 2
+    front = found.tail["expected_front"]
+    assert confirm["curves"] == pytest.approx(6 * 3 - (min(5, front) + 1))
+    full = 10_000 + 50_000 + 30_000
+    per_epoch = (1_281_167 - 10_000) // 512
+    run_s = 10 * per_epoch * 2.0 + 10 * full * 1e-3  # one trial's training and evaluations
+    vanilla_s = 10 * per_epoch * 0.75 + 10 * full * 1e-3
+    write_s = 4 * 88_000_000 / found.checkpoints["write"]["bytes_per_s"]
+    assert confirm["seconds"] == pytest.approx(19 * 5.0 + 5 * 2 * run_s + 2 * vanilla_s + confirm["curves"] * 11 * full * 1e-3
+                                               + full * 1e-3 + 12 * write_s)
+    assert found.terms["confirm"] == pytest.approx(confirm["seconds"] / 3600) and plain.terms["confirm"] == 0
+    assert found.wall_hours == pytest.approx(plain.wall_hours + confirm["wall_seconds"] / 3600)

@@ -1,0 +1,123 @@
+"""The confirmation stage through the real path: a sweep whose space asks for it, ``robusttune confirm`` on its own,
+its bad inputs, and a kill -9 in the middle of it."""
+
+import json
+from collections import Counter
+
+import pytest
+from helpers import assert_one_line_exit_2, invoke, records, snapshot, tiny_space, write_space
+
+from robusttune.experiment import ExperimentLock, confirm_weights, is_confirm_row
+
+pytestmark = pytest.mark.slow
+
+ALPHAS = [0.0, 1.0]
+
+
+def confirm_rows(experiment):
+    return [r for r in records(experiment, trials_only=False) if is_confirm_row(r)]
+
+
+def confirmed_space(tiny_world_config, **overrides):
+    return tiny_space(tiny_world_config, **{"budget": {"trials": 2, "concurrency": 1},
+                                            "baselines": {"wise_alphas": ALPHAS}, "confirm": {"seeds": 2, "top": 1},
+                                            **overrides})
+
+
+def assert_each_point_once(rows, sources_seeds):
+    """Every (configuration, seed) of ``sources_seeds`` has its own point and its curve, each recorded once."""
+    seen = Counter((r["source"], r["seed"], r["alpha"]) for r in rows)
+    assert all(n == 1 for n in seen.values()), [k for k, n in seen.items() if n > 1]
+    for source, seeds in sources_seeds.items():
+        for seed in seeds:
+            alphas = {None} if source == "zero-shot" else {None, *ALPHAS}
+            assert {a for (s, k, a) in seen if (s, k) == (source, seed)} == alphas, (source, seed)
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir, ray_local):
+    root = tmp_path_factory.mktemp("confirm")
+    result = invoke("sweep", write_space(root / "c.yaml", confirmed_space(tiny_world_config)), "--storage",
+                    root / "runs", "--name", "c", "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "runs" / "c"
+
+
+def test_a_sweep_whose_space_asks_ends_with_its_confirmation(confirmed):
+    rows = confirm_rows(confirmed)
+    trials = {r["source"] for r in rows} - {"vanilla-ft", "zero-shot"}
+    assert len(trials) == 1  # top 1
+    (trial,) = trials
+    assert_each_point_once(rows, {trial: [0, 1], "vanilla-ft": [0, 1], "zero-shot": [0]})
+    # seed 0 of the trial is the trial: its recorded numbers, no retraining; seed 1 trained with the next seed
+    final = next(r for r in records(confirmed) if r.get("trial_id") == trial and r.get("final"))
+    (own,) = [r for r in rows if r["source"] == trial and r["seed"] == 0 and r["alpha"] is None]
+    assert own["id_acc"] == final["id_acc"] and own["ood_mean"] == final["ood_mean"]
+    (other,) = [r for r in rows if r["source"] == trial and r["seed"] == 1 and r["alpha"] is None]
+    assert other["config"]["seed"] == final["config"]["seed"] + 1 and other["config_key"] == own["config_key"]
+    assert not confirm_weights(confirmed, own["config_key"], 0).exists() and confirm_weights(confirmed, own["config_key"], 1).is_file()
+    assert all(r["eval_images"]["id_acc"] > 0 for r in rows)
+
+
+def test_confirm_on_its_own_adds_only_what_is_missing(confirmed, cache_dir):
+    again = invoke("confirm", confirmed, "--json", cache_dir=cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    payload = json.loads(again.stdout.strip().splitlines()[-1])
+    assert payload["written"] == 0  # nothing computed twice
+    more = invoke("confirm", confirmed, "--seeds", "3", "--json", cache_dir=cache_dir)
+    assert more.returncode == 0, more.stderr[-3000:]
+    payload = json.loads(more.stdout.strip().splitlines()[-1])
+    rows = confirm_rows(confirmed)
+    trial = next(r["source"] for r in rows if r["source"] not in ("vanilla-ft", "zero-shot"))
+    assert payload["written"] == 2 * (1 + len(ALPHAS))  # seed 2 of the trial and of vanilla FT
+    assert_each_point_once(rows, {trial: [0, 1, 2], "vanilla-ft": [0, 1, 2], "zero-shot": [0]})
+    verdicts = {v["source"]: v for v in payload["verdicts"]}
+    assert verdicts[trial]["seeds"] == 3 and verdicts["vanilla-ft"]["seeds"] == 3
+    assert verdicts[trial]["delta_ood_verdict"] in ("better", "worse", "indistinguishable",
+                                                     "outside vanilla FT's WiSE-FT range")
+    assert len(payload["sentences"]) == len(payload["verdicts"])
+
+
+def test_confirm_refuses_bad_input_and_changes_nothing(confirmed, tmp_path, cache_dir, tiny_world_config):
+    before = snapshot(confirmed)
+    for args, said in [(["--seeds", "0"], "--seeds must be >= 1, got 0"), (["--top", "0"], "--top must be >= 1, got 0"),
+                       (["--trials", "nope,other"], "not a complete trial of this experiment: nope, other")]:
+        assert_one_line_exit_2(invoke("confirm", confirmed, *args, cache_dir=cache_dir), said)
+    with ExperimentLock(confirmed, "another robusttune"):
+        assert_one_line_exit_2(invoke("confirm", confirmed, cache_dir=cache_dir), "another robusttune")
+    assert snapshot(confirmed) == before
+    # an experiment with no complete trial (the records hold a failed one only)
+    empty = tmp_path / "runs" / "none"
+    from robusttune.experiment import append_record, write_manifest
+    from robusttune.space import load_space
+
+    space, text = load_space(str(write_space(tmp_path / "n.yaml", confirmed_space(tiny_world_config))))
+    empty.mkdir(parents=True)
+    write_manifest(empty, space, text, seed=0, trials=2, concurrency=1, runner={"kind": "train"})
+    append_record(empty, {"trial_id": "t1", "status": "failed", "step": 2, "final": True, "failure": "non-finite loss"})
+    before = snapshot(empty)
+    assert_one_line_exit_2(invoke("confirm", empty, cache_dir=cache_dir), "no complete trial to confirm")
+    assert snapshot(empty) == before
+
+
+def test_kill_9_during_the_confirmation_then_resume_records_every_run_once(tmp_path, tiny_world_config, tiny_prepared,
+                                                                          cache_dir, kill_9_when, ray_local):
+    import os
+
+    space = confirmed_space(tiny_world_config, confirm={"seeds": 3, "top": 1})
+    experiment = tmp_path / "runs" / "k"
+    env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
+
+    def confirming() -> bool:
+        return (experiment / "records.jsonl").exists() and bool(confirm_rows(experiment))
+
+    kill_9_when(["sweep", write_space(tmp_path / "k.yaml", space), "--storage", tmp_path / "runs", "--name", "k"], env,
+                confirming, timeout=300, never="the sweep never reached its confirmation")
+    before = confirm_rows(experiment)
+    assert len(before) < 2 * 3 * (1 + len(ALPHAS)) + 1, "the kill came after the confirmation ended"
+    result = invoke("resume", experiment, "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = confirm_rows(experiment)
+    assert rows[:len(before)] == before  # nothing recorded was lost or rewritten
+    trial = next(r["source"] for r in rows if r["source"] not in ("vanilla-ft", "zero-shot"))
+    assert_each_point_once(rows, {trial: [0, 1, 2], "vanilla-ft": [0, 1, 2], "zero-shot": [0]})
