@@ -11,6 +11,7 @@ import pandas as pd
 
 from robusttune import pareto
 from robusttune.cache import atomic_write
+from robusttune.experiment import VANILLA_FT, ZERO_SHOT
 from robusttune.metrics import ID_TEST, OOD_MEAN, is_ood_set
 
 REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
@@ -61,9 +62,24 @@ def _logit(values):
     return np.log(clipped / (1 - clipped))
 
 
+def confirmed_crosses(confirmed: dict | None, x: str, y: str) -> list[dict[str, float | str]]:
+    """The confirmed configurations (not the references) as crosses: the seed means and their 95% intervals."""
+    crosses = []
+    for row in (confirmed or {}).get("verdicts", []):
+        if row["source"] in (VANILLA_FT, ZERO_SHOT) or pd.isna(row.get(f"{x}_mean")) or pd.isna(row.get(f"{y}_mean")):
+            continue
+        half = {axis: (row[f"{axis}_high"] - row[f"{axis}_low"]) / 2 if not pd.isna(row.get(f"{axis}_low")) else 0.0
+                for axis in (x, y)}
+        crosses.append({"source": row["source"], "x": row[f"{x}_mean"], "y": row[f"{y}_mean"], "dx": half[x],
+                        "dy": half[y], "verdict": row.get("delta_ood_verdict") or ""})
+    return crosses
+
+
 def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = ID_TEST, y: str = OOD_MEAN, title: str = "",
-               refs: pd.DataFrame | None = None, logit: bool = False) -> Path:
-    """With ``logit``, both axes are logit-scaled (as in the WiSE-FT paper), labelled in %."""
+               refs: pd.DataFrame | None = None, logit: bool = False, confirmed: dict | None = None) -> Path:
+    """With ``logit``, both axes are logit-scaled (as in the WiSE-FT paper), labelled in %. ``confirmed`` (the
+    report's confirmation) adds, on the first panel, each confirmed configuration as a cross of its 95% intervals
+    and vanilla FT's WiSE-FT curve as a band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,6 +120,16 @@ def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = ID_TEST, y: str = OO
             ax.scatter(k * zero_shot[x], k * zero_shot[metric], marker="*", s=220, c="gold", edgecolors="black", label="zero-shot", zorder=5)
         if vanilla is not None:
             ax.scatter(k * vanilla[x], k * vanilla[metric], marker="D", s=80, c="black", label="vanilla FT", zorder=5)
+        if metric == y and confirmed:
+            band = [b for b in confirmed.get("band", []) if not pd.isna(b["low"])]
+            if band:
+                ax.fill_between([k * b[x] for b in band], [k * b["low"] for b in band], [k * b["high"] for b in band],
+                                color="#9467bd", alpha=0.18, lw=0, label="vanilla FT's WiSE-FT, 95% band over seeds")
+            for cross in confirmed_crosses(confirmed, x, y):
+                ax.errorbar(k * cross["x"], k * cross["y"], xerr=k * cross["dx"], yerr=k * cross["dy"], fmt="s",
+                            color="#d62728", ms=5, capsize=3, lw=1.2,
+                            label=None if "confirmed" in seen else "confirmed (seed mean, 95% interval)")
+                seen.add("confirmed")
         ax.set_xlabel(f"{x} (%)")
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
@@ -134,7 +160,8 @@ def hypervolume_png(curve: list[float], path: Path) -> Path:
     return path
 
 
-def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | None = None, logit: bool = False):
+def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | None = None, logit: bool = False,
+                  confirmed: dict | None = None):
     import plotly.graph_objects as go
 
     def t(values):  # percent, or logit of the fraction with ticks labelled in percent
@@ -166,6 +193,19 @@ def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | N
                                  text=[f"alpha {a:.1f}" for a in curve["alpha"]], hoverinfo="text+x+y",
                                  line={"color": "#9467bd" if main else "#c5b0d5", "width": 2 if main else 1, "dash": "solid" if main else "dash"},
                                  marker={"size": 4}, showlegend=main or source == next(iter(curves))))
+    band = [b for b in (confirmed or {}).get("band", []) if not pd.isna(b["low"])]
+    if band and not logit:
+        fig.add_trace(go.Scatter(x=t([b[x] for b in band] + [b[x] for b in reversed(band)]),
+                                 y=t([b["high"] for b in band] + [b["low"] for b in reversed(band)]), fill="toself",
+                                 mode="lines", line={"width": 0}, fillcolor="rgba(148,103,189,0.18)",
+                                 name="vanilla FT's WiSE-FT, 95% band over seeds", hoverinfo="skip"))
+    crosses = confirmed_crosses(confirmed, x, y)
+    if crosses and not logit:
+        fig.add_trace(go.Scatter(x=t([c["x"] for c in crosses]), y=t([c["y"] for c in crosses]), mode="markers",
+                                 name="confirmed (seed mean, 95% interval)", text=[f"{c['source']}: {c['verdict']}" for c in crosses],
+                                 hoverinfo="text+x+y", marker={"symbol": "square", "size": 8, "color": "#d62728"},
+                                 error_x={"type": "data", "array": [100 * c["dx"] for c in crosses]},
+                                 error_y={"type": "data", "array": [100 * c["dy"] for c in crosses]}))
     if zero_shot is not None:
         fig.add_trace(go.Scatter(x=t([zero_shot[x]]), y=t([zero_shot[y]]), mode="markers", name="zero-shot",
                                  marker={"symbol": "star", "size": 16, "color": "gold", "line": {"color": "black", "width": 1}}))

@@ -18,7 +18,7 @@ from robusttune.cache import atomic_write_text
 from robusttune.metrics import ID_TEST, ID_VAL, OBJECTIVE, OOD_MEAN, is_ood_set
 
 from robusttune import pareto
-from robusttune.analysis import effects, figures, results
+from robusttune.analysis import effects, figures, results, stats
 
 FORMATS = ("html", "png", "csv")
 
@@ -129,10 +129,15 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     times = [r.get("time") for r in results._rows(experiment) if r.get("time")]
     summary = summarise(frame, (min(times), max(times)) if times else None, refs=refs)
     front = figures.front_points(frame, ID_TEST, OOD_MEAN) if summary.get("front_size") else frame.iloc[0:0]
+    confirmed = confirmation(experiment, front)
+    if confirmed:
+        summary["confirmation"] = confirmed
     written: dict[str, str] = {}
     if "csv" in formats:
         written["trials.csv"] = str(results.export(frame, out / "trials.csv"))
         written["front.csv"] = str(results.export(front, out / "front.csv"))
+        if confirmed:
+            written["confirm.csv"] = str(results.export(stats.verdict_frame(confirmed["verdicts"]), out / "confirm.csv"))
     curve = summary.get("hypervolume_over_trials", [])
     params = results.parameters(frame) if not frame.empty else []
     effects_path = None
@@ -140,7 +145,7 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
         effects_path = effects.effects_png(frame, params, out / "effects.png")
     if "png" in formats and not frame.empty:
         written["pareto.png"] = str(figures.pareto_png(frame, out / "pareto.png", title=experiment.name, refs=refs,
-                                                                 logit=logit_axes))
+                                                       logit=logit_axes, confirmed=confirmed))
         written["hypervolume.png"] = str(figures.hypervolume_png(curve, out / "hypervolume.png"))
         if effects_path:
             written["effects.png"] = str(effects_path)
@@ -155,6 +160,46 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     summary["files"] = written
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def confirmation(experiment: Path, front: pd.DataFrame) -> dict[str, Any]:
+    """The confirmation's verdicts for the report (empty without one): the rows, a sentence each, vanilla FT's
+    WiSE-FT band over seeds, and how many single-seed front trials were confirmed."""
+    rows = stats.verdicts(experiment)
+    if not rows:
+        return {}
+    confirmed = {r["source"] for r in rows}
+    return {"verdicts": rows, "sentences": [stats.sentence(r) for r in rows], "band": stats.curve_band(experiment),
+            "front_confirmed": int(sum(t in confirmed for t in front["trial_id"])) if not front.empty else 0,
+            "interval": "95% Student-t intervals over seeds; gaps paired by seed against vanilla FT's WiSE-FT curve "
+                        f"at equal ID ({ID_TEST})"}
+
+
+VERDICT_TABLE = (("source", "configuration"), ("seeds", "seeds"), (f"{ID_TEST}_mean", "ID"), (f"{OOD_MEAN}_mean", "OOD mean"),
+                 ("delta_ood_mean", "ΔOOD vs WiSE-FT at equal ID"), ("delta_ood_own_wise_mean", "own WiSE-FT's best ΔOOD"),
+                 ("delta_ood_verdict", "verdict"))
+
+
+def _verdict_html(confirmed: dict[str, Any]) -> str:
+    """The verdict table (each figure with its interval) and one sentence per row."""
+    def cell(row: dict[str, Any], key: str) -> str:
+        value = row.get(key)
+        if key.endswith("_mean") and isinstance(value, float):
+            stem = key[: -len("_mean")]
+            low, high = row.get(f"{stem}_low"), row.get(f"{stem}_high")
+            shown = f"{100 * value:+.2f}" if stem.startswith("delta_") else f"{100 * value:.1f}"
+            if isinstance(low, float) and isinstance(high, float) and not pd.isna(low):
+                shown += f" [{100 * low:.2f}, {100 * high:.2f}]"
+            return "" if pd.isna(value) else shown
+        return "" if value is None else str(value)
+
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in VERDICT_TABLE)
+    body = "".join("<tr>" + "".join(f'<td data-key="{key}">{html.escape(cell(row, key))}</td>' for key, _ in VERDICT_TABLE)
+                   + "</tr>" for row in confirmed["verdicts"])
+    sentences = "".join(f"<li>{html.escape(s)}</li>" for s in confirmed["sentences"])
+    return (f'<h2>Verdict: confirmed configurations against WiSE-FT at equal ID</h2><table class="verdict"><tr>{head}</tr>'
+            f'{body}</table><ul class="sentences">{sentences}</ul><p class="note">Accuracies in %, gaps in points; '
+            f'{html.escape(confirmed["interval"])}. "better" or "worse" only when the gap\'s interval excludes 0.</p>')
 
 
 def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float],
@@ -176,6 +221,9 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         cards.append(("wall time (s)", f"{summary['wall_seconds']:.0f}"))
     card_html = "".join(f'<div class="card" data-key="{html.escape(k)}">{html.escape(k)}<b>{html.escape(v)}</b></div>' for k, v in cards)
     parts = [f"<h1>robusttune report: {html.escape(experiment.name)}</h1>", f'<div class="cards">{card_html}</div>']
+    confirmed = summary.get("confirmation")
+    if confirmed:  # the report leads with the verdict
+        parts.append(_verdict_html(confirmed))
     if "reference_point" in summary:
         ref = summary["reference_point"]
         parts.append(f'<p class="note">Hypervolume over ({ID_TEST}, {OOD_MEAN}) with reference point ({_pct(ref[ID_TEST])}, '
@@ -186,7 +234,7 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         parts.append(f'<p class="note">Zero-shot: ID {_pct(zs[ID_TEST])}, OOD mean {_pct(zs[OOD_MEAN])}. Vanilla fine-tuning: '
                      f'ID {_pct(ft[ID_TEST])}, OOD mean {_pct(ft[OOD_MEAN])}. "above WiSE-FT" is how far a trial\'s OOD mean lies '
                      f'above the WiSE-FT curve of vanilla FT at the same ID accuracy (points, blank outside the curve\'s ID range).</p>')
-    parts.append("<h2>Pareto-optimal trials</h2>")
+    parts.append("<h2>Pareto-optimal trials" + (" (single seed, unconfirmed)" if confirmed else "") + "</h2>")
     if not front.empty:
         margins = summary.get("margin_over_wise", {})
         shown = front.assign(above_wise=[margins.get(t) for t in front["trial_id"]])
@@ -198,7 +246,8 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
         parts.append("<h2>ID vs OOD</h2>")
         oods = [OOD_MEAN, *(c for c in metrics if is_ood_set(c))] if OOD_MEAN in metrics else []
         for metric in oods:
-            figs.append(figures.pareto_plotly(frame, x=ID_TEST, y=metric, refs=refs, logit=logit_axes))
+            figs.append(figures.pareto_plotly(frame, x=ID_TEST, y=metric, refs=refs, logit=logit_axes,
+                                              confirmed=confirmed if metric == OOD_MEAN else None))
             parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))
         if curve:
             figs.append(figures.hypervolume_plotly(curve))

@@ -191,3 +191,35 @@ def sentence(row: dict[str, Any]) -> str:
     return base + f"; {said} WiSE-FT at equal ID: ΔOOD {gap}" + (
         f" (its own WiSE-FT's best point: {pts(row['delta_ood_own_wise_mean'])})"
         if _finite(row.get("delta_ood_own_wise_mean")) else "") + "."
+
+
+def curve_band(experiment: str | Path, source: str = VANILLA, x: str = ID_TEST, y: str = OOD_MEAN) -> list[dict[str, float]]:
+    """A confirmed configuration's WiSE-FT curve over seeds, per alpha: the mean ID and OOD and the OOD's 95%
+    t interval (the band the report draws for vanilla FT)."""
+    by_alpha: dict[float, list[tuple[float, float]]] = {}
+    for row in confirm_rows(experiment):
+        if row["source"] == source and row.get("alpha") is not None and x in row and y in row:
+            by_alpha.setdefault(float(row["alpha"]), []).append((float(row[x]), float(row[y])))
+    band = []
+    for alpha in sorted(by_alpha):
+        xs, ys = zip(*by_alpha[alpha])
+        interval = seed_interval(list(ys))
+        band.append({"alpha": alpha, x: float(np.mean(xs)), y: interval.mean, "low": interval.low, "high": interval.high,
+                     "seeds": interval.n})
+    return band
+
+
+CSV_COLUMNS = ("source", "config_key", "seeds", "failed_seeds")
+
+
+def verdict_frame(rows: list[dict[str, Any]]):
+    """The verdict rows as ``report/confirm.csv`` holds them: one row per configuration, for each metric its mean and
+    the interval's bounds, then the gaps and the verdicts."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    metric_parts = sorted(c for c in frame.columns if c.endswith(("_mean", "_low", "_high")) and not c.startswith("delta_"))
+    gaps = [c for c in frame.columns if c.startswith("delta_")]
+    return frame[[*[c for c in CSV_COLUMNS if c in frame], *metric_parts, *gaps]]

@@ -128,3 +128,35 @@ def test_logit_axes_option(tmp_path):
     ticks = dict(zip(fig.layout.xaxis.ticktext, fig.layout.xaxis.tickvals))
     assert ticks["90"] == pytest.approx(math.log(0.9 / 0.1))  # the 90% tick sits at logit(0.9)
     assert (tmp_path / "logit" / "pareto.png").is_file() and not (tmp_path / "logit" / "trials.csv").exists()
+
+
+def test_a_confirmed_experiment_leads_with_its_verdict_and_its_files_agree(tmp_path):
+    """Planted confirmation rows (``tests/analysis/test_stats.py``'s): the HTML opens with the verdict table, whose
+    figures are confirm.csv's; the single-seed front is labelled so; the PNG draws the crosses."""
+    import html as html_lib
+    import re
+
+    from test_stats import plant, vanilla_curve
+
+    from robusttune.analysis import stats
+    from robusttune.analysis.report import write_report
+
+    experiment = make_experiment(tmp_path)
+    for seed in range(3):
+        curve = vanilla_curve(seed)
+        plant(experiment, "vanilla-ft", "v", seed, curve[-1][1], curve)
+        plant(experiment, "t000", "a", seed, (0.7, stats.curve_at([p for _, p in curve], 0.7) + 0.03 + 0.001 * seed), curve)
+    summary = write_report(experiment)
+    out = experiment / "report"
+    assert {"confirm.csv", "pareto.png", "index.html"} <= {p.name for p in out.iterdir()}
+    page = (out / "index.html").read_text()
+    assert page.index("Verdict: confirmed configurations") < page.index("Pareto-optimal trials (single seed, unconfirmed)")
+    table = pd.read_csv(out / "confirm.csv")
+    assert list(table["source"]) == [r["source"] for r in summary["confirmation"]["verdicts"]]
+    row = table[table["source"] == "t000"].iloc[0]
+    assert row["delta_ood_verdict"] == "better" and row["seeds"] == 3
+    assert re.findall(r'<td data-key="source">([^<]*)</td>', page)[0] == "t000"  # best gap first, as in the CSV
+    shown = html_lib.unescape(re.findall(r'<td data-key="delta_ood_mean">([^<]*)</td>', page)[0])
+    assert shown.startswith(f"{100 * row['delta_ood_mean']:+.2f} [{100 * row['delta_ood_low']:.2f}, ")
+    assert "better than WiSE-FT at equal ID" in page and "95% Student-t intervals over seeds" in page
+    assert {"ood_mean_mean", "ood_mean_low", "ood_mean_high", "id_acc_mean", "delta_ood_low"} <= set(table.columns)
