@@ -43,10 +43,13 @@ class SweepResult:
     seconds: float
     trials: list[dict[str, Any]] = field(default_factory=list)
     trackers: dict[str, str] = field(default_factory=dict)  # each experiment tracker's logs: where they are
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # the confirmation's, when the space asks for one
+    sentences: list[str] = field(default_factory=list)  # one per verdict, for readers
 
     def to_dict(self) -> dict[str, Any]:
         return {"experiment": str(self.experiment), "counts": self.counts, "pareto": self.pareto,
-                "seconds": self.seconds, "trackers": self.trackers}
+                "seconds": self.seconds, "trackers": self.trackers, "verdicts": self.verdicts,
+                "sentences": self.sentences}
 
 
 def _runner_for(manifest: Mapping[str, Any], cache: Path):
@@ -72,8 +75,16 @@ def _finished(experiment: Path, space: SearchSpace, seconds: float) -> SweepResu
                           [d.value for d in space.objective.directions])
     shown = {r["trial_id"]: r for r in rows}
     trackers = tracker_places(read_manifest(experiment).get("loggers", []), experiment)
+    verdicts, sentences = _verdicts(experiment)
     return SweepResult(experiment, space, status_counts(rows), [shown[r["trial_id"]] for r in front],
-                       round(seconds, 1), rows, trackers)
+                       round(seconds, 1), rows, trackers, verdicts, sentences)
+
+
+def _verdicts(experiment: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    from robusttune.analysis.stats import sentence, verdicts
+
+    rows = verdicts(experiment)
+    return rows, [sentence(r) for r in rows]
 
 
 def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "runs", name: str | None = None,
@@ -228,7 +239,6 @@ def confirm(experiment: str | os.PathLike[str], *, seeds: int | None = None, top
     seeds each (defaults: the space's ``confirm`` key, else 3 and 5), each with its WiSE-FT curve, as Ray tasks;
     then the verdicts against vanilla FT's WiSE-FT at equal ID. Resumable: what the records hold is not redone.
     Refuses while another process runs the experiment."""
-    from robusttune.analysis.stats import sentence, verdicts
     from robusttune.search.sweep import confirm_experiment
     from robusttune.space import Confirm
 
@@ -241,5 +251,5 @@ def confirm(experiment: str | os.PathLike[str], *, seeds: int | None = None, top
     with ExperimentLock(path, f"robusttune confirm {experiment}"):
         written = confirm_experiment(path, space, text, cache_directory(cache_dir), top=top, seeds=seeds,
                                      trial_ids=list(trials) if trials else None, address=address)
-    rows = verdicts(path)
-    return ConfirmResult(path, written, rows, [sentence(r) for r in rows], round(time.perf_counter() - started, 1))
+    rows, sentences = _verdicts(path)
+    return ConfirmResult(path, written, rows, sentences, round(time.perf_counter() - started, 1))

@@ -18,6 +18,10 @@ def _print_result(result, args: argparse.Namespace) -> int:
               else "(no complete trial yet)")
         counts = result.counts
         print(f"\n{sum(counts.values())} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) in {result.seconds:.0f} s")
+        if result.sentences:
+            print("\nConfirmation (accuracies in %, 95% Student-t intervals over seeds, gaps paired by seed):")
+            for line in result.sentences:
+                print(f"- {line}")
         print(f"experiment: {result.experiment}   (status: robusttune status {result.experiment})")
         for name, place in result.trackers.items():
             print(f"{name} logs: {place}")

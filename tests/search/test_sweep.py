@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import invoke, records, tiny_space, write_space
+from helpers import assert_one_line_exit_2, invoke, records, tiny_space, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -131,10 +131,13 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path, tiny_world_config, t
 
 def test_resume_refuses_what_it_cannot_restore(tmp_path, cache_dir):
     (tmp_path / "exp").mkdir()
-    (tmp_path / "exp" / "manifest.json").write_text("{}")
+    (tmp_path / "exp" / "manifest.json").write_text('{"runner": {"kind": "train"}}')
     (tmp_path / "exp" / "space.yaml").write_text("name: x\n")
     result = invoke("resume", tmp_path / "exp", cache_dir=cache_dir)
     assert result.returncode == 1 and "no restorable Ray Tune state" in result.stderr
+    (tmp_path / "exp" / "manifest.json").write_text("{}")  # a manifest that says nothing of how its trials ran
+    result = invoke("resume", tmp_path / "exp", cache_dir=cache_dir)
+    assert_one_line_exit_2(result, "manifest names no trial runner robusttune knows")
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["manifest.json", "space.yaml"]
 
 
