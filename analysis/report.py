@@ -129,6 +129,9 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     times = [r.get("time") for r in results._rows(experiment) if r.get("time")]
     summary = summarise(frame, (min(times), max(times)) if times else None, refs=refs)
     front = figures.front_points(frame, ID_TEST, OOD_MEAN) if summary.get("front_size") else frame.iloc[0:0]
+    if not front.empty:
+        latest = {row["trial_id"]: row for row in results._rows(experiment) if row.get("final") and "trial_id" in row}
+        summary["front_ties"] = stats.ties([latest[t] for t in front["trial_id"] if t in latest], [ID_TEST, OOD_MEAN])
     confirmed = confirmation(experiment, front)
     if confirmed:
         summary["confirmation"] = confirmed
@@ -237,8 +240,16 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     parts.append("<h2>Pareto-optimal trials" + (" (single seed, unconfirmed)" if confirmed else "") + "</h2>")
     if not front.empty:
         margins = summary.get("margin_over_wise", {})
-        shown = front.assign(above_wise=[margins.get(t) for t in front["trial_id"]])
-        parts.append(_table_html(shown, ["trial_id", *metrics, *(["above_wise"] if margins else []), *params], percent=percent | {"above_wise"}))
+        tied = summary.get("front_ties", {})
+        shown = front.assign(above_wise=[margins.get(t) for t in front["trial_id"]],
+                             tied_with=[", ".join(tied.get(t, [])) for t in front["trial_id"]])
+        parts.append(_table_html(shown, ["trial_id", *metrics, *(["above_wise"] if margins else []),
+                                         *(["tied_with"] if any(tied.values()) else []), *params],
+                                 percent=percent | {"above_wise"}))
+        if any(tied.values()):
+            parts.append('<p class="note">tied_with: front trials within this trial\'s 95% evaluation intervals on both '
+                         f'axes ({ID_TEST}, {OOD_MEAN}; Wilson for an accuracy, the normal interval of a mean of sets for '
+                         f'{OOD_MEAN}): the noise of one evaluation cannot order them.</p>')
     else:
         parts.append("<p>No complete trial yet.</p>")
     figs = []

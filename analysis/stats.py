@@ -223,3 +223,34 @@ def verdict_frame(rows: list[dict[str, Any]]):
     metric_parts = sorted(c for c in frame.columns if c.endswith(("_mean", "_low", "_high")) and not c.startswith("delta_"))
     gaps = [c for c in frame.columns if c.startswith("delta_")]
     return frame[[*[c for c in CSV_COLUMNS if c in frame], *metric_parts, *gaps]]
+
+
+def half_width(row: dict[str, Any], metric: str, level: float = LEVEL) -> float | None:
+    """Half the 95% interval of one evaluated accuracy: Wilson's from its image count, or, for ``ood_mean`` (the mean
+    of K sets' accuracies), the normal interval of a mean of independent binomials (var = sum p(1-p)/n / K^2)."""
+    from scipy import stats
+
+    sizes = row.get("eval_images") or {}
+    if metric in sizes and sizes[metric] and isinstance(row.get(metric), int | float):
+        low, high = wilson(float(row[metric]), int(sizes[metric]), level)
+        return (high - low) / 2
+    if metric == OOD_MEAN:
+        from robusttune.metrics import is_ood_set
+
+        parts = [(float(row[m]), int(n)) for m, n in sizes.items() if is_ood_set(m) and n and isinstance(row.get(m), int | float)]
+        if parts:
+            variance = sum(p * (1 - p) / n for p, n in parts) / len(parts) ** 2
+            return float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(variance)
+    return None
+
+
+def ties(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> dict[str, list[str]]:
+    """Front points the evaluation's noise cannot order: for each row (by ``trial_id``), the other rows that lie within
+    its 95% interval on every axis (an empty list: distinguishable from all the others)."""
+    widths = {r["trial_id"]: [half_width(r, a) for a in axes] for r in rows}
+    tied: dict[str, list[str]] = {}
+    for r in rows:
+        mine = widths[r["trial_id"]]
+        tied[r["trial_id"]] = [o["trial_id"] for o in rows if o is not r and all(
+            w is not None and abs(float(o[a]) - float(r[a])) <= w for a, w in zip(axes, mine))]
+    return tied

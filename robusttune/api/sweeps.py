@@ -30,6 +30,7 @@ class Status:
     counts: dict[str, int]
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # running trials' latest heartbeats
     confirmation: dict[str, int] = field(default_factory=dict)  # the confirmation's runs recorded (and failed)
+    ties: dict[str, list[str]] = field(default_factory=dict)  # front trials within each other's evaluation noise
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,21 @@ def status(experiment: str | os.PathLike[str]) -> Status:
     running = {r["trial_id"] for r in rows if r["status"] == "running"}
     progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
     return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
-                  status_counts(rows), progress, confirmation_counts(path))
+                  status_counts(rows), progress, confirmation_counts(path), front_ties(path))
+
+
+def front_ties(experiment: Path) -> dict[str, list[str]]:
+    """The front's trials on the space's objective, each with the others it is tied with: within the 95% interval
+    of its own evaluation (``robusttune.analysis.stats.ties``) on every objective."""
+    from robusttune.analysis.stats import ties
+
+    try:
+        space, _ = load_frozen_space(experiment)
+    except Exception:  # a status must work on a half-written experiment too: no space, no front
+        return {}
+    metrics = list(space.objective.metrics)
+    front = pareto_trials(latest_by_trial(experiment), metrics, [d.value for d in space.objective.directions])
+    return ties(front, metrics) if len(front) > 1 else {}
 
 
 def confirmation_counts(experiment: Path) -> dict[str, int]:

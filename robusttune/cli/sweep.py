@@ -75,6 +75,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"experiment {found.experiment} (space '{found.space}', {found.planned} trials planned)")
         print(table(found.trials, trial_columns(found.trials, found.parameters)) if found.trials else "(no trial has reported yet)")
         print(", ".join(f"{v} {k}" for k, v in found.counts.items()))
+        tied = sorted({tuple(sorted([t, *others])) for t, others in found.ties.items() if others})
+        if tied:
+            print("front trials the evaluation's noise cannot order (within each other's 95% intervals): "
+                  + "; ".join(" ~ ".join(group) for group in tied))
         if found.confirmation:
             confirmed = found.confirmation
             print(f"confirmation: {confirmed['runs']} run(s) recorded ({confirmed['failed']} failed), "
@@ -85,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{beat.get('images_per_s', 0):.0f} img/s, ETA {duration(beat.get('eta_s') or 0)} (heartbeat {ago:.0f} s ago)")
 
     emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress,
-          "confirmation": found.confirmation},
+          "confirmation": found.confirmation, "ties": found.ties},
          args.json, human)
     return 0
 

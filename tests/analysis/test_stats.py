@@ -86,3 +86,20 @@ def test_verdicts_on_planted_records(tmp_path):
     assert "outside vanilla FT's WiSE-FT curve" in stats.sentence(rows["t-out"])
     order = [r["source"] for r in stats.verdicts(experiment)]
     assert order.index("t-gain") < order.index("t-same") < order.index("t-loss")  # best gap first
+
+
+def test_front_points_within_each_others_noise_are_tied():
+    """On 200 validation images one image is 0.5 points: two trials one image apart are tied; one 5 points away is not."""
+    sizes = {"id_val_acc": 200, "ood_a": 1000, "ood_b": 1000}
+
+    def row(trial, val, ood):
+        return {"trial_id": trial, "id_val_acc": val, "ood_a": ood, "ood_b": ood, "ood_mean": ood, "eval_images": sizes}
+
+    rows = [row("a", 0.900, 0.700), row("b", 0.895, 0.703), row("c", 0.850, 0.760)]
+    found = stats.ties(rows, ["id_val_acc", "ood_mean"])
+    assert found == {"a": ["b"], "b": ["a"], "c": []}
+    # the mean of two sets of 1,000: its half-width is the normal one of a mean of binomials
+    expected = scipy_stats.norm.ppf(0.975) * math.sqrt(2 * 0.7 * 0.3 / 1000) / 2
+    assert stats.half_width(rows[0], "ood_mean") == pytest.approx(expected)
+    assert stats.half_width(rows[0], "id_val_acc") == pytest.approx(
+        (stats.wilson(0.9, 200)[1] - stats.wilson(0.9, 200)[0]) / 2)
