@@ -129,7 +129,6 @@ def test_cli_level_bad_inputs(tmp_path, cache_dir):
         (["sweep", "dmeo"], "(did you mean 'demo'?)"),
         (["sweep", "demo", "--trials", "0"], "--trials must be >= 1"),
         (["sweep", "demo", "--concurrency", "-2"], "--concurrency must be >= 1"),
-        (["sweep", "demo", "--name", "../escape"], "experiment name must be a plain folder name"),
         (["status", tmp_path / "missing"], "experiment directory not found"),
         (["status", tmp_path / "notexp"], "not a robusttune experiment"),
         (["resume", tmp_path / "missing"], "experiment directory not found"),
