@@ -220,9 +220,21 @@ def run_confirmation(experiment: Path, space: SearchSpace, space_text: str, cach
              len(todo))
     cpu, gpu = space.resources.cpu, space.resources.gpu
     jobs = [(str(experiment.resolve()), space_text, str(cache_dir), r.to_dict(), max(1, int(cpu))) for r in todo]
-    if use_ray and jobs:
+    from robusttune import progress
+
+    with progress.bar("confirmation", len(jobs), unit="run") as bar:  # the command line's view (none under --json)
+        if not (use_ray and jobs):
+            written = 0
+            for job in jobs:
+                written += confirm_one(*job)
+                bar.update(1)
+            return written
         import ray
 
         task = ray.remote(num_cpus=cpu, num_gpus=gpu, max_retries=0)(confirm_one)
-        return sum(int(n) for n in ray.get([task.remote(*job) for job in jobs]))
-    return sum(confirm_one(*job) for job in jobs)
+        pending, written = [task.remote(*job) for job in jobs], 0
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            written += int(ray.get(done[0]))
+            bar.update(1)
+        return written
