@@ -87,20 +87,26 @@ def plan_runs(space: SearchSpace, latest: dict[str, dict[str, Any]], trial_ids: 
     return [*runs, ConfirmRun(ZERO_SHOT, {**vanilla, "steps": 0}, 0)]
 
 
-def recorded(experiment: Path) -> dict[tuple[str, int], set[float | None]]:
-    """``(config_key, seed)`` -> the alphas (None: the run's own weights) already in the records."""
-    done: dict[tuple[str, int], set[float | None]] = {}
+FAILED = "failed"  # in ``recorded``: the run failed (it is not run again)
+
+
+def recorded(experiment: Path) -> dict[tuple[str, int], set[float | str | None]]:
+    """``(config_key, seed)`` -> the alphas (None: the run's own weights; ``FAILED``: it failed) in the records."""
+    done: dict[tuple[str, int], set[float | str | None]] = {}
     for row in read_records(experiment):
         if is_confirm_row(row):
             alpha = row.get("alpha")
-            done.setdefault((row["config_key"], int(row["seed"])), set()).add(
-                None if alpha is None else round(float(alpha), 6))
+            done.setdefault((row["config_key"], int(row["seed"])), set()).update(
+                [None if alpha is None else round(float(alpha), 6), *([FAILED] if row.get("status") == FAILED else [])])
     return done
 
 
-def missing_alphas(run: ConfirmRun, space: SearchSpace, done: dict[tuple[str, int], set[float | None]]) -> list[float | None]:
-    """What the run still has to record: None (its own weights) and the curve's alphas (none for zero-shot)."""
+def missing_alphas(run: ConfirmRun, space: SearchSpace, done: dict[tuple[str, int], set[float | str | None]]) -> list[float | None]:
+    """What the run still has to record: None (its own weights) and the curve's alphas (none for zero-shot, nothing
+    for a run that failed: a resume does not train it again)."""
     have = done.get((run.key, run.seed), set())
+    if FAILED in have:
+        return []
     wanted: list[float | None] = [None, *([] if run.source == ZERO_SHOT else [float(a) for a in space.baselines.wise_alphas])]
     return [a for a in wanted if (None if a is None else round(a, 6)) not in have]
 
@@ -157,7 +163,7 @@ def confirm_one(experiment: str, space_yaml: str, cache_dir: str, run: dict[str,
             result = prepare_run(config, space.task, Path(cache_dir), checkpoint=progress, built=(student, task),
                                  placement=placement).train()
             if result.status != "complete":  # recorded as failed (the statistics leave it out and say so)
-                record({"alpha": None, "config": config.to_dict(), "status": "failed", "failure": result.failure})
+                record({"alpha": None, "config": config.to_dict(), "status": FAILED, "failure": result.failure})
                 return written
             weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
             metrics = result.metrics

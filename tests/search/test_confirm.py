@@ -121,3 +121,16 @@ def test_kill_9_during_the_confirmation_then_resume_records_every_run_once(tmp_p
     assert rows[:len(before)] == before  # nothing recorded was lost or rewritten
     trial = next(r["source"] for r in rows if r["source"] not in ("vanilla-ft", "zero-shot"))
     assert_each_point_once(rows, {trial: [0, 1, 2], "vanilla-ft": [0, 1, 2], "zero-shot": [0]})
+
+
+def test_a_failed_confirmation_run_is_recorded_once_and_not_trained_again(tmp_path, tiny_world_config):
+    from robusttune.experiment import append_record
+    from robusttune.search.confirm import ConfirmRun, missing_alphas, recorded
+    from robusttune.space import SearchSpace
+
+    space = SearchSpace.model_validate(confirmed_space(tiny_world_config))
+    run = ConfirmRun("t1", {"lr": 0.001, "seed": 1}, 1)
+    assert missing_alphas(run, space, recorded(tmp_path)) == [None, *ALPHAS]
+    append_record(tmp_path, {"kind": "confirm", "config_key": run.key, "source": "t1", "seed": 1, "alpha": None,
+                             "status": "failed", "failure": "non-finite loss (nan) at step 3"})
+    assert missing_alphas(run, space, recorded(tmp_path)) == []  # a resume does not train it again

@@ -318,7 +318,6 @@ def test_the_confirmation_stage_is_planned_run_by_run(tmp_path, monkeypatch):
 
     data = _missing_paper_space(tmp_path).to_dict() | {"confirm": {"seeds": 3, "top": 5}}
     space = SearchSpace.model_validate(data)
-    mix = planning.method_mix(space)
     monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: planning.Calibration(
         "cpu", 2, {name: 2.0 for name in mix} | {"vanilla-all": 0.75}, 1e-3, 5.0, 88_000_000))
     found = planning.plan(space, tmp_path)
