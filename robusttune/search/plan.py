@@ -44,7 +44,8 @@ from typing import Any
 import torch
 
 from robusttune.cache import atomic_write_json, stable_hash
-from robusttune.config import TrainConfig, parse
+from robusttune.config import TrainConfig
+from robusttune.search.baselines import vanilla_config
 from robusttune.space import SearchSpace
 from robusttune.metrics import ID_TEST, ID_VAL, ood_metric
 
@@ -91,12 +92,6 @@ def method_mix(space: SearchSpace, samples: int = MIX_SAMPLES) -> dict[str, tupl
         counts[key] += 1
     total = sum(counts.values())
     return {key: (seen[key], counts[key] / total) for key in sorted(counts)}
-
-
-def vanilla_baseline(space: SearchSpace) -> TrainConfig:
-    """The vanilla fine-tuning baseline's config, as ``robusttune.search.baselines.compute_baselines`` builds it."""
-    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
-    return parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": 0}, "vanilla fine-tuning baseline")
 
 
 def ranks_of(space: SearchSpace) -> int:
@@ -634,7 +629,7 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
     config = next(iter(mix.values()))[0]
     n_train = _train_images(config, n_train, classes)
     ranks = ranks_of(space)
-    vanilla = vanilla_baseline(space)
+    vanilla = vanilla_config(space)  # the baselines' own
     vanilla_key = method_key(vanilla)
     calibration = calibrate(space, {**mix, vanilla_key: mix.get(vanilla_key, (vanilla, 0.0))}, cache_dir,
                             n_train=n_train, refresh=calibrate_again)
