@@ -33,6 +33,18 @@ def tiny_prepared(tiny_world_config, cache_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir) -> Path:
+    """A 2-step ``robusttune train`` run on the tiny world (its folder: final.pt, checkpoint.pt, ...); read it only."""
+    import robusttune as rt
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    summary = rt.train({"steps": 2, "batch_size": 16, "eval_batch_size": 256}, task={"world": tiny_world_config.to_dict()},
+                       out=out, cache_dir=cache_dir)
+    assert summary.status == "complete"
+    return out
+
+
+@pytest.fixture(scope="session")
 def default_world_data(cache_dir):
     from robusttune.config import default_world
     from robusttune.data.mini.world import load_world

@@ -25,11 +25,10 @@ from typing import Any
 
 from robusttune.cache import stable_hash
 from robusttune.errors import ConfigError
-from robusttune.experiment import VANILLA_FT as VANILLA
-from robusttune.experiment import ZERO_SHOT
-from robusttune.experiment import (CONFIRM_KIND, append_record, confirm_progress, confirm_weights, heads_dir,
+from robusttune.experiment import (CONFIRM_KIND, ZERO_SHOT, append_record, confirm_progress, confirm_weights, heads_dir,
                                    is_confirm_row, latest_by_trial, latest_checkpoint, parse_space_text, read_records,
                                    vanilla_checkpoint)
+from robusttune.experiment import VANILLA_FT as VANILLA
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)

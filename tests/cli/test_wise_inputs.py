@@ -13,17 +13,6 @@ from robusttune.errors import CheckpointError
 from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir) -> Path:
-    import robusttune as rt
-
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    summary = rt.train({"steps": 2, "batch_size": 16, "eval_batch_size": 256}, task={"world": tiny_world_config.to_dict()},
-                       out=out, cache_dir=cache_dir)
-    assert summary.status == "complete"
-    return out
-
-
 @pytest.fixture()
 def nothing_built(monkeypatch):
     """Fail the test if ``wise`` gets as far as building the task (and so evaluating)."""

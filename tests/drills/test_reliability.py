@@ -187,17 +187,6 @@ def test_baselines_killed_mid_curve_finish_where_they_stopped(tmp_path, tiny_wor
     assert baselines.run_baselines(experiment, text, cache_dir, [], cpu=2, gpu=0, use_ray=False) == 0  # all done
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_world_config, tiny_prepared, cache_dir) -> Path:
-    import robusttune as rt
-
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    summary = rt.train({"steps": 2, "batch_size": 16, "eval_batch_size": 256}, task={"world": tiny_world_config.to_dict()},
-                       out=out, cache_dir=cache_dir)
-    assert summary.status == "complete"
-    return out
-
-
 def test_wise_bad_inputs_fail_before_any_evaluation(tiny_run, tmp_path, cache_dir, monkeypatch):
     import robusttune.training.checkpoint
 
