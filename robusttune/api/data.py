@@ -61,12 +61,12 @@ def pretrain_world(config: WorldConfig | str | os.PathLike[str] | None = None, *
                    cache_dir: str | os.PathLike[str] | None = None, progress: Callable | None = None) -> dict[str, Any]:
     """Pre-train the world's tiny CLIP and write its weights to ``out`` (default: the cache's place for them);
     returns the weights' path, the zero-shot accuracies and the pre-training's timing."""
-    from robusttune.data.mini.world import load_world, world_dir
-    from robusttune.training.world import pretrain_and_save, world_key
+    from robusttune.data.mini.world import load_world
+    from robusttune.training.world import cached_weights, pretrain_and_save
 
     world = world_config(config)
     cache = cache_directory(cache_dir)
-    target = Path(out) if out else world_dir(world, cache) / f"tiny_clip_{world_key(world)}.pt"
+    target = Path(out) if out else cached_weights(world, cache)
     if target.exists() and not overwrite:
         raise ParameterError("out", f"{target} exists (pass `overwrite` to replace it)")
     meta = pretrain_and_save(load_world(world, cache), target, progress=progress)

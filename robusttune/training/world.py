@@ -2,7 +2,7 @@
 
 The default world's tiny CLIP ships as package data (``robusttune/models/weights/mini_clip_default.pt``),
 written by ``robusttune world pretrain`` and reproducible with it; other worlds pre-train once and cache
-their weights under ``<cache>/worlds/<hash of the whole config>/``.
+their weights as ``<cache>/worlds/tiny_clip/<world_key>.pt``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from robusttune.cache import stable_hash
 from robusttune.config import WorldConfig
 from robusttune.data.mini.captions import CLASSNAMES, PROMPT_TEMPLATES
 from robusttune.data.mini.task import mini_task
-from robusttune.data.mini.world import WorldData, load_world, world_dir
+from robusttune.data.mini.world import WorldData, load_world
 from robusttune.data.sets import TaskData
 from robusttune.models.classifier import ImageClassifier
 from robusttune.models.clip import build_classifier
@@ -29,8 +29,9 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights" 
 
 
 def world_key(config: WorldConfig) -> str:
-    """Hash of everything that determines the pre-trained weights (the name is a label only)."""
-    return stable_hash(config.model_dump(mode="json", exclude={"name"}))
+    """Hash of everything that determines the pre-trained weights (the name is a label only; pre-training never sees
+    the validation renders, so their number leaves the weights, shipped or cached, valid)."""
+    return stable_hash(config.model_dump(mode="json", exclude={"name", "val_renders"}))
 
 
 @dataclass
@@ -54,11 +55,17 @@ def mini_classifier(model, tokenizer: CompactTokenizer) -> ImageClassifier:
     return build_classifier(model, tokenizer, CLASSNAMES, PROMPT_TEMPLATES)
 
 
+def cached_weights(config: WorldConfig, cache_dir: Path) -> Path:
+    """Where the cache keeps a world's pre-trained tiny CLIP: keyed by what determines the weights only, so worlds
+    that differ in their validation renders share them."""
+    return cache_dir / "worlds" / "tiny_clip" / f"{world_key(config)}.pt"
+
+
 def _weights_for(config: WorldConfig, cache_dir: Path) -> tuple[Path, str]:
     shipped_meta = read_sidecar(SHIPPED_WEIGHTS)
     if SHIPPED_WEIGHTS.is_file() and shipped_meta.get("world_key") == world_key(config):
         return SHIPPED_WEIGHTS, "shipped"
-    return world_dir(config, cache_dir) / f"tiny_clip_{world_key(config)}.pt", "cache"
+    return cached_weights(config, cache_dir), "cache"
 
 
 def pretrain_and_save(world: WorldData, path: Path, *, progress: Progress | None = None) -> dict:
@@ -82,4 +89,8 @@ def prepare_world(config: WorldConfig, cache_dir: Path, *, progress: Progress | 
         log.info("pre-training the tiny CLIP for world %s", config.name)
         meta = pretrain_and_save(world, weights, progress=progress)
         source = "pretrained now"
-    return PreparedWorld(world=world, weights=weights, source=source, zero_shot=dict(meta["zero_shot"]))
+    prepared = PreparedWorld(world=world, weights=weights, source=source, zero_shot=dict(meta["zero_shot"]))
+    if WorldConfig.model_validate(meta["world"]).data_key() != config.data_key():
+        # the same weights measured on other images (e.g. another val_renders): measure them on this world's
+        prepared.zero_shot = evaluate(prepared.classifier(), prepared.task().eval_sets)
+    return prepared

@@ -4,6 +4,8 @@
 |------------------|---------|----------------------------------|-------------------------------|
 | pre-training     | MNIST-A + UCI-A | uniform (no shortcut)    | 8 colours, rot +-25, scale 0.7-1.1 |
 | ID train/val/test| MNIST-B/C | the class's own texture w.p. p | white, rot +-5, scale 0.95-1.05 |
+
+Each validation digit is rendered ``val_renders`` times (a fresh texture, colour and pose each time).
 | OOD background   | MNIST test digits | never the class's texture | ID style                 |
 | OOD source       | UCI-B   | uniform                          | ID style                      |
 | OOD style        | MNIST test digits | uniform                | coloured, rot +-30, scale 0.65-0.85 |
@@ -89,7 +91,8 @@ def build_world(config: WorldConfig, cache_dir: Path) -> WorldData:
     return WorldData(
         config=config,
         train=make("train", mnist[train_i], mnist_labels[train_i], "correlated", render.ID_STYLE),
-        val=make("val", mnist[val_i], mnist_labels[val_i], "correlated", render.ID_STYLE),
+        val=make("val", mnist[val_i].repeat(config.val_renders, 1, 1), mnist_labels[val_i].repeat(config.val_renders),
+                 "correlated", render.ID_STYLE),
         test=make("test", mnist[test_i], mnist_labels[test_i], "correlated", render.ID_STYLE),
         ood=ood,
         pretrain_glyphs=torch.cat([mnist[pre_m], uci[pre_u]]),
