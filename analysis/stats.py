@@ -230,6 +230,11 @@ def half_width(row: dict[str, Any], metric: str, level: float = LEVEL) -> float 
     of K sets' accuracies), the normal interval of a mean of independent binomials (var = sum p(1-p)/n / K^2)."""
     from scipy import stats
 
+    from robusttune.metrics import WISE_PREFIX, is_wise_value
+
+    if is_wise_value(metric):  # the best point of the trial's WiSE-FT curve: measured on its own metrics' images
+        point = {k[len(WISE_PREFIX):]: v for k, v in row.items() if is_wise_value(k)}
+        return half_width({**point, "eval_images": row.get("eval_images")}, metric[len(WISE_PREFIX):], level)
     sizes = row.get("eval_images") or {}
     if metric in sizes and sizes[metric] and isinstance(row.get(metric), int | float):
         low, high = wilson(float(row[metric]), int(sizes[metric]), level)

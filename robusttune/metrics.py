@@ -2,7 +2,10 @@
 
 An evaluation reports ``id_val_acc`` (a held-out split of the training data: what a search ranks trials on),
 ``id_acc`` (the ID test set), one ``ood_<set>`` accuracy per OOD set and their mean ``ood_mean``; records and
-reports add ``objective``, the space's scalarisation of its objective metrics.
+reports add ``objective``, the space's scalarisation of its objective metrics. A space that scores trials by their
+own WiSE-FT curve (``objective.wise``) also reports, per objective metric, ``wise_<metric>``: that metric at the
+curve's best point, whose mixing coefficient is ``wise_alpha``; the curve itself is ``wise_curve`` in the run's
+history.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ OOD_PREFIX = "ood_"
 OOD_MEAN = "ood_mean"
 OBJECTIVE = "objective"
 METRIC_PREFIXES = ("id_", OOD_PREFIX)
+WISE_PREFIX = "wise_"
+WISE_ALPHA = "wise_alpha"
+WISE_CURVE = "wise_curve"
 ID_METRICS = (ID_VAL, ID_TEST)  # their order in every table
 
 
@@ -33,9 +39,20 @@ def is_metric(name: str) -> bool:
     return name.startswith(METRIC_PREFIXES)
 
 
+def wise_key(metric: str) -> str:
+    """The report's name of ``metric`` at the best point of the trial's own WiSE-FT curve."""
+    return f"{WISE_PREFIX}{metric}"
+
+
+def is_wise_value(name: str) -> bool:
+    """Whether ``name`` is a value of the best WiSE-FT point (``wise_<metric>`` or ``wise_alpha``)."""
+    return name == WISE_ALPHA or (name.startswith(WISE_PREFIX) and is_metric(name[len(WISE_PREFIX):]))
+
+
 def is_accuracy_column(name: str) -> bool:
-    """Columns shown in %: the accuracies and the objective (a weighted mean of accuracies)."""
-    return is_metric(name) or name == OBJECTIVE
+    """Columns shown in %: the accuracies (the trial's own and its best WiSE-FT point's) and the objective (a
+    weighted mean of accuracies)."""
+    return is_metric(name) or name == OBJECTIVE or (is_wise_value(name) and name != WISE_ALPHA)
 
 
 def task_metrics(ood_sets: Iterable[str]) -> list[str]:

@@ -9,6 +9,7 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
       metrics: [id_val_acc, ood_mean] # objectives, one direction each (multi-objective: Pareto)
       directions: [max, max]
       scalarization: {kind: weighted_sum | chebyshev, weights: [0.5, 0.5]}   # reported as metric 'objective'
+      wise: {alphas: [0.3, 0.5, 0.7]} # score each trial by its own WiSE-FT curve's best point (see WiseObjective)
     sampler: {name: tpe | nsga2 | gp | random | grid, seed: 0, options: {...}}  # options go to the Optuna sampler
     parameters:                       # TrainConfig keys
       region: {type: categorical, choices: [object, context, random, none]}
@@ -49,7 +50,7 @@ from robusttune.bounds import MAX_SEED, check_alphas
 from robusttune.config import (Frozen, TaskSpec, TrainConfig, load_mapping_and_text, load_yaml_text, parse,
                                shorten)
 from robusttune.errors import ConfigError
-from robusttune.metrics import ID_METRICS, ID_VAL, OOD_MEAN, is_ood_set
+from robusttune.metrics import ID_METRICS, ID_VAL, OOD_MEAN, WISE_ALPHA, is_ood_set, wise_key
 
 
 # Upper bounds that keep validating a space, and building its sampler, fast and small (see also the loader's
@@ -72,10 +73,29 @@ class Scalarization(Frozen):
     weights: tuple[float, ...] | None = None
 
 
+class WiseObjective(Frozen):
+    """Score each trial by its own WiSE-FT curve instead of its raw weights. At every evaluation (so the scheduler's
+    rungs and the searcher see the same numbers) the interpolations at ``alphas`` between the zero-shot and the
+    current weights are evaluated too, on the same images: one more evaluation per alpha. The objective metrics are
+    then those of the curve's best point under the scalarisation, the raw weights (alpha 1) included, reported as
+    ``wise_<metric>`` with its ``wise_alpha``; the trial's own metrics are kept as they are."""
+
+    alphas: tuple[float, ...] = Field((0.3, 0.5, 0.7), min_length=1, max_length=MAX_WISE_ALPHAS)
+
+    @model_validator(mode="after")
+    def _check(self) -> WiseObjective:
+        check_alphas(self.alphas, "objective.wise.alphas")
+        if 1.0 in self.alphas:
+            raise ValueError("objective.wise.alphas: alpha 1 (the trial's own weights) is always a candidate; "
+                             "leave it out")
+        return self
+
+
 class Objective(Frozen):
     metrics: tuple[str, ...] = (ID_VAL, OOD_MEAN)
     directions: tuple[Direction, ...] = (Direction.MAX, Direction.MAX)
     scalarization: Scalarization = Scalarization()
+    wise: WiseObjective | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
@@ -92,13 +112,34 @@ class Objective(Frozen):
             raise ValueError("objective.scalarization.weights must be one non-negative weight per metric, not all zero")
         return self
 
-    def scalar(self, metrics: dict[str, float]) -> float:
-        """The scalarised objective (higher is better): weighted sum or weighted Chebyshev (worst weighted term)."""
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The names under which trials report the objective metrics: the metrics themselves, or with ``wise`` those
+        of the best point of the trial's WiSE-FT curve (what the searcher, the schedulers and the fronts read)."""
+        return tuple(wise_key(m) for m in self.metrics) if self.wise is not None else self.metrics
+
+    def value(self, metrics: dict[str, float]) -> float:
+        """The scalarisation of ``metrics`` (by metric name; higher is better): weighted sum or weighted Chebyshev
+        (the worst weighted term)."""
         weights = self.scalarization.weights or tuple(1.0 / len(self.metrics) for _ in self.metrics)
         signed = [metrics[m] if d is Direction.MAX else -metrics[m] for m, d in zip(self.metrics, self.directions)]
         if self.scalarization.kind == "chebyshev":
             return min(w * v for w, v in zip(weights, signed) if w > 0)
         return sum(w * v for w, v in zip(weights, signed))
+
+    def scalar(self, reported: dict[str, float]) -> float:
+        """The scalarised objective of a trial's report (its ``keys``)."""
+        return self.value({m: reported[k] for m, k in zip(self.metrics, self.keys)})
+
+    def reported(self, metrics: dict[str, float], curve: list[dict[str, float]] | tuple = ()) -> dict[str, float]:
+        """What an evaluation reports: its ``metrics`` and, with ``wise``, every metric of the best point among its
+        WiSE-FT ``curve`` (rows ``{alpha, <metric>: ...}``) and the raw weights (alpha 1; preferred on a tie, then
+        the higher alpha), as ``wise_<metric>``, with its ``wise_alpha``."""
+        if self.wise is None:
+            return dict(metrics)
+        points = [{"alpha": 1.0, **metrics}, *sorted(curve, key=lambda point: -point["alpha"])]
+        best = max(points, key=self.value)  # the first of equals
+        return {**metrics, **{wise_key(m): best[m] for m in metrics}, WISE_ALPHA: float(best["alpha"])}
 
 
 class SamplerName(StrEnum):

@@ -72,7 +72,7 @@ def _finished(experiment: Path, space: SearchSpace, seconds: float) -> SweepResu
     from robusttune.search.trackers import tracker_places
 
     rows = trial_table(experiment)
-    front = pareto_trials(latest_by_trial(experiment), list(space.objective.metrics),
+    front = pareto_trials(latest_by_trial(experiment), list(space.objective.keys),
                           [d.value for d in space.objective.directions])
     shown = {r["trial_id"]: r for r in rows}
     trackers = tracker_places(read_manifest(experiment).get("loggers", []), experiment)
@@ -182,7 +182,7 @@ def front_ties(experiment: Path) -> dict[str, list[str]]:
         space, _ = load_frozen_space(experiment)
     except Exception:  # a status must work on a half-written experiment too: no space, no front
         return {}
-    metrics = list(space.objective.metrics)
+    metrics = list(space.objective.keys)
     front = pareto_trials(latest_by_trial(experiment), metrics, [d.value for d in space.objective.directions])
     return ties(front, metrics) if len(front) > 1 else {}
 

@@ -151,6 +151,9 @@ class Arm:
 
 def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[SearchSpace, str]:
     """The table's space as ``arm`` searches it, one trial at a time."""
+    if table.space.objective.wise is not None:
+        raise ConfigError("a table holds trials' own evaluations, not their WiSE-FT curves: its space cannot set "
+                          "objective.wise")
     data = table.space.to_dict()
     if arm.sampler == "paper_grid":
         missing = [k for k in ("region", "refill", "mask_threshold", "lr", "w_distill") if k not in table.grid]

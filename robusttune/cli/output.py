@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from robusttune.config import Precision
 from robusttune.errors import ParameterError
-from robusttune.metrics import is_accuracy_column, metric_columns
+from robusttune.metrics import WISE_ALPHA, WISE_PREFIX, is_accuracy_column, is_wise_value, metric_columns, wise_key
 
 
 
@@ -92,7 +92,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def trial_columns(rows: Sequence[dict[str, Any]], parameters: Sequence[str]) -> list[str]:
-    return ["trial_id", "status", *metric_columns({k for r in rows for k in r}), *parameters]
+    names = {k for r in rows for k in r}
+    wise = [wise_key(m) for m in metric_columns(k[len(WISE_PREFIX):] for k in names if is_wise_value(k))]
+    return ["trial_id", "status", *metric_columns(names), *wise, *([WISE_ALPHA] if WISE_ALPHA in names else []),
+            *parameters]
 
 
 def progress_bar():

@@ -10,7 +10,7 @@ from robusttune.config import Tracker
 
 
 def _print_result(result, args: argparse.Namespace) -> int:
-    metrics = list(result.space.objective.metrics)
+    metrics = list(result.space.objective.keys)
 
     def human() -> None:
         print(f"\nPareto-optimal trials on ({', '.join(metrics)}), accuracies in %:")

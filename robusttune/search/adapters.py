@@ -14,7 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from robusttune.cache import atomic_write_json
 from robusttune.experiment import append_record, end_status, heartbeats, parse_space_text, trial_checkpoints
-from robusttune.metrics import OBJECTIVE, is_metric
+from robusttune.metrics import OBJECTIVE, is_metric, is_wise_value
 from robusttune.search import ray_compat as door
 from robusttune.search.trainable import HEARTBEAT_KEYS
 
@@ -125,7 +125,7 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The result's metrics for a record; NaN (never measured: a trial that failed before its first evaluation)
     is left out, so records stay strict JSON."""
     return {k: v for k, v in result.items()
-            if (is_metric(k) or k in RESULT_KEYS) and not (isinstance(v, float) and v != v)}
+            if (is_metric(k) or is_wise_value(k) or k in RESULT_KEYS) and not (isinstance(v, float) and v != v)}
 
 
 class RecordsCallback(Callback):

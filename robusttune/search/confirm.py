@@ -69,7 +69,7 @@ def select_trials(space: SearchSpace, latest: dict[str, dict[str, Any]], *, top:
         if unknown:
             raise ConfigError(f"not a complete trial of this experiment: {', '.join(unknown)}")
         return list(dict.fromkeys(trial_ids))
-    metrics, signs = list(space.objective.metrics), [-1.0 if d.value == "min" else 1.0 for d in space.objective.directions]
+    metrics, signs = list(space.objective.keys), [-1.0 if d.value == "min" else 1.0 for d in space.objective.directions]
     ids = sorted(complete)
     points = [[sign * float(complete[t][m]) for sign, m in zip(signs, metrics)] for t in ids]
     return [ids[i] for i in multi_objective_ranking(points, tie_break="crowding")[:top]]

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from robusttune.metrics import WISE_ALPHA
 from robusttune.progress import duration
 
 
@@ -51,7 +52,9 @@ class TrialEvents(Callback):
         print(f"trial {trial.trial_id} {text}", file=self.stream or sys.stderr, flush=True)
 
     def _scores(self, result: dict[str, Any]) -> str:
-        return "  ".join(f"{m} {_percent(result.get(m))}" for m in self.metrics)
+        scores = "  ".join(f"{m} {_percent(result.get(m))}" for m in self.metrics)
+        alpha = result.get(WISE_ALPHA)  # a WiSE-aware objective: where on the trial's curve its best point lies
+        return f"{scores}  (WiSE-FT alpha {alpha:g})" if isinstance(alpha, float) and math.isfinite(alpha) else scores
 
     @staticmethod
     def _at(result: dict[str, Any]) -> str:

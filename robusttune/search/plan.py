@@ -664,6 +664,8 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
     # one trial, in device-hours: its processes train and evaluate their shares side by side
     evaluations = evaluation_count(config, n_train)
     eval_images, full_images = _eval_images(config, eval_sizes, evaluations)
+    if space.objective.wise is not None:  # every evaluation evaluates each alpha's interpolation too
+        eval_images *= 1 + len(space.objective.wise.alphas)
     steps = total_steps(config, n_train)
     train_s = ranks * sum(share * steps * step_s[name] for name, (_, share) in mix.items())
     eval_s = eval_images * eval_per_image

@@ -116,7 +116,7 @@ def _callbacks(experiment: Path, space_text: str, options: SweepOptions) -> list
                  *tracker_callbacks(options.loggers, experiment)]
     if options.verbose > 0:
         space = parse_space_text(space_text)
-        callbacks += [TrialEvents(space.objective.metrics, list(space.parameters)), HeartbeatPrinter()]
+        callbacks += [TrialEvents(space.objective.keys, list(space.parameters)), HeartbeatPrinter()]
     return callbacks
 
 
@@ -223,7 +223,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
     storage = JournalStorage(JournalFileBackend(str(journal(experiment.resolve()))))
     objective = space.objective
     searcher = RobustOptunaSearch(
-        space=space.define_by_run, metric=list(objective.metrics) if space.multi_objective else objective.metrics[0],
+        space=space.define_by_run, metric=list(objective.keys) if space.multi_objective else objective.keys[0],
         mode=[d.value for d in objective.directions] if space.multi_objective else objective.directions[0].value,
         sampler=make_sampler(space, options.seed), storage=storage, study_name=experiment.name,
     )
@@ -262,7 +262,7 @@ def make_scheduler(space: SearchSpace, experiment: Path):
         return ASHAScheduler(metric=OBJECTIVE, mode="max", time_attr="evaluation", grace_period=config.grace_period,
                              reduction_factor=config.reduction_factor, max_t=max_t)
     if config.name == "mo_asha":
-        return MultiObjectiveASHA(list(space.objective.metrics), [d.value for d in space.objective.directions],
+        return MultiObjectiveASHA(list(space.objective.keys), [d.value for d in space.objective.directions],
                                   time_attr="evaluation", grace_period=config.grace_period,
                                   reduction_factor=config.reduction_factor, max_t=max_t, tie_break=config.tie_break,
                                   state_file=scheduler_state(experiment.resolve()))

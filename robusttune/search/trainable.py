@@ -22,7 +22,7 @@ from ray import tune
 
 from robusttune.cache import atomic_write_json
 from robusttune.experiment import heads_dir, parse_space_text, trial_files
-from robusttune.metrics import OBJECTIVE
+from robusttune.metrics import OBJECTIVE, WISE_CURVE
 from robusttune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def failure_result(space: SearchSpace, last: dict[str, float], **fields: Any) ->
     Tune's strict metric check would end the whole sweep otherwise), so the ones never measured are NaN. The
     searcher tells Optuna FAIL and the records say failed, whatever the values."""
     nan = float("nan")
-    return {**{m: nan for m in space.objective.metrics}, **last, OBJECTIVE: nan, **fields, "trial_status": "failed"}
+    return {**{m: nan for m in space.objective.keys}, **last, OBJECTIVE: nan, **fields, "trial_status": "failed"}
 
 
 HEARTBEAT_KEYS = ("step", "total_steps", "epoch", "loss", "images_per_s", "eta_s")
@@ -56,7 +56,7 @@ def heartbeat_result(space: SearchSpace, last: dict[str, float], progress: dict[
     so ASHA and MO-ASHA pass it by) and carrying the last evaluation's metrics (NaN before the first: Tune requires
     the searcher's metrics in every report). The searcher and the records skip it; trackers and the driver show it."""
     nan = float("nan")
-    values = {**{m: nan for m in space.objective.metrics}, **last}
+    values = {**{m: nan for m in space.objective.keys}, **last}
     objective = space.objective.scalar(last) if last else nan
     return {**values, OBJECTIVE: objective, **{k: progress[k] for k in HEARTBEAT_KEYS}, "heartbeat": True,
             "trial_status": "running"}
@@ -116,6 +116,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
     from robusttune.training.checkpoint import save_checkpoint
     from robusttune.training.distributed import Shard
     from robusttune.training.run import prepare_run
+    from robusttune.training.wise import WiseProbe
 
     space = parse_space_text(job["space_yaml"])
     config, experiment = job["config"], job["experiment"]
@@ -138,7 +139,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
         ``eval_subset``, the subset ones: the last, full evaluation is not compared with them)."""
         nonlocal best_objective, best_subset
         row = json.loads(state["history"])[-1]
-        objective = space.objective.scalar(row["metrics"])
+        objective = space.objective.scalar(space.objective.reported(row["metrics"], row.get(WISE_CURVE, ())))
         subset = "eval_subset" in row
         if best_subset is not None and best_subset != subset:
             return
@@ -156,7 +157,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
                                      evaluation=evaluations, failure=row["failure"]))
             return
         evaluations += 1
-        metrics = row["metrics"]
+        metrics = space.objective.reported(row["metrics"], row.get(WISE_CURVE, ()))
         last.update(metrics)
         # 'evaluation' (not Tune's iteration counter, which restarts on resume) is the scheduler's time axis
         report_to({**metrics, OBJECTIVE: space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
@@ -183,8 +184,10 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
             last_beat = time.monotonic()
             beat_to(heartbeat_result(space, last, progress))
 
+    wise = space.objective.wise
     run.train(report=report, after_save=keep_best if shard.leader else None,
-              on_step=heartbeat if beat_to is not None else None, shard=shard)
+              on_step=heartbeat if beat_to is not None else None, shard=shard,
+              probe=WiseProbe(wise.alphas) if wise is not None else None)
     return False
 
 
@@ -209,7 +212,7 @@ class TrainingRunner:
         from robusttune.experiment import latest_by_trial, pareto_trials
         from robusttune.search.baselines import run_baselines
 
-        front = [row["trial_id"] for row in pareto_trials(latest_by_trial(experiment), list(space.objective.metrics),
+        front = [row["trial_id"] for row in pareto_trials(latest_by_trial(experiment), list(space.objective.keys),
                                                           [d.value for d in space.objective.directions])]
         log.info("WiSE-FT baselines: zero-shot, vanilla FT and %d Pareto trial(s)", len(front))
         run_baselines(experiment, space_text, self.cache_dir, front, cpu=space.resources.cpu, gpu=space.resources.gpu)

@@ -47,6 +47,7 @@ from robusttune.training.schedule import warmup_cosine
 Report = Callable[[dict[str, Any]], None]
 OnStep = Callable[[Mapping[str, Any]], None]  # after every optimizer step: a Progress (step, total_steps, epoch, loss...)
 SaveCheckpoint = Callable[[dict[str, Any]], None]
+Probe = Callable[[ImageClassifier, ImageClassifier, Evaluator], dict[str, Any]]  # (student, teacher, evaluator): row fields
 
 _STEP_SALT = 1_000_003
 
@@ -358,22 +359,25 @@ def train(
     placement: Placement | None = None,
     on_step: OnStep | None = None,
     shard: Shard = ALONE,
+    probe: Probe | None = None,
 ) -> TrainResult:
     """Fine-tune ``student`` in place on ``placement`` (default: the config's device and precision). Evaluates (and
     checkpoints) at each epoch end, or every ``eval_every`` steps when that is set, and at the last step; ``report``
     receives every evaluation row; ``on_step`` a ``Progress`` after every step (never an evaluation; its loss is read
     from the device only when the callback asks for it). A non-finite loss ends the run with ``status='failed'`` (the
     process and earlier results survive) at the first host read after it: the next ``Progress`` whose loss is read,
-    or before the next evaluation (so never with its weights checkpointed); the failure names the step it happened."""
+    or before the next evaluation (so never with its weights checkpointed); the failure names the step it happened.
+    ``probe``: more measurements for every evaluation row (e.g. the WiSE-FT curve of the current weights), made with
+    the evaluation's own evaluator, so on the same images and in a data-parallel run on every rank alike."""
     placement = placement or Placement.of(config.device, config.precision)
     placement.configure()
     with compiled_blocks(student, teacher, enabled=config.compile):
-        return _train(config, student, teacher, task, report, save_checkpoint, resume, placement, on_step, shard)
+        return _train(config, student, teacher, task, report, save_checkpoint, resume, placement, on_step, shard, probe)
 
 
 def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifier, task: TaskData,
            report: Report | None, save_checkpoint: SaveCheckpoint | None, resume: dict[str, Any] | None,
-           placement: Placement, on_step: OnStep | None, shard: Shard) -> TrainResult:
+           placement: Placement, on_step: OnStep | None, shard: Shard, probe: Probe | None) -> TrainResult:
     n_train = len(task.train)
     total = total_steps(config, n_train)
     per_epoch = steps_per_epoch(config, n_train)
@@ -407,7 +411,8 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
         metrics = evaluator(student)
         row = {"step": step, "epoch": round(step / per_epoch, 4), "metrics": metrics,
                "elapsed": round(elapsed_before + time.perf_counter() - started, 3), "eval_images": dict(evaluator.sizes),
-               **({"eval_subset": config.eval_subset} if evaluator is quick else {}), **loss_parts}
+               **({"eval_subset": config.eval_subset} if evaluator is quick else {}), **loss_parts,
+               **(probe(student, teacher, evaluator) if probe is not None else {})}
         history.append(row)
         if save_checkpoint is not None:
             state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),

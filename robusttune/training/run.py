@@ -20,7 +20,7 @@ from robusttune.models.classifier import ImageClassifier, frozen_copy
 from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
 from robusttune.training.device import Placement
 from robusttune.training.distributed import ALONE, Shard
-from robusttune.training.loop import OnStep, Report, TrainResult, total_steps, train
+from robusttune.training.loop import OnStep, Probe, Report, TrainResult, total_steps, train
 from robusttune.training.tasks import build_task
 
 
@@ -50,9 +50,10 @@ class Run:
         return json.loads(self.resume["history"]) if self.resume is not None else []
 
     def train(self, *, report: Report | None = None, after_save: Callable[[dict[str, Any]], None] | None = None,
-              on_step: OnStep | None = None, shard: Shard = ALONE) -> TrainResult:
+              on_step: OnStep | None = None, shard: Shard = ALONE, probe: Probe | None = None) -> TrainResult:
         """Fine-tune (in place), writing the checkpoint at every evaluation; ``after_save`` sees each state saved.
-        In a data-parallel run (``shard``) this process trains its share and only the leader writes."""
+        In a data-parallel run (``shard``) this process trains its share and only the leader writes. The teacher is
+        a frozen copy of the zero-shot student (what ``probe`` receives as the run's start)."""
         def save(state: dict[str, Any]) -> None:
             save_checkpoint(self.checkpoint, state)  # type: ignore[arg-type]
             if after_save is not None:
@@ -61,7 +62,7 @@ class Run:
         writes = self.checkpoint is not None and shard.leader
         return train(self.config, self.student, frozen_copy(self.student), self.task, report=report,
                      save_checkpoint=save if writes else None, resume=self.resume, placement=self.placement,
-                     on_step=on_step, shard=shard)
+                     on_step=on_step, shard=shard, probe=probe)
 
 
 def with_train_subset(task: TaskData, config: TrainConfig) -> TaskData:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor
 from robusttune.config import TaskSpec, default_world
 from robusttune.data.sets import EvalSet
 from robusttune.errors import CheckpointError
+from robusttune.metrics import WISE_CURVE
 from robusttune.method.wise import DEFAULT_ALPHAS, interpolate
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.evaluate import Evaluator, evaluate_state_dict
@@ -23,6 +25,19 @@ def wise_curve(model: ImageClassifier, zero_shot: Mapping[str, Tensor], finetune
     evaluator = eval_sets if isinstance(eval_sets, Evaluator) else Evaluator(eval_sets)
     return [{"alpha": float(alpha), **evaluate_state_dict(model, interpolate(zero_shot, finetuned, float(alpha)), evaluator)}
             for alpha in alphas]
+
+
+@dataclass(frozen=True)
+class WiseProbe:
+    """A training loop's probe (``robusttune.training.loop.Probe``): at each evaluation, the WiSE-FT curve of the
+    current weights at ``alphas``, from the run's start (its frozen teacher: the zero-shot model), on the
+    evaluation's own images; the row gets it as ``wise_curve``."""
+
+    alphas: tuple[float, ...]
+
+    def __call__(self, student: ImageClassifier, teacher: ImageClassifier, evaluator: Evaluator) -> dict[str, Any]:
+        current = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        return {WISE_CURVE: wise_curve(student, teacher.state_dict(), current, evaluator, alphas=self.alphas)}
 
 
 # Task keys that name or run a task without changing its weights: two checkpoints may differ in them

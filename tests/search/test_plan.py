@@ -335,3 +335,17 @@ def test_the_confirmation_stage_is_planned_run_by_run(tmp_path, monkeypatch):
                                                + full * 1e-3 + 12 * write_s)
     assert found.terms["confirm"] == pytest.approx(confirm["seconds"] / 3600) and plain.terms["confirm"] == 0
     assert found.wall_hours == pytest.approx(plain.wall_hours + confirm["wall_seconds"] / 3600)
+
+
+def test_a_wise_aware_objective_is_planned_with_one_more_evaluation_per_alpha(tmp_path, monkeypatch):
+    import robusttune.search.plan as planning
+
+    monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: planning.Calibration(
+        "cpu", 2, {name: 2.0 for name in mix} | {"vanilla-all": 0.75}, 1e-3, 5.0, 88_000_000))
+    plain_space = _missing_paper_space(tmp_path)
+    data = plain_space.to_dict()
+    data["objective"] = {**data["objective"], "wise": {"alphas": [0.3, 0.5, 0.7]}}
+    plain, wise = planning.plan(plain_space, tmp_path), planning.plan(SearchSpace.model_validate(data), tmp_path)
+    assert wise.eval_images_per_trial == 4 * plain.eval_images_per_trial
+    full = 10_000 + 50_000 + 30_000
+    assert wise.trial_hours - plain.trial_hours == pytest.approx(3 * 10 * full * 1e-3 / 3600)
