@@ -46,7 +46,8 @@ CHECKPOINTS_DIR, BASELINES_DIR, SCHEDULER_STATE, REPORT_DIR = "checkpoints", "ba
 HEADS_DIR, HEARTBEATS, TRAIN_RUNS_DIR, CONFIRM_DIR = "heads", "heartbeats.json", "train", "confirm"
 MANIFEST_FORMAT = "robusttune.experiment/1"
 STATUSES = ("running", "complete", "stopped-early", "failed")
-REFERENCE_KINDS = ("baseline", "wise")
+MERGE_KIND = "merge"  # a post-hoc merge of the sweep's models (robusttune.search.merges): method, members, metrics
+REFERENCE_KINDS = ("baseline", "wise", MERGE_KIND)
 ZERO_SHOT, VANILLA_FT = "zero-shot", "vanilla-ft"  # the reference runs' names in the records (method, source)
 CONFIRM_KIND = "confirm"  # a confirmation run's row: its point (alpha null) or one point of its WiSE-FT curve
 

@@ -46,6 +46,7 @@ import torch
 from robusttune.cache import atomic_write_json, stable_hash
 from robusttune.config import TrainConfig
 from robusttune.search.baselines import vanilla_config
+from robusttune.search.merges import MERGES
 from robusttune.space import SearchSpace
 from robusttune.metrics import ID_TEST, ID_VAL, ood_metric
 
@@ -702,14 +703,19 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
     wise_evaluations = len(space.baselines.wise_alphas) * (1 + front)
     # one Ray task for the references (zero-shot, vanilla FT and its curve), one per front trial's curve: each starts
     # its own process; they run side by side, as many at once as the space's concurrency
-    tasks = 1 + front
-    tail_parts = {"startup_s": tasks * calibration.startup_seconds, "zero_shot_eval_s": full_eval_s,
+    # and one per merge (robusttune.search.merges): the soups and Model Stock are evaluated once on every set, and
+    # the greedy soup tries each complete trial on the ID validation split
+    merges_s = (len(MERGES) * calibration.startup_seconds + len(MERGES) * full_eval_s
+                + complete * eval_sizes.get(ID_VAL, 0) * eval_per_image)
+    tasks = 1 + front + len(MERGES)
+    tail_parts = {"startup_s": (1 + front) * calibration.startup_seconds, "zero_shot_eval_s": full_eval_s,
                   "vanilla_train_s": vanilla_steps * vanilla_step,
                   "vanilla_eval_s": vanilla_eval_images * eval_per_image,
-                  "wise_s": wise_evaluations * full_eval_s, "checkpoint_s": weights / write_rate}
+                  "wise_s": wise_evaluations * full_eval_s, "checkpoint_s": weights / write_rate, "merges_s": merges_s}
     tail_s = sum(tail_parts.values())
     curve_s = calibration.startup_seconds + len(space.baselines.wise_alphas) * full_eval_s  # one front trial's task
-    tail_wall_s = max(tail_s - front * curve_s, tail_s / concurrency)  # the references' task, or all tasks shared
+    # the references' task while the others run beside it, or all tasks sharing the trials' slots
+    tail_wall_s = max(tail_s - front * curve_s - merges_s, tail_s / concurrency)
     tail = {"hours": tail_s / 3600, "wall_hours": tail_wall_s / 3600, "tasks": tasks, **tail_parts, "vanilla_steps": vanilla_steps,
             "vanilla_evaluations": vanilla_evaluations, "expected_complete_trials": complete,
             "expected_front": front, "wise_alphas": len(space.baselines.wise_alphas),

@@ -193,7 +193,8 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
 
 @dataclass(frozen=True)
 class TrainingRunner:
-    """Trials fine-tune for real; after them, the experiment's baselines (zero-shot, vanilla FT, WiSE-FT curves)."""
+    """Trials fine-tune for real; after them, the experiment's baselines (zero-shot, vanilla FT, WiSE-FT curves), the
+    merges of its models (soups, Model Stock) and, when the space asks, the confirmation stage."""
 
     cache_dir: Path
     baselines: bool = True
@@ -216,6 +217,9 @@ class TrainingRunner:
                                                           [d.value for d in space.objective.directions])]
         log.info("WiSE-FT baselines: zero-shot, vanilla FT and %d Pareto trial(s)", len(front))
         run_baselines(experiment, space_text, self.cache_dir, front, cpu=space.resources.cpu, gpu=space.resources.gpu)
+        from robusttune.search.merges import run_merges
+
+        run_merges(experiment, space_text, self.cache_dir, cpu=space.resources.cpu, gpu=space.resources.gpu)
         if space.confirm is not None and front:  # the space asks for it (and there is a front to confirm)
             from robusttune.search.confirm import run_confirmation
 

@@ -83,12 +83,17 @@ def test_plan_on_the_mini_world_uses_a_cached_calibration(tmp_path, tiny_world_c
     assert tail["wise_s"] == pytest.approx(11 * (1 + (1 + 1 / 2 + 1 / 3)) * full_eval_s)
     assert tail["vanilla_train_s"] == pytest.approx(12 * calibration["step_seconds"]["vanilla-all"])
     assert terms["tail"] * 3600 == pytest.approx(sum(tail[k] for k in ("startup_s", "zero_shot_eval_s", "vanilla_train_s",
-                                                                      "vanilla_eval_s", "wise_s", "checkpoint_s")))
-    # one Ray task for the references and one per front trial's curve, each with its own start, two at a time
+                                                                      "vanilla_eval_s", "wise_s", "checkpoint_s",
+                                                                      "merges_s")))
+    # one Ray task for the references, one per front trial's curve and one per merge, each with its own start
     front, startup = tail["expected_front"], calibration["startup_seconds"]
-    assert tail["tasks"] == pytest.approx(1 + front) and tail["startup_s"] == pytest.approx((1 + front) * startup)
+    assert tail["tasks"] == pytest.approx(1 + front + 3) and tail["startup_s"] == pytest.approx((1 + front) * startup)
+    # the merges: three starts, three full evaluations, the greedy soup's ID validation pass per complete trial
+    val_images = next(len(s) for s in sizes if s.metric == "id_val_acc")
+    assert tail["merges_s"] == pytest.approx(3 * startup + 3 * full_eval_s + tail["expected_complete_trials"]
+                                             * val_images * calibration["eval_seconds_per_image"])
     curve_s = startup + 11 * full_eval_s
-    assert tail["wall_hours"] * 3600 == pytest.approx(max(terms["tail"] * 3600 - front * curve_s,
+    assert tail["wall_hours"] * 3600 == pytest.approx(max(terms["tail"] * 3600 - front * curve_s - tail["merges_s"],
                                                           terms["tail"] * 3600 / 2))
     # checkpoints: per evaluation latest.pt (weights + AdamW's moments) and at most a best.pt, at the measured rate
     checkpoints, weights = plan["checkpoints"], 4 * calibration["parameters"]
@@ -252,7 +257,8 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
     assert tail["vanilla_train_s"] == pytest.approx(10 * per_epoch * 0.75)
     assert tail["hours"] * 3600 == pytest.approx(5.0 * (1 + tail["expected_front"]) + full * 1e-3
                                                  + 10 * per_epoch * 0.75 + 10 * full * 1e-3
-                                                 + tail["wise_evaluations"] * full * 1e-3 + tail["checkpoint_s"])
+                                                 + tail["wise_evaluations"] * full * 1e-3 + tail["checkpoint_s"]
+                                                 + 3 * 5.0 + 3 * full * 1e-3 + 12 * 10_000 * 1e-3)  # the merges
     # checkpoints: latest.pt (3 x the fp32 weights) and at most a best.pt at each evaluation, at the measured rate
     weights = 4 * 88_000_000
     rate = found.checkpoints["write"]["bytes_per_s"]
@@ -260,7 +266,7 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
     assert found.trial_checkpoint_hours * 3600 == pytest.approx((10 * 4 * weights + weights) / rate)
     assert sum(found.terms.values()) == pytest.approx(found.sweep_hours) and found.dominant == "train"
     # the tail's tasks side by side on the 8 trials' devices: the references' task (vanilla FT's training) is longest
-    references_s = tail["hours"] * 3600 - tail["expected_front"] * (5.0 + 11 * full * 1e-3)
+    references_s = tail["hours"] * 3600 - tail["expected_front"] * (5.0 + 11 * full * 1e-3) - tail["merges_s"]
     assert tail["wall_hours"] * 3600 == pytest.approx(references_s)
     assert found.wall_hours == pytest.approx((found.sweep_hours - found.terms["tail"]) / 8 + tail["wall_hours"])
 
