@@ -11,7 +11,7 @@ import pandas as pd
 
 from robusttune import pareto
 from robusttune.cache import atomic_write
-from robusttune.experiment import VANILLA_FT, ZERO_SHOT
+from robusttune.experiment import MERGE_KIND, VANILLA_FT, ZERO_SHOT
 from robusttune.metrics import ID_TEST, OOD_MEAN, is_ood_set
 
 REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
@@ -50,6 +50,20 @@ def _references(refs: pd.DataFrame | None):
     wise = refs[refs["kind"] == "wise"]
     curves = {source: group.drop_duplicates("alpha", keep="last").sort_values("alpha") for source, group in wise.groupby("source")}
     return pick("zero-shot"), pick("vanilla-ft"), curves
+
+
+# the merges of the sweep's models (robusttune.search.merges): label, matplotlib marker, plotly symbol
+MERGE_STYLES = {"uniform_soup": ("uniform soup", "P", "cross"), "greedy_soup": ("greedy soup", "X", "x"),
+                "model_stock": ("Model Stock", "h", "hexagon")}
+
+
+def merge_rows(refs: pd.DataFrame | None) -> list[dict]:
+    """The experiment's merge rows, one per method (the last recorded), in MERGE_STYLES' order."""
+    if refs is None or refs.empty or "kind" not in refs:
+        return []
+    merges = refs[refs["kind"] == MERGE_KIND]
+    rows = {row["method"]: row.to_dict() for _, row in merges.iterrows()}
+    return [rows[m] for m in MERGE_STYLES if m in rows]
 
 
 LOGIT_TICKS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -120,6 +134,11 @@ def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = ID_TEST, y: str = OO
             ax.scatter(k * zero_shot[x], k * zero_shot[metric], marker="*", s=220, c="gold", edgecolors="black", label="zero-shot", zorder=5)
         if vanilla is not None:
             ax.scatter(k * vanilla[x], k * vanilla[metric], marker="D", s=80, c="black", label="vanilla FT", zorder=5)
+        for merge in merge_rows(refs):
+            name, marker, _ = MERGE_STYLES[merge["method"]]
+            if not pd.isna(merge.get(x)) and not pd.isna(merge.get(metric)):
+                ax.scatter(k * merge[x], k * merge[metric], marker=marker, s=110, c="#17becf", edgecolors="black",
+                           label=name, zorder=5)
         if metric == y and confirmed:
             band = [b for b in confirmed.get("band", []) if not pd.isna(b["low"])]
             if band:
@@ -212,6 +231,13 @@ def pareto_plotly(frame: pd.DataFrame, *, x: str, y: str, refs: pd.DataFrame | N
     if vanilla is not None:
         fig.add_trace(go.Scatter(x=t([vanilla[x]]), y=t([vanilla[y]]), mode="markers", name="vanilla FT",
                                  marker={"symbol": "diamond", "size": 11, "color": "black"}))
+    for merge in merge_rows(refs):
+        name, _, symbol = MERGE_STYLES[merge["method"]]
+        if not pd.isna(merge.get(x)) and not pd.isna(merge.get(y)):
+            fig.add_trace(go.Scatter(x=t([merge[x]]), y=t([merge[y]]), mode="markers", name=name,
+                                     text=[f"{name} of {len(merge['members'])} trial(s)"], hoverinfo="text+x+y",
+                                     marker={"symbol": symbol, "size": 12, "color": "#17becf",
+                                             "line": {"color": "black", "width": 1}}))
     fig.update_layout(xaxis_title=f"{x} (%)" + (", logit scale" if logit else ""),
                       yaxis_title=f"{y} (%)" + (", logit scale" if logit else ""), height=460, margin={"t": 30})
     if logit:

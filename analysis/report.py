@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from robusttune.cache import atomic_write_text
-from robusttune.metrics import ID_TEST, ID_VAL, OBJECTIVE, OOD_MEAN, is_ood_set
+from robusttune.metrics import ID_TEST, ID_VAL, OBJECTIVE, OOD_MEAN, is_metric, is_ood_set
 
 from robusttune import pareto
 from robusttune.analysis import effects, figures, results, stats
@@ -135,12 +135,17 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     confirmed = confirmation(experiment, front)
     if confirmed:
         summary["confirmation"] = confirmed
+    merges = figures.merge_rows(refs)
+    if merges:
+        summary["merges"] = merge_frame(merges).to_dict(orient="records")
     written: dict[str, str] = {}
     if "csv" in formats:
         written["trials.csv"] = str(results.export(frame, out / "trials.csv"))
         written["front.csv"] = str(results.export(front, out / "front.csv"))
         if confirmed:
             written["confirm.csv"] = str(results.export(stats.verdict_frame(confirmed["verdicts"]), out / "confirm.csv"))
+        if merges:
+            written["merges.csv"] = str(results.export(merge_frame(merges), out / "merges.csv"))
     curve = summary.get("hypervolume_over_trials", [])
     params = results.parameters(frame) if not frame.empty else []
     effects_path = None
@@ -163,6 +168,13 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     summary["files"] = written
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def merge_frame(merges: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per merge of the sweep's models: its method, how many trials went in (and which), its metrics."""
+    rows = [{"method": m["method"], "trials": len(m["members"]), "members": " ".join(m["members"]),
+             **{k: v for k, v in m.items() if is_metric(k) and not pd.isna(v)}} for m in merges]
+    return pd.DataFrame(rows)
 
 
 def confirmation(experiment: Path, front: pd.DataFrame) -> dict[str, Any]:
@@ -252,6 +264,15 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
                          f'{OOD_MEAN}): the noise of one evaluation cannot order them.</p>')
     else:
         parts.append("<p>No complete trial yet.</p>")
+    merges = summary.get("merges") or []
+    if merges:
+        parts.append("<h2>Merges of the sweep's models</h2>"
+                     + _table_html(pd.DataFrame(merges), ["method", "trials", *[m for m in metrics if m in merges[0]]],
+                                   percent=percent)
+                     + '<p class="note">uniform soup: the average of every complete trial; greedy soup: the trials by '
+                       f'decreasing {ID_VAL}, each kept if the soup\'s {ID_VAL} does not drop; Model Stock: the two best '
+                       f'trials by {ID_VAL}, pulled toward the zero-shot weights layer by layer by the angle between their '
+                       'updates (robusttune.method.merge).</p>')
     figs = []
     if not frame.empty:
         parts.append("<h2>ID vs OOD</h2>")

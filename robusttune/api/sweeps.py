@@ -31,6 +31,7 @@ class Status:
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # running trials' latest heartbeats
     confirmation: dict[str, int] = field(default_factory=dict)  # the confirmation's runs recorded (and failed)
     ties: dict[str, list[str]] = field(default_factory=dict)  # front trials within each other's evaluation noise
+    merges: dict[str, list[str]] = field(default_factory=dict)  # each recorded merge of the sweep's models: its trials
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,14 @@ def status(experiment: str | os.PathLike[str]) -> Status:
     running = {r["trial_id"] for r in rows if r["status"] == "running"}
     progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
     return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
-                  status_counts(rows), progress, confirmation_counts(path), front_ties(path))
+                  status_counts(rows), progress, confirmation_counts(path), front_ties(path), recorded_merges(path))
+
+
+def recorded_merges(experiment: Path) -> dict[str, list[str]]:
+    """The merges of the sweep's models the records hold (``robusttune.search.merges``): method -> its trials."""
+    from robusttune.experiment import MERGE_KIND, read_records
+
+    return {r["method"]: list(r.get("members", [])) for r in read_records(experiment) if r.get("kind") == MERGE_KIND}
 
 
 def front_ties(experiment: Path) -> dict[str, list[str]]:

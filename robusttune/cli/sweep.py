@@ -83,13 +83,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             confirmed = found.confirmation
             print(f"confirmation: {confirmed['runs']} run(s) recorded ({confirmed['failed']} failed), "
                   f"{confirmed['curve_points']} WiSE-FT point(s)")
+        if found.merges:
+            print("merges: " + ", ".join(f"{method} of {len(members)} trial(s)" for method, members in found.merges.items()))
         for trial_id, beat in sorted(found.progress.items()):
             ago = max(0.0, time.time() - float(beat["time"] if beat.get("time") is not None else time.time()))
             print(f"trial {trial_id}: step {beat.get('step')}/{beat.get('total_steps')}, loss {beat.get('loss', float('nan')):.4f}, "
                   f"{beat.get('images_per_s', 0):.0f} img/s, ETA {duration(beat.get('eta_s') or 0)} (heartbeat {ago:.0f} s ago)")
 
     emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress,
-          "confirmation": found.confirmation, "ties": found.ties},
+          "confirmation": found.confirmation, "ties": found.ties, "merges": found.merges},
          args.json, human)
     return 0
 

@@ -55,6 +55,9 @@ def test_each_merge_is_made_of_the_sweeps_complete_trials_by_its_rule_and_record
     assert greedy["members"] == [d["name"] for d in greedy["decisions"] if d["kept"]]
     assert all(rows[m]["eval_images"]["id_val_acc"] == len(task.eval_sets[0]) for m in rows)
     assert run_merges(experiment, text, cache_dir, cpu=2, gpu=0, use_ray=False) == 0  # nothing computed twice
+    from robusttune.api.sweeps import recorded_merges
+
+    assert recorded_merges(experiment) == {m: rows[m]["members"] for m in rows}  # what status shows
 
 
 def test_model_stock_is_skipped_with_a_warning_when_one_trial_is_complete(tmp_path, tiny_world_config, tiny_prepared,

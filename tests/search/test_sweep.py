@@ -173,6 +173,15 @@ def test_report_on_a_real_sweep_has_baselines_and_gallery(nan_grid_experiment, c
     assert summary["front_size"] == 1 and "vanilla_ft" in summary and "zero_shot" in summary
     page = (experiment / "report" / "index.html").read_text()
     assert "Counterfactual gallery" in page and "WiSE-FT of vanilla FT" in page
+    # the merges of its one complete trial: both soups are that trial (Model Stock, which needs two, is skipped)
+    (healthy,) = [r for r in records(experiment) if r.get("final") and r["status"] == "complete"]
+    merges = {r["method"]: r for r in records(experiment, trials_only=False) if r.get("kind") == "merge"}
+    assert set(merges) == {"uniform_soup", "greedy_soup"}
+    for merge in merges.values():
+        assert merge["members"] == [healthy["trial_id"]]
+        assert merge["ood_mean"] == pytest.approx(healthy["ood_mean"]) and merge["id_acc"] == pytest.approx(healthy["id_acc"])
+    assert {m["method"] for m in summary["merges"]} == set(merges) and "merges.csv" in summary["files"]
+    assert "Merges of the sweep's models" in page and "greedy soup" in page
 
 
 @pytest.mark.parametrize("scheduler", ["mo_asha", "asha", "none"])
