@@ -34,5 +34,5 @@ def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, cache_dir
     from robusttune.analysis import results
 
     references = results.baselines(result.experiment)
-    assert set(references["kind"]) == {"baseline", "wise"}
+    assert set(references["kind"]) == {"baseline", "wise", "merge"}  # and the merges of its trials
     assert sorted(references[references["source"] == "vanilla-ft"]["alpha"]) == [0.0, 0.5, 1.0]  # the space's alphas

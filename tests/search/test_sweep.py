@@ -282,6 +282,7 @@ def _curves_complete_once(experiment: Path, alphas: list[float]) -> None:
     assert wise["source"].nunique() >= 2  # vanilla FT and at least one Pareto trial
     for source, curve in wise.groupby("source"):
         assert sorted(curve["alpha"]) == alphas, source
+    assert sorted(refs[refs["kind"] == "merge"]["method"]) == ["greedy_soup", "model_stock", "uniform_soup"]
 
 
 @pytest.mark.parametrize("moment", ["during the baselines", "before Tune's first state save"])
