@@ -1,6 +1,6 @@
 """Does scoring each trial by its own WiSE-FT curve find better curves than scoring its raw weights?
 
-    python benchmarks/wise_objective.py [--seeds 3] [--trials N] [--out DIR] [--alphas 0.3,0.5,0.7] [--json]
+    python benchmarks/wise_objective.py [--seeds 3] [--trials N] [--out DIR] [--reuse DIR] [--alphas 0.3,0.5,0.7] [--json]
 
 Two arms search the built-in ``demo`` space (its sampler, MO-ASHA, 16 trials of up to 150 steps, one at a time)
 with sweep seeds 0..K-1 (``--trials``: another budget), its confirmation stage left out:
@@ -17,7 +17,9 @@ curves, with one reference point for every sweep (the worst value of each metric
 accuracy point). With the same seed both arms draw the same configurations (the sampler is random), so the
 difference per seed is what the objective changed: which trials MO-ASHA kept and which the front holds.
 
-Sweeps already in ``--out`` are reused (an interrupted one is resumed), so a rerun only adds what is missing.
+Sweeps already in ``--out`` are reused (an interrupted one is resumed), so a rerun only adds what is missing;
+``--reuse DIR`` first copies finished sweeps' records from DIR (``<arm>-s<seed>/records.jsonl`` and
+``<arm>-s<seed>.seconds``: all the measure reads; ``benchmarks/results/wise_objective`` holds those measured here).
 With --json the last line is one JSON object with each arm's hypervolumes and the paired differences.
 """
 
@@ -70,9 +72,22 @@ def run_arm(arm: str, seed: int, alphas: list[float], trials: int | None, out: P
     return seconds
 
 
+def reuse(source: Path, out: Path) -> None:
+    """Copy the finished sweeps' records from ``source`` into ``out`` (those ``out`` already has are kept)."""
+    import shutil
+
+    for done in sorted(source.glob("*-s*.seconds")):
+        name = done.name.removesuffix(".seconds")
+        records = source / name / "records.jsonl"
+        if records.is_file() and not (out / done.name).exists():
+            (out / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(records, out / name / "records.jsonl")
+            shutil.copy2(done, out / done.name)
+
+
 def curve_points(experiment: Path) -> tuple[list[tuple[float, float]], int]:
     """The (id_acc, ood_mean) points of the WiSE-FT curves of the sweep's front trials, and how many trials."""
-    from analysis.results import baselines
+    from robusttune.analysis.results import baselines
 
     frame = baselines(experiment)
     curves = frame[(frame["kind"] == "wise") & (frame["source"] != "vanilla-ft")]
@@ -81,7 +96,7 @@ def curve_points(experiment: Path) -> tuple[list[tuple[float, float]], int]:
 
 
 def vanilla_points(experiment: Path) -> list[tuple[float, float]]:
-    from analysis.results import baselines
+    from robusttune.analysis.results import baselines
 
     frame = baselines(experiment)
     vanilla = frame[(frame["kind"] == "wise") & (frame["source"] == "vanilla-ft")]
@@ -112,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, help="trials per sweep (default: the demo's 16)")
     parser.add_argument("--alphas", default="0.3,0.5,0.7", help="the wise arm's alphas (default 0.3,0.5,0.7)")
     parser.add_argument("--out", default="runs/wise-objective", help="where the sweeps go (reused when rerun)")
+    parser.add_argument("--reuse", help="copy finished sweeps' records from this folder first")
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -120,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     alphas = [float(a) for a in args.alphas.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.reuse:
+        reuse(Path(args.reuse), out)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     from robusttune.pareto import hypervolume_2d
