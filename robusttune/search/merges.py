@@ -20,8 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from robusttune.experiment import MERGE_KIND, append_record, heads_dir, latest_by_trial, latest_checkpoint, \
-    parse_space_text, read_records
+from robusttune.experiment import (MERGE_KIND, append_record, heads_dir, latest_by_trial, latest_checkpoint,
+                                   parse_space_text, read_records)
 from robusttune.metrics import ID_VAL
 
 log = logging.getLogger(__name__)
