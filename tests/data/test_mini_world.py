@@ -49,12 +49,14 @@ def test_world_is_deterministic_under_its_seed(cache_dir):
 
 def test_world_cache_is_reused_and_corruption_is_regenerated(cache_dir):
     config = tiny_test_world().model_copy(update={"seed": 11})
+    started = time.perf_counter()
     built = load_world(config, cache_dir)
+    build_s = time.perf_counter() - started
     path = world_dir(config, cache_dir) / "data.pt"
     assert path.is_file()
     started = time.perf_counter()
     again = load_world(config, cache_dir)
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < build_s / 2  # read back, not generated again (relative: a loaded machine)
     assert torch.equal(built.val.images, again.val.images)
     path.write_bytes(b"not a checkpoint")
     regenerated = load_world(config, cache_dir)
