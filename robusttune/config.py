@@ -17,98 +17,89 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from robusttune.config_files import (MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_mapping,  # noqa: F401 (re-exported)
                                      load_mapping_and_text, load_yaml_text, one_line, shorten)
 from robusttune.bounds import MAX_SEED
+from robusttune.frozen import Frozen, numeric_kind  # noqa: F401 (re-exported)
+from robusttune.methods import (DEFAULT_METHOD, PAPER_METHOD_PRESET, PAPER_THRESHOLDS, CamMethod,  # noqa: F401
+                                DistillKind, DistillNorm, MaskedDistill, MethodConfig, MethodName, Refill, Region)
 from robusttune.errors import ConfigError
-
-
-class Frozen(BaseModel):
-    """Base for every config: immutable, unknown keys rejected, enums kept as enums, numbers finite (no NaN or
-    infinity) and never booleans (``steps: yes`` is not one step)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool | list | tuple) and info.field_name is not None:
-            kind = numeric_kind(cls.model_fields[info.field_name].annotation)
-            if kind == "number" and isinstance(value, bool) or kind == "numbers" and isinstance(value, list | tuple) \
-                    and any(isinstance(v, bool) for v in value):
-                raise ValueError("Input should be a number, not a boolean")
-        return value
-
-
-def numeric_kind(annotation: Any) -> str | None:
-    """``"number"`` for an int/float annotation (or ``| None``), ``"numbers"`` for a tuple of them, else None."""
-    import types
-    import typing
-
-    def numeric(arg: Any) -> bool:
-        args = typing.get_args(arg) if typing.get_origin(arg) in (typing.Union, types.UnionType) else (arg,)
-        return all(a in (int, float, type(None)) for a in args) and any(a in (int, float) for a in args)
-
-    if numeric(annotation):
-        return "number"
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # ``tuple[float, ...] | None``
-        kinds = {numeric_kind(a) for a in typing.get_args(annotation) if a is not type(None)}
-        return "numbers" if kinds == {"numbers"} else None
-    if typing.get_origin(annotation) is tuple and all(numeric(a) for a in typing.get_args(annotation) if a is not ...):
-        return "numbers"
-    return None
 
 
 ConfigT = TypeVar("ConfigT", bound=Frozen)
 
 
-def _model_in(annotation: Any) -> Any:
-    """The pydantic model inside an annotation (``M``, ``M | None``, ``dict[str, M]``), else None."""
+def _models_in(annotation: Any) -> list[Any]:
+    """The pydantic models inside an annotation (``M``, ``M | None``, ``dict[str, M]``, a union of models)."""
     import typing
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [found for arg in typing.get_args(annotation) for found in _models_in(arg)]
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The field names valid at ``loc`` (a pydantic error location), following nested models."""
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    """A pydantic error location as the user spells the key (without the tag pydantic adds for a union member: the
+    method's name in ``method.<name>.<knob>``), and the field names valid where it ends (following nested models)."""
     current: Any = model
-    for part in loc[:-1]:
+    shown: list[str] = []
+    for index, part in enumerate(loc):
         fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
+        last = index == len(loc) - 1
+        if isinstance(current, list):  # a union of models: this part is the member's tag
+            tagged = [m for m in current if str(m.model_fields.get("name").default) == str(part)] \
+                if all("name" in m.model_fields for m in current) else []
+            if tagged:
+                current = tagged[0]
+                continue
+            current = current[0]
+            fields = current.model_fields
+        shown.append(str(part))
+        if last or not fields or part not in fields:
             continue  # a dict key or list index: stay on the model the container holds
-        current = _model_in(fields[part].annotation)
+        models = _models_in(fields[part].annotation)
+        current = None if not models else models[0] if len(models) == 1 else models
         if current is None:
-            return []
-    return list(getattr(current, "model_fields", {}) or [])
+            return shown + [str(p) for p in loc[index + 1:]], []
+    allowed = list(getattr(current, "model_fields", {}) or []) if not isinstance(current, list) else []
+    return shown, allowed
 
 
 def format_validation_error(model: type[BaseModel], error: ValidationError, source: str) -> str:
     """The first validation problem as one line: ``source: key: rule``."""
     first = error.errors()[0]
     loc = tuple(first.get("loc", ()))
-    key = ".".join(shorten(str(part)) for part in loc) or "(top level)"
+    shown, allowed = _walk(model, loc)
+    key = ".".join(shorten(part) for part in shown) or "(top level)"
     if first["type"] == "extra_forbidden":
         name = str(loc[-1]) if loc else ""
-        close = difflib.get_close_matches(name, _allowed_keys(model, loc), n=1) if len(name) < 100 else []
+        close = difflib.get_close_matches(name, allowed, n=1) if len(name) < 100 else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
+        owners = _knob_owners(name) if len(loc) >= 2 and loc[0] == "method" else []
+        if owners and not close:
+            hint = f" (a knob of {', '.join(owners)}, not of method '{loc[1]}')"
         return f"{source}: unknown key '{key}'{hint}"
     message = first["msg"]
+    if first["type"] == "method":  # the discriminator found no such method: name it, with a suggestion
+        from robusttune.methods import method_name
+
+        try:
+            method_name(first.get("input"))
+        except ValueError as unknown:
+            return f"{source}: {key}: {unknown}"
     if first["type"] in {"value_error", "assertion_error"}:
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     given = first.get("input")
-    shown = "" if isinstance(given, dict | list) or first["type"] == "missing" else f", got {shorten(repr(given))}"
-    return f"{source}: {key}: {message}{shown}" if loc else f"{source}: {message}"
+    shown_value = "" if isinstance(given, dict | list) or first["type"] == "missing" else f", got {shorten(repr(given))}"
+    return f"{source}: {key}: {message}{shown_value}" if loc else f"{source}: {message}"
+
+
+def _knob_owners(knob: str) -> list[str]:
+    from robusttune.methods import all_knobs
+
+    return [m.value for m in all_knobs().get(knob, [])]
 
 
 def parse(model: type[ConfigT], data: Any, source: str) -> ConfigT:
@@ -264,41 +255,6 @@ def tiny_test_world() -> WorldConfig:
 # One fine-tuning run
 
 
-class Region(StrEnum):
-    """Which patches the counterfactual masks: by CAM (object / context), at random, or none (clean images)."""
-
-    OBJECT = "object"
-    CONTEXT = "context"
-    RANDOM = "random"
-    NONE = "none"
-
-
-class Refill(StrEnum):
-    NONE = "none"  # masked patches are dropped from attention (see robusttune.method.refill)
-    SINGLE = "single"
-    MULTI = "multi"
-
-
-class CamMethod(StrEnum):
-    RELEVANCE = "relevance"
-    GRADCAM = "gradcam"
-
-
-class DistillKind(StrEnum):
-    FEATURE = "feature"
-    LOGIT = "logit"
-
-
-class DistillNorm(StrEnum):
-    VARIANCE = "variance"  # feature MSE / teacher feature variance (default; weights portable across models)
-    NONE = "none"  # the paper's plain MSE
-
-
-class Trainable(StrEnum):
-    ALL = "all"  # full fine-tuning (image tower + head)
-    HEAD = "head"  # linear probe: the zero-shot head only
-
-
 class Schedule(StrEnum):
     COSINE = "cosine"  # linear warm-up over warmup_fraction, cosine to zero; AdamW's beta1 fixed at 0.9
     ONECYCLE = "onecycle"  # PyTorch's OneCycleLR as the official code uses it (pct_start = warmup_fraction)
@@ -329,38 +285,20 @@ class Preset(StrEnum):
     PAPER = "paper"  # every official default of the paper's code (PAPER_PRESET)
 
 
-# The official example script's default for each (region, refill) pair (ViT-B/32): the CAM threshold for object and
-# context masks, the masking probability for random masks.
-PAPER_THRESHOLDS: dict[tuple[Region, Refill], float] = {
-    (Region.RANDOM, Refill.NONE): 0.75, (Region.RANDOM, Refill.SINGLE): 0.5, (Region.RANDOM, Refill.MULTI): 0.5,
-    (Region.OBJECT, Refill.NONE): 0.3, (Region.OBJECT, Refill.SINGLE): 0.3, (Region.OBJECT, Refill.MULTI): 0.6,
-    (Region.CONTEXT, Refill.NONE): 0.6, (Region.CONTEXT, Refill.SINGLE): 0.5, (Region.CONTEXT, Refill.MULTI): 0.3,
-}
-
 # ``preset: paper``: the official training defaults (main_distill.py of the paper's code), applied under whatever
-# the config sets itself. The thresholds per strategy come from PAPER_THRESHOLDS as for every config.
+# the config sets itself; the method's own (distillation weights, CAM) are methods.PAPER_METHOD_PRESET, applied when
+# the method is the paper's. The thresholds per strategy come from PAPER_THRESHOLDS as for every config.
 PAPER_PRESET: dict[str, Any] = {
-    "distill": "feature", "distill_norm": "none", "w_task": 1.0, "w_distill": 30.0, "kd_temperature": 10.0,
     "lr": 3e-5, "weight_decay": 0.1, "batch_size": 512, "epochs": 10, "schedule": "onecycle",
-    "warmup_fraction": 0.02, "grad_clip": 1.0, "cam": "relevance",
+    "warmup_fraction": 0.02, "grad_clip": 1.0,
 }
 
 
 class TrainConfig(Frozen):
-    """Every knob of one fine-tuning run. ``w_distill = 0`` is vanilla fine-tuning; ``region = none`` with
-    ``w_distill > 0`` is feature distillation on clean images."""
+    """Every knob of one fine-tuning run: the common settings, and ``method`` (``{name: ..., <its knobs>}``, one of
+    ``robusttune.methods.METHODS``; default the paper's ``masked_distill``)."""
 
-    region: Region = Region.OBJECT
-    refill: Refill = Refill.SINGLE
-    mask_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    mask_ratio: float | None = Field(None, ge=0.0, le=1.0)
-    cam: CamMethod = CamMethod.RELEVANCE
-    w_task: float = Field(1.0, ge=0.0)
-    w_distill: float = Field(1.0, ge=0.0)
-    distill: DistillKind = DistillKind.FEATURE
-    distill_norm: DistillNorm = DistillNorm.VARIANCE  # feature distillation only
-    kd_temperature: float = Field(10.0, gt=0.0)
-    trainable: Trainable = Trainable.ALL
+    method: MethodConfig = MaskedDistill()
     lr: float = Field(3e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.1, ge=0.0)
     batch_size: int = Field(64, ge=2, le=MAX_BATCH)
@@ -406,18 +344,15 @@ class TrainConfig(Frozen):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        given = data.get("method", {})
+        method = dict(given) if isinstance(given, dict) else {"name": given}  # ``method: lp`` is ``{name: lp}``
+        method.setdefault("name", DEFAULT_METHOD)
         if data.get("preset") is not None and str(data["preset"]) == Preset.PAPER:
             given_length = data.get("steps") is not None or data.get("epochs") is not None
             data = {**{k: v for k, v in PAPER_PRESET.items() if not (k == "epochs" and given_length)}, **data}
-        region = data.get("region", Region.OBJECT)
-        if str(region) == Region.NONE and "refill" not in data:
-            data["refill"] = Refill.NONE
-        refill = data.get("refill", Refill.SINGLE)
-        if data.get("mask_threshold") is None and data.get("mask_ratio") is None:
-            try:
-                data["mask_threshold"] = PAPER_THRESHOLDS[(Region(str(region)), Refill(str(refill)))]
-            except (KeyError, ValueError):  # region none, or an invalid value the field validation reports
-                pass
+            if str(method["name"]) == MethodName.MASKED_DISTILL:
+                method = {**PAPER_METHOD_PRESET, **method}
+        data["method"] = method
         if data.get("steps") is None and data.get("epochs") is None:
             data["steps"] = 150
         return data
@@ -426,13 +361,6 @@ class TrainConfig(Frozen):
     def _consistent(self) -> TrainConfig:
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
-        if self.region is Region.NONE:
-            if self.refill is not Refill.NONE:
-                raise ValueError("refill needs a masking region (region is 'none'); use refill 'none'")
-            if self.mask_threshold is not None or self.mask_ratio is not None:
-                raise ValueError("mask_threshold/mask_ratio need a masking region (region is 'none')")
-        elif self.mask_threshold is not None and self.mask_ratio is not None:
-            raise ValueError("give mask_threshold or mask_ratio, not both")
         if self.batch_size % (self.accum_steps * self.workers):
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accum_steps x workers "
                              f"({self.accum_steps} x {self.workers})")
@@ -450,13 +378,16 @@ class TrainConfig(Frozen):
         except ValidationError:
             return False
 
-    @property
-    def uses_masks(self) -> bool:
-        return self.w_distill > 0 and self.region is not Region.NONE
 
-    @property
-    def uses_cam(self) -> bool:
-        return self.uses_masks and self.region in (Region.OBJECT, Region.CONTEXT)
+TRAIN_KEYS = frozenset(TrainConfig.model_fields) - {"method"}  # the common settings of every method
+
+
+def with_method(flat: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings spelled flat (a search space's parameters and fixed values, ``robusttune train``'s flags) as
+    TrainConfig takes them: the method's knobs under ``method`` (``robusttune.methods.nest``)."""
+    from robusttune.methods import nest
+
+    return nest(flat, TRAIN_KEYS)
 
 
 class PackEncoding(StrEnum):

@@ -15,6 +15,7 @@ import torch
 from robusttune import progress
 from robusttune.cache import atomic_write
 from robusttune.config import TrainConfig, parse
+from robusttune.methods import MaskedDistill
 from robusttune.experiment import heads_dir, latest_by_trial, load_frozen_space, trial_files
 from robusttune.metrics import OBJECTIVE, OOD_MEAN
 
@@ -48,6 +49,9 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
         return None
     space, _ = load_frozen_space(experiment)
     config = parse(TrainConfig, row["config"], f"trial {trial_id} config")
+    if not isinstance(config.method, MaskedDistill):  # only the paper's method draws masks and counterfactuals
+        return None
+    knobs = config.method
     student, task = build_task(space.task, cache_dir, head_folders=[heads_dir(experiment)])
     student.load_state_dict(load_checkpoint(checkpoint)["model"])
     student.eval()
@@ -56,18 +60,18 @@ def draw_gallery(experiment: Path, trial_id: str, out: Path, *, cache_dir: Path,
     picks = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(0))[:n_images]
     images_u8, labels = task.train.batch(picks.sort().values)
     images, labels = student.prepare(images_u8), labels.to(placement.device)
-    computer = StepComputer(config, student, frozen_copy(student), placement)
+    computer = StepComputer(config, student, frozen_copy(student), placement).method
     with placement.autocast():
-        clean = student.run(images, cam=config.cam)
+        clean = student.run(images, cam=knobs.cam)
     cam = computer.cam(clean, labels)  # drawn even when the trial's region does not use it
     grid_h, grid_w = student.grid_size
     patches = grid_h * grid_w
-    if config.region.value == "none":
+    if knobs.region.value == "none":
         mask = torch.zeros(len(labels), patches, dtype=torch.bool)
         counterfactual, drop = images, None
     else:
         g = step_generator(config, 0)
-        mask = computer.patch_mask(cam if config.uses_cam else None, len(labels), patches, g)
+        mask = computer.patch_mask(cam if knobs.uses_cam else None, len(labels), patches, g)
         counterfactual, drop = computer.counterfactual(images, mask, g)
     images, counterfactual, mask, cam = images.cpu(), counterfactual.detach().cpu(), mask.cpu(), cam.detach().cpu()
     drop = drop.cpu() if drop is not None else None

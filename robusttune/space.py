@@ -11,12 +11,12 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
       scalarization: {kind: weighted_sum | chebyshev, weights: [0.5, 0.5]}   # reported as metric 'objective'
       wise: {alphas: [0.3, 0.5, 0.7]} # score each trial by its own WiSE-FT curve's best point (see WiseObjective)
     sampler: {name: tpe | nsga2 | gp | random | grid, seed: 0, options: {...}}  # options go to the Optuna sampler
-    parameters:                       # TrainConfig keys
+    parameters:                       # TrainConfig keys, ``method`` and the methods' knobs (robusttune.methods)
       region: {type: categorical, choices: [object, context, random, none]}
       mask_ratio: {type: float, low: 0.1, high: 0.9, when: {region: [object, context, random]}}
       w_distill: {type: float, low: 0.1, high: 100, log: true}
       steps: {type: int, low: 50, high: 150, step: 50}
-    fixed: {batch_size: 64, steps: 150, eval_every: 50}   # TrainConfig keys held constant
+    fixed: {batch_size: 64, steps: 150, eval_every: 50}   # TrainConfig keys (and knobs) held constant
     budget: {trials: 12, concurrency: 1}
     resources: {cpu: 2, gpu: 0}       # per trial; a fraction of one GPU, or whole GPUs (not 1.5)
     scheduler: {name: none | asha | mo_asha, grace_period: 1, reduction_factor: 3, max_t: 6, tie_break: eps_net}
@@ -28,6 +28,11 @@ Optuna suggestions and Ray Tune trials.
 
 ``when`` makes a parameter conditional: it is sampled only when an earlier categorical parameter took one of
 the listed values (e.g. the mask ratio only for masking regions); otherwise the TrainConfig default applies.
+
+Methods: a trial trains ``method`` (fixed, e.g. ``fixed: {method: lp_ft}``, or searched, ``method: {type:
+categorical, choices: [ft, l2sp, masked_distill]}``; default the paper's ``masked_distill``). Knobs are named flat
+(``w_distill``, ``strength``) and go under the trial's method (``robusttune.config.with_method``); a knob must
+belong to every method it can be sampled for (``when: {method: [...]}`` otherwise).
 
 A space file is read by the strict loader of ``robusttune.config`` (one non-empty document, no duplicated key, at
 most 1 MiB, 100,000 values and 32 levels) and bounded here so that validating it is cheap: at most 1,000 values in
@@ -47,7 +52,8 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from robusttune.bounds import MAX_SEED, check_alphas
-from robusttune.config import (Frozen, TaskSpec, TrainConfig, load_mapping_and_text, load_yaml_text, parse,
+from robusttune.methods import DEFAULT_METHOD, METHODS, MethodName, all_knobs, method_name
+from robusttune.config import (TRAIN_KEYS, Frozen, TaskSpec, TrainConfig, with_method, load_mapping_and_text, load_yaml_text, parse,
                                shorten)
 from robusttune.errors import ConfigError
 from robusttune.metrics import ID_METRICS, ID_VAL, OOD_MEAN, WISE_ALPHA, is_ood_set, wise_key
@@ -283,7 +289,7 @@ class SearchSpace(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
-        fields = list(TrainConfig.model_fields)
+        fields = [*TrainConfig.model_fields, *all_knobs()]
         for key in [*self.parameters, *self.fixed]:
             if key not in fields:
                 close = difflib.get_close_matches(key, fields, n=1) if len(key) < 100 else []
@@ -302,6 +308,7 @@ class SearchSpace(Frozen):
                     raise ValueError(f"parameter '{name}': 'when' values for '{parent}' must be among its choices "
                                      f"{shorten(repr(list(parent_choices)), 200)}")
         self.suggestion_order()  # raises on circular conditions
+        self._check_knobs()
         reported = self.task.metrics()
         for metric in self.objective.metrics:
             if metric not in reported:
@@ -329,6 +336,26 @@ class SearchSpace(Frozen):
                                  f"the parameters' value counts), got {points}")
         return self
 
+    def methods(self) -> list[MethodName]:
+        """The methods this space's trials can train."""
+        if "method" in self.parameters:
+            return [method_name(c) for c in self.parameters["method"].choices or ()]
+        return [method_name(self.fixed.get("method", DEFAULT_METHOD))]
+
+    def _check_knobs(self) -> None:
+        """Every searched or fixed knob belongs to every method it can be used with."""
+        owners = all_knobs()
+        for key in [*self.parameters, *self.fixed]:
+            if key in TRAIN_KEYS or key not in owners:
+                continue
+            condition = self.parameters[key].when or {} if key in self.parameters else {}
+            used_with = [m for m in self.methods() if "method" not in condition or m.value in condition["method"]]
+            strangers = [m.value for m in used_with if m not in owners[key]]
+            if strangers:
+                mine = ", ".join(m.value for m in owners[key])
+                fix = "sample it only for them (when: {method: [...]})" if key in self.parameters else "search the method"
+                raise ValueError(f"'{key}' is a knob of {mine}, not of {', '.join(strangers)}: {fix}")
+
     def _check_a_trial(self) -> None:
         """A trial of this space must be a valid TrainConfig: try the fixed values with every parameter at its first
         choice or its low bound (conditional ones only where their condition holds)."""
@@ -339,7 +366,7 @@ class SearchSpace(Frozen):
                 continue
             probe[name] = p.choices[0] if p.type == "categorical" else (int(p.low) if p.type == "int" else p.low)
         try:
-            TrainConfig.model_validate({**self.fixed, **probe})
+            TrainConfig.model_validate(with_method({**self.fixed, **probe}))
         except Exception as error:  # pydantic's ValidationError: report its first problem in one line
             first = error.errors()[0] if hasattr(error, "errors") else {"msg": str(error)}
             message = str(first["msg"]).removeprefix("Value error, ")
@@ -350,12 +377,12 @@ class SearchSpace(Frozen):
 
     def trial_config(self, sampled: dict[str, Any], *, seed: int) -> TrainConfig:
         """The validated TrainConfig of one trial (fixed values, then sampled ones, then the sweep seed)."""
-        return parse(TrainConfig, {"workers": self.resources.workers, **self.fixed, **sampled, "seed": seed},
+        return parse(TrainConfig, with_method({"workers": self.resources.workers, **self.fixed, **sampled, "seed": seed}),
                      f"trial config of space '{self.name}'")
 
     def check_fixed(self) -> None:
         """Fail early if the fixed values alone are not a valid TrainConfig."""
-        parse(TrainConfig, dict(self.fixed), f"space '{self.name}': fixed")
+        parse(TrainConfig, with_method(dict(self.fixed)), f"space '{self.name}': fixed")
 
     def suggestion_order(self) -> list[str]:
         """Parameters ordered so that every condition's parent comes before the parameters it controls."""
@@ -399,7 +426,15 @@ def _check_values(name: str, parameter: Parameter) -> None:
 
     from robusttune.config import numeric_kind
 
-    field = TrainConfig.model_fields.get(name)
+    if name == "method":
+        for choice in parameter.choices or ():
+            try:
+                method_name(choice)
+            except ValueError as error:
+                raise ValueError(f"parameters.method: {error}") from None
+        return
+    owners = all_knobs().get(name)
+    field = METHODS[owners[0]].model_fields[name] if owners and name not in TRAIN_KEYS else TrainConfig.model_fields.get(name)
     if field is None:
         return
     adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation,

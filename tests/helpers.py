@@ -206,3 +206,11 @@ def v2_folder(root, classes=(0, 5, 999), per_class=3):
             size = (int(rng.integers(30, 60)), int(rng.integers(30, 60)), 3)
             Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(root / str(cls) / f"{j}.jpg", quality=95)
     return root
+
+
+def train_config(**flat):
+    """A TrainConfig spelled flat, knobs beside the common settings (``train_config(region="none", lr=1e-3)``), as
+    a search space spells a trial: the knobs go under the method (``robusttune.config.with_method``)."""
+    from robusttune.config import TrainConfig, with_method
+
+    return TrainConfig.model_validate(with_method(flat))

@@ -121,10 +121,11 @@ def wise(finetuned: str | os.PathLike[str], *, zero_shot: str | os.PathLike[str]
 
 # The fixed reference runs of ``baselines`` on the mini world, side by side.
 BASELINE_RUNS: tuple[tuple[str, dict], ...] = (
-    ("zero-shot", {"steps": 0, "region": "none", "w_distill": 0.0}),
-    ("vanilla FT", {"region": "none", "w_distill": 0.0}),
-    ("FT + FD (clean)", {"region": "none", "w_distill": 1.0}),
-    ("FT + FD (object mask, single fill)", {"region": "object", "refill": "single", "mask_threshold": 0.3, "w_distill": 1.0}),
+    ("zero-shot", {"steps": 0, "method": {"name": "ft"}}),
+    ("vanilla FT", {"method": {"name": "ft"}}),
+    ("FT + FD (clean)", {"method": {"name": "masked_distill", "region": "none", "w_distill": 1.0}}),
+    ("FT + FD (object mask, single fill)", {"method": {"name": "masked_distill", "region": "object", "refill": "single",
+                                                       "mask_threshold": 0.3, "w_distill": 1.0}}),
 )
 VANILLA_RUN = "vanilla FT"
 WISE_ROW = "WiSE-FT of vanilla FT (alpha 0.5)"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from robusttune.cli.output import add_common, add_placement, emit, table, values
-from robusttune.config import CamMethod, DistillKind, Preset, Refill, Region, Schedule, Trainable
+from robusttune.config import CamMethod, DistillKind, MethodName, Preset, Refill, Region, Schedule
 from robusttune.errors import ParameterError, TrainingError
 from robusttune.metrics import metric_columns
 
@@ -16,26 +16,37 @@ TASK_KEYS = ("world", "imagenet")
 
 
 def _train_and_task_config(args: argparse.Namespace):
-    from robusttune.config import TaskSpec, TrainConfig, load_mapping, parse
+    """The run's config: the file's (``method: {name: ..., <knobs>}`` nested), then the flags over it (a method's
+    knob flags go under its ``method``; ``--method`` naming another method starts that method from its defaults)."""
+    from robusttune.config import TRAIN_KEYS, TaskSpec, TrainConfig, load_mapping, parse
 
     raw = load_mapping(args.config) if args.config else {}
     source = args.config or "command line"
     task_part = {k: raw.pop(k) for k in TASK_KEYS if k in raw}
     flags = {"region": args.region, "refill": args.refill, "mask_threshold": args.threshold, "mask_ratio": args.ratio,
-             "w_distill": args.w_distill, "distill": args.distill, "lr": args.lr, "steps": args.steps,
-             "batch_size": args.batch_size, "seed": args.seed, "cam": args.cam, "trainable": args.trainable,
+             "w_distill": args.w_distill, "distill": args.distill, "cam": args.cam, "strength": args.strength,
+             "lp_fraction": args.lp_fraction, "lr": args.lr, "steps": args.steps,
+             "batch_size": args.batch_size, "seed": args.seed,
              "eval_every": args.eval_every, "preset": args.preset, "schedule": args.schedule,
              "device": args.device, "precision": args.precision, "workers": args.workers}
     given = {k: v for k, v in flags.items() if v is not None}
-    if "mask_ratio" in given:
-        raw.pop("mask_threshold", None)
-    if "mask_threshold" in given:
-        raw.pop("mask_ratio", None)
+    method = raw.pop("method", {})
+    method = dict(method) if isinstance(method, dict) else {"name": method}
+    if args.method is not None and args.method != str(method.get("name", args.method)):
+        method = {}
+    if args.method is not None:
+        method["name"] = args.method
+    knobs = {k: v for k, v in given.items() if k not in TRAIN_KEYS}
+    if "mask_ratio" in knobs:
+        method.pop("mask_threshold", None)
+    if "mask_threshold" in knobs:
+        method.pop("mask_ratio", None)
+    if knobs.get("region") == "none" and "refill" not in knobs:
+        method.pop("refill", None)
     if "steps" in given:
         raw.pop("epochs", None)
-    if given.get("region") == "none" and "refill" not in given:
-        raw.pop("refill", None)
-    return parse(TrainConfig, {**raw, **given}, source), parse(TaskSpec, task_part, source)
+    common = {k: v for k, v in given.items() if k in TRAIN_KEYS}
+    return parse(TrainConfig, {**raw, **common, "method": {**method, **knobs}}, source), parse(TaskSpec, task_part, source)
 
 
 def _print_evaluation(row: dict[str, Any]) -> None:
@@ -116,15 +127,18 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     train = commands.add_parser("train", help="fine-tune once (mini world by default, or CLIP on ImageNet folders)")
     add_common(train, config_help="YAML/JSON with TrainConfig keys and optionally a 'world' or 'imagenet' section")
-    train.add_argument("--region", choices=values(Region), help="patches to mask (none: clean images)")
+    train.add_argument("--method", choices=values(MethodName), help="what to train (default: the paper's "
+                       "masked_distill; ft, lp, lp_ft, l2sp: the field's baselines)")
+    train.add_argument("--region", choices=values(Region), help="masked_distill: patches to mask (none: clean images)")
     train.add_argument("--refill", choices=values(Refill), help="how masked patches are refilled")
     form = train.add_mutually_exclusive_group()
     form.add_argument("--threshold", type=float, metavar="T", help="mask by normalised CAM threshold (probability for random)")
     form.add_argument("--ratio", type=float, metavar="R", help="mask exactly round(R * patches) patches")
-    train.add_argument("--w-distill", type=float, metavar="W", help="distillation weight (0 = vanilla fine-tuning)")
+    train.add_argument("--w-distill", type=float, metavar="W", help="masked_distill: distillation weight (0 = vanilla fine-tuning)")
     train.add_argument("--distill", choices=values(DistillKind), help="distil image features (MSE) or logits (KD)")
     train.add_argument("--cam", choices=values(CamMethod), help="class activation map method")
-    train.add_argument("--trainable", choices=values(Trainable), help="'head' is a linear probe")
+    train.add_argument("--strength", type=float, metavar="A", help="l2sp: alpha of the penalty toward the pre-trained weights")
+    train.add_argument("--lp-fraction", type=float, metavar="F", help="lp_ft: share of the steps that train the head alone")
     train.add_argument("--preset", choices=values(Preset), help="every official default of the paper's code at once")
     train.add_argument("--schedule", choices=values(Schedule), help="lr schedule (onecycle: the official one)")
     train.add_argument("--lr", type=float, metavar="LR")

@@ -1,6 +1,6 @@
 """WiSE-FT baselines inside every experiment (run once per experiment, cached in its records).
 
-* zero-shot and vanilla fine-tuning (``w_distill = 0``, no masks) with the space's fixed settings, and the WiSE-FT
+* zero-shot and vanilla fine-tuning (method ``ft``) with the space's fixed settings, and the WiSE-FT
   alpha grid between them (``baselines.wise_alphas`` of the space);
 * WiSE-FT between the zero-shot weights and each given trial's final checkpoint (the Pareto-optimal trials).
 
@@ -32,11 +32,12 @@ def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
 
 
 def vanilla_config(space, seed: int = 0):
-    """Vanilla fine-tuning (no masks, no distillation) with the space's fixed settings: the baselines' reference."""
-    from robusttune.config import TrainConfig, parse
+    """Vanilla fine-tuning (method ``ft``) with the space's fixed common settings (not its methods' knobs): the
+    baselines' reference."""
+    from robusttune.config import TRAIN_KEYS, TrainConfig, parse
 
-    fixed = {k: v for k, v in space.fixed.items() if k not in ("region", "refill", "mask_threshold", "mask_ratio")}
-    return parse(TrainConfig, {**fixed, "region": "none", "w_distill": 0.0, "seed": seed}, "vanilla fine-tuning baseline")
+    fixed = {k: v for k, v in space.fixed.items() if k in TRAIN_KEYS}
+    return parse(TrainConfig, {**fixed, "method": {"name": "ft"}, "seed": seed}, "vanilla fine-tuning baseline")
 
 
 def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int,

@@ -55,7 +55,7 @@ CALIBRATION_START = 8  # the first micro-batch timed; then doubled up to the tri
 CALIBRATION_CALL_SECONDS = 2.0  # a size whose call takes longer is the last one timed (then: a line through two sizes)
 CALIBRATION_SUSTAIN_SECONDS = 1.0  # the trial's own size is timed over calls back to back for about this long
 CALIBRATION_MAX_CALLS = 25
-CALIBRATION_VERSION = 3  # part of the cache key: calibrations of an older plan are measured again
+CALIBRATION_VERSION = 4  # part of the cache key: calibrations of an older plan are measured again
 LOADER_SECONDS = 20.0  # at most this long reading batches for the loader's rate
 WRITE_PROBE_BYTES = 64 * 2**20
 EXACT_FRONT_TRIALS = 100_000  # expected front sizes are summed exactly up to this many trials, then approximated
@@ -67,13 +67,18 @@ NOMINAL_IMAGES = {"imagenet_train": 1_281_167, "imagenet_val": 50_000, "imagenet
 
 
 def method_key(config: TrainConfig) -> str:
-    """What decides a step's cost: the passes it makes."""
-    if config.w_distill == 0:
-        return f"vanilla-{config.trainable.value}"
-    if config.region.value == "none":
-        return f"fd-clean-{config.distill.value}"
-    cam = config.cam.value if config.uses_cam else "no-cam"
-    return f"{config.region.value if config.uses_cam else 'random'}-{config.refill.value}-{cam}-{config.distill.value}"
+    """What decides a step's cost: the passes it makes (LP-FT is timed as its costlier stage, fine-tuning)."""
+    from robusttune.methods import MaskedDistill
+
+    m = config.method
+    if not isinstance(m, MaskedDistill):
+        return "ft" if m.name.value == "lp_ft" else m.name.value
+    if m.w_distill == 0:
+        return "ft"
+    if m.region.value == "none":
+        return f"fd-clean-{m.distill.value}"
+    cam = m.cam.value if m.uses_cam else "no-cam"
+    return f"{m.region.value if m.uses_cam else 'random'}-{m.refill.value}-{cam}-{m.distill.value}"
 
 
 def method_mix(space: SearchSpace, samples: int = MIX_SAMPLES) -> dict[str, tuple[TrainConfig, float]]:

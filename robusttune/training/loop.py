@@ -1,16 +1,12 @@
-"""The counterfactual fine-tuning loop (no ray/optuna: progress leaves through injected callbacks).
+"""The fine-tuning loop (no ray/optuna: progress leaves through injected callbacks).
 
-Per step, on a batch ``(x, y)``:
-1. one student forward on the clean images, capturing what the CAM needs; cross-entropy on its logits;
-2. the CAM for the true labels: one ``torch.autograd.grad`` of ``sum(logit[y])`` to the captured
-   activations (no parameter gradients);
-3. a patch mask (object / context / random, threshold or ratio form) and a refill (none / single / multi);
-4. the frozen teacher's features (or logits) on the counterfactual images under ``inference_mode``, the
-   student's on the same images (reusing the clean forward when there is no mask);
-5. ``loss = w_task * CE + w_distill * distill``; AdamW (fused on CUDA), warm-up + cosine or OneCycle, gradient
-   clipping (once per step, after accumulating micro-batches; the official code clips every micro-batch).
+What a step computes is the run's method (``config.method``; ``robusttune.method.registry``: vanilla FT, LP, LP-FT,
+L2-SP, the paper's masked-image distillation): its loss on each micro-batch and which weights it trains. The loop
+owns the rest, the same for every method: the data order, micro-batches and gradient accumulation, the gradient sum
+over data-parallel processes, AdamW (fused on CUDA), warm-up + cosine or OneCycle, gradient clipping (once per step,
+after accumulating micro-batches; the official code clips every micro-batch), evaluations and checkpoints.
 
-Randomness is a pure function of ``(seed, step)`` (data order per epoch, masks and donors per step), so a
+Randomness is a pure function of ``(seed, step)`` (data order per epoch, a method's draws per step: masks, donors), so a
 run resumed from a checkpoint continues exactly as the uninterrupted run would.
 
 A step never waits for the host: the loss and its parts stay on the device (``StepHealth`` keeps whether every loss
@@ -30,14 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from robusttune.config import CamMethod, DistillKind, DistillNorm, Refill, Region, Schedule, TrainConfig, Trainable
+from robusttune.config import Schedule, TrainConfig
 from robusttune.data.sets import Loading, TaskData, batch_loader
 from robusttune.errors import ConfigError
-from robusttune.method import cam as cam_lib
-from robusttune.method import losses, masking, refill
+from robusttune.method.registry import ALL, MethodStep, build
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
 from robusttune.training.distributed import ALONE, Shard
@@ -149,83 +143,19 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: 
 
 
 class StepComputer:
-    """Computes one step's loss; holds no state between steps beyond the models. The forwards run under the
-    placement's autocast; the CAM and the losses are computed in fp32."""
+    """Computes one micro-batch's loss with the run's method (``method``); holds no state between steps beyond the
+    models. The forwards run under the placement's autocast; the CAM and the losses are computed in fp32."""
 
     def __init__(self, config: TrainConfig, student: ImageClassifier, teacher: ImageClassifier,
                  placement: Placement = CPU_FP32):
         self.config, self.student, self.teacher, self.placement = config, student, teacher, placement
-
-    def cam(self, clean, labels: Tensor) -> Tensor:
-        score = clean.logits.float().gather(1, labels[:, None]).sum()
-        if self.config.cam is CamMethod.RELEVANCE:
-            grads = torch.autograd.grad(score, clean.vit.attentions, retain_graph=True)
-            with self.placement.exact_fp32():  # the product over blocks in true fp32, TF32 or not
-                return cam_lib.attention_relevance([a.detach() for a in clean.vit.attentions], list(grads))
-        (grad,) = torch.autograd.grad(score, clean.vit.last_ln1_tokens, retain_graph=True)
-        return cam_lib.grad_cam(clean.vit.last_ln1_tokens.detach(), grad)
-
-    def patch_mask(self, cam: Tensor | None, batch: int, patches: int, g: torch.Generator) -> Tensor:
-        c = self.config
-        region = c.region
-        scores = cam if cam is not None else torch.zeros(batch, patches, device=self.student.device)
-        if c.mask_ratio is not None:
-            return masking.ratio_mask(scores, region, c.mask_ratio, g)
-        # random + no fill keeps an exact count of patches, as the official code does (it drops tokens by gather)
-        return masking.threshold_mask(scores, region, c.mask_threshold, g,  # type: ignore[arg-type]
-                                      exact_count=c.refill is Refill.NONE)
-
-    def counterfactual(self, images: Tensor, mask: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        """The counterfactual images and, for refill 'none', the patches to drop from attention."""
-        if self.config.refill is Refill.NONE:
-            return images, mask
-        batch, patches = mask.shape
-        if self.config.refill is Refill.SINGLE:
-            donors = refill.single_donors(batch, g)
-        else:
-            donors = refill.multi_donors(batch, patches, g)
-        return refill.refill(images, mask, donors, self.student.patch_size), None
-
-    def distill_loss(self, student_out, teacher_out) -> Tensor:
-        c = self.config
-        if c.distill is DistillKind.LOGIT:
-            return losses.logit_kd(student_out.logits.float(), teacher_out.logits, temperature=c.kd_temperature)
-        return losses.feature_mse(student_out.features.float(), teacher_out.features,
-                                  normalise=c.distill_norm is DistillNorm.VARIANCE)
+        self.method: MethodStep = build(config, student, teacher, placement)
 
     def loss(self, images: Tensor, labels: Tensor, step: int, slot: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-        """The step's loss and its parts (``loss_task``, ``mask_fraction``, ``loss_distill``), all 0-dim tensors on the
-        device: nothing here waits for the device (``StepHealth`` reads them when the host needs them)."""
-        c = self.config
-        g = step_generator(c, step, slot)
-        with self.placement.autocast():
-            clean = self.student.run(images, cam=c.cam if c.uses_cam else None)
-        task = F.cross_entropy(clean.logits.float(), labels)
-        parts = {"loss_task": task.detach()}
-        loss = c.w_task * task
-        if c.w_distill > 0:
-            drop = None
-            if c.region is Region.NONE:
-                cf_images, student_cf = images, clean  # distil on the clean images: reuse the clean forward
-            else:
-                cam = self.cam(clean, labels) if c.uses_cam else None
-                mask = self.patch_mask(cam, images.shape[0], self._patches(), g)
-                parts["mask_fraction"] = mask.float().mean()
-                cf_images, drop = self.counterfactual(images, mask, g)
-                with self.placement.autocast():
-                    student_cf = self.student.run(cf_images, drop_patches=drop)
-            with torch.inference_mode(), self.placement.autocast():
-                teacher_cf = self.teacher.run(cf_images, drop_patches=drop)
-            # inference tensors cannot be saved for backward: take plain (fp32) copies for the loss
-            teacher_cf.features, teacher_cf.logits = teacher_cf.features.float().clone(), teacher_cf.logits.float().clone()
-            distill = self.distill_loss(student_cf, teacher_cf)
-            parts["loss_distill"] = distill.detach()
-            loss = loss + c.w_distill * distill
-        return loss, parts
-
-    def _patches(self) -> int:
-        h, w = self.student.grid_size
-        return h * w
+        """The loss of micro-batch ``slot`` of ``step`` and its parts (``loss_task``, and the method's own: e.g.
+        ``mask_fraction``, ``loss_distill``), all 0-dim tensors on the device: nothing here waits for the device
+        (``StepHealth`` reads them when the host needs them)."""
+        return self.method.loss(images, labels, step_generator(self.config, step, slot))
 
 
 @dataclass(frozen=True)
@@ -339,12 +269,16 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, placem
                              fused=True if placement.device.type == "cuda" else None)
 
 
-def _trainable_parameters(student: ImageClassifier, config: TrainConfig) -> list[torch.nn.Parameter]:
-    if config.trainable is Trainable.HEAD:
-        student.visual.requires_grad_(False)
-        return list(student.head.parameters())
+def _optimized_parameters(student: ImageClassifier, method: MethodStep) -> list[torch.nn.Parameter]:
+    """What the optimizer holds: the head alone for a method that never trains the tower (a linear probe), else all."""
     student.requires_grad_(True)
-    return list(student.parameters())
+    return list(student.parameters()) if method.ever_trains_tower else list(student.head.parameters())
+
+
+def _train_only(student: ImageClassifier, trains: str) -> None:
+    """Gradients for the weights a step trains (``ALL`` or ``HEAD``): the others get none, so AdamW leaves them."""
+    student.visual.requires_grad_(trains == ALL)
+    student.head.requires_grad_(True)
 
 
 def train(
@@ -383,11 +317,11 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
     per_epoch = steps_per_epoch(config, n_train)
     student.to(placement.device).train()
     teacher.to(placement.device).eval()
-    params = _trainable_parameters(student, config)
+    computer = StepComputer(config, student, teacher, placement)
+    params = _optimized_parameters(student, computer.method)
     optimizer = make_optimizer(params, config, placement)
     schedule = make_schedule(optimizer, config, total)
     scaler = placement.grad_scaler()
-    computer = StepComputer(config, student, teacher, placement)
     if config.workers != shard.world:
         raise ConfigError(f"the config trains on workers={config.workers} but this process is one of {shard.world}")
     full = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, placement=placement, num_workers=task.num_workers,
@@ -440,7 +374,12 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
     sampler = StepBatches(config, n_train, start, total, shard)
     batches = iter(batch_loader(task.train, sampler, Loading(task.num_workers, pin_memory=placement.pin_memory)))
     health = StepHealth(placement.device)
+    stage = None
     for step in range(start, total):
+        if computer.method.trains(step, total) != stage:  # a function of the step: a resumed run trains the same
+            stage = computer.method.trains(step, total)
+            _train_only(student, stage)
+            active = [p for p in params if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)
         for slot in sampler.slots:
             images, labels = next(batches)
@@ -448,10 +387,10 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
             loss, parts = computer.loss(student.prepare(images), labels, step, slot)
             health.observe(step, loss, parts)  # on the device: the host reads it at heartbeats and evaluations
             scaler.scale(loss / (config.accum_steps * shard.world)).backward()
-        shard.sum_gradients(params)  # data parallel: every process now holds the whole step's gradient
+        shard.sum_gradients(active)  # data parallel: every process now holds the whole step's gradient
         if config.grad_clip > 0:
             scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(active, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         schedule.step()

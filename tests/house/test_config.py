@@ -5,7 +5,7 @@ import pytest
 from robusttune.config import (PAPER_THRESHOLDS, Refill, Region, TaskSpec, TrainConfig, WorldConfig, load_config,
                                load_mapping, parse)
 from robusttune.errors import ConfigError
-from helpers import ROOT
+from helpers import ROOT, train_config
 
 
 @pytest.mark.parametrize("data, expected", [
@@ -33,13 +33,19 @@ def test_configs_are_frozen_and_hashable_data():
 
 
 @pytest.mark.parametrize("data, expected", [
-    ({"region": "none", "refill": "single"}, "refill needs a masking region"),
-    ({"mask_threshold": 0.3, "mask_ratio": 0.2}, "give mask_threshold or mask_ratio, not both"),
-    ({"region": "objct"}, "region: Input should be 'object', 'context', 'random' or 'none'"),
+    ({"method": {"name": "masked_distill", "region": "none", "refill": "single"}}, "method: refill needs a masking region"),
+    ({"method": {"name": "masked_distill", "mask_threshold": 0.3, "mask_ratio": 0.2}},
+     "give mask_threshold or mask_ratio, not both"),
+    ({"method": {"region": "objct"}}, "method.region: Input should be 'object', 'context', 'random' or 'none'"),
     ({"batch_size": 10, "accum_steps": 3}, "must be a multiple of accum_steps"),
     ({"steps": 10, "epochs": 1}, "give steps or epochs, not both"),
-    ({"w_distill": -1}, "w_distill: Input should be greater than or equal to 0"),
-    ({"mask_ratoi": 0.5}, "unknown key 'mask_ratoi' (did you mean 'mask_ratio'?)"),
+    ({"method": {"name": "masked_distill", "w_distill": -1}}, "method.w_distill: Input should be greater than or equal to 0"),
+    ({"method": {"name": "masked_distill", "mask_ratoi": 0.5}}, "unknown key 'method.mask_ratoi' (did you mean 'mask_ratio'?)"),
+    ({"method": {"name": "ft", "w_distill": 1}}, "unknown key 'method.w_distill' (a knob of masked_distill, not of method 'ft')"),
+    ({"method": "lpft"}, "method: unknown method 'lpft' (did you mean 'lp_ft'?); methods: ft, lp, lp_ft, l2sp, masked_distill"),
+    ({"method": {"name": "lp_ft", "lp_fraction": 1}}, "method.lp_fraction: Input should be less than 1, got 1"),
+    ({"method": {"name": "l2sp", "strength": True}}, "method.strength: Input should be a number, not a boolean"),
+    ({"region": "none"}, "unknown key 'region'"),  # a knob belongs under method in a run's config
 ])
 def test_train_config_rules(data, expected):
     with pytest.raises(ConfigError, match=None) as caught:
@@ -56,9 +62,9 @@ OFFICIAL_THRESHOLDS = {  # example.sh of the paper's code (ViT-B/32): probabilit
 
 @pytest.mark.parametrize("region, refill", list(OFFICIAL_THRESHOLDS))
 def test_default_threshold_is_the_official_one_for_each_strategy(region, refill):
-    assert TrainConfig(region=region, refill=refill).mask_threshold == OFFICIAL_THRESHOLDS[(region, refill)]
+    assert train_config(region=region, refill=refill).method.mask_threshold == OFFICIAL_THRESHOLDS[(region, refill)]
     assert PAPER_THRESHOLDS[(Region(region), Refill(refill))] == OFFICIAL_THRESHOLDS[(region, refill)]
-    assert TrainConfig(region=region, refill=refill, mask_threshold=0.42).mask_threshold == 0.42
+    assert train_config(region=region, refill=refill, mask_threshold=0.42).method.mask_threshold == 0.42
 
 
 def test_readme_lists_the_official_thresholds_and_the_paper_preset():
@@ -74,19 +80,20 @@ def test_readme_lists_the_official_thresholds_and_the_paper_preset():
         if line.startswith("| `"):
             key, value = (c.strip().strip("`") for c in line.split("|")[1:3])
             preset[key] = value
-    resolved = TrainConfig(preset="paper").to_dict()
+    paper = train_config(preset="paper").to_dict()
+    resolved = {**paper, **paper["method"]}  # the training defaults and the method's
     assert len(preset) >= 12
     for key, value in preset.items():  # key by key: the README's official values are what the preset resolves to
         assert str(resolved[key]) == value or float(resolved[key]) == float(value), (key, resolved[key], value)
 
 
 def test_train_config_defaults_follow_the_paper():
-    assert TrainConfig().mask_threshold == PAPER_THRESHOLDS[(Region.OBJECT, Refill.SINGLE)] == 0.3
-    assert TrainConfig(region="context").mask_threshold == 0.5
-    clean = TrainConfig(region="none")
+    assert train_config().method.mask_threshold == PAPER_THRESHOLDS[(Region.OBJECT, Refill.SINGLE)] == 0.3
+    assert train_config(region="context").method.mask_threshold == 0.5
+    clean = train_config(region="none").method
     assert clean.refill is Refill.NONE and clean.mask_threshold is None and not clean.uses_masks
-    assert TrainConfig(mask_ratio=0.25).mask_threshold is None
-    assert not TrainConfig(w_distill=0).uses_cam
+    assert train_config(mask_ratio=0.25).method.mask_threshold is None
+    assert not train_config(w_distill=0).method.uses_cam
 
 
 def test_task_spec_takes_one_task():

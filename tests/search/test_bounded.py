@@ -9,6 +9,7 @@ import tracemalloc
 
 import pytest
 
+from helpers import train_config
 from robusttune.config import TrainConfig
 from robusttune.data import packed
 import robusttune.search.plan as planning
@@ -68,12 +69,12 @@ def test_evaluation_count_is_the_length_of_the_evaluation_steps():
     for steps in (0, 1, 7, 12, 150, 151):
         for eval_every in (None, 1, 4, 25, 200):
             for batch_size in (2, 16, 64, 512):
-                config = TrainConfig(steps=steps, eval_every=eval_every, batch_size=batch_size)
+                config = train_config(steps=steps, eval_every=eval_every, batch_size=batch_size)
                 for n_train in (1, 50, 200, 1000):
                     assert planning.evaluation_count(config, n_train) == len(evaluation_steps(config, n_train))
-    config = TrainConfig(epochs=2.5, batch_size=10)
+    config = train_config(epochs=2.5, batch_size=10)
     assert planning.evaluation_count(config, 50) == len(evaluation_steps(config, 50)) == 3  # 13 steps: at 5, 10 and 13
-    (count, seconds, peak) = measured(lambda: planning.evaluation_count(TrainConfig(steps=HUGE, eval_every=1), 1000))
+    (count, seconds, peak) = measured(lambda: planning.evaluation_count(train_config(steps=HUGE, eval_every=1), 1000))
     assert count == HUGE and seconds < 1 and peak < 2**20
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import invoke
+from helpers import invoke, train_config
 from helpers import records, tiny_space, write_space
 
 CONFIG = {"steps": 20, "batch_size": 16, "eval_every": 10, "eval_batch_size": 64, "lr": 1e-3, "region": "object",
@@ -106,9 +106,9 @@ def test_a_step_splits_into_the_same_micro_batches_on_any_number_of_workers():
     from robusttune.training.distributed import Shard
     from robusttune.training.loop import StepBatches
 
-    config = TrainConfig(steps=3, batch_size=12, accum_steps=1, workers=3)
+    config = train_config(steps=3, batch_size=12, accum_steps=1, workers=3)
     shards = [list(StepBatches(config, 40, 0, 3, shard=Shard(r, 3))) for r in range(3)]
-    single = list(StepBatches(TrainConfig(steps=3, batch_size=12, accum_steps=3), 40, 0, 3))
+    single = list(StepBatches(train_config(steps=3, batch_size=12, accum_steps=3), 40, 0, 3))
     assert [b for step in range(3) for r in range(3) for b in shards[r][step:step + 1]] == single
     assert [StepBatches(config, 40, 0, 3, shard=Shard(r, 3)).slots for r in range(3)] == [range(0, 1), range(1, 2), range(2, 3)]
 

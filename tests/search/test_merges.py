@@ -2,7 +2,7 @@
 
 import pytest
 import yaml
-from helpers import records, tiny_space, train_run
+from helpers import records, tiny_space, train_run, train_config
 
 from robusttune.config import TrainConfig
 
@@ -18,7 +18,7 @@ def merged_experiment(tmp_path_factory, tiny_world_config, tiny_prepared):
     trials = {}
     for trial, (lr, status, val) in {"t1": (1e-3, "complete", 0.90), "t2": (3e-3, "complete", 0.95),
                                      "t3": (1e-4, "complete", 0.93), "t4": (2e-3, "stopped-early", 0.99)}.items():
-        student, _ = train_run(tiny_prepared, TrainConfig(steps=2, batch_size=16, eval_batch_size=128, lr=lr,
+        student, _ = train_run(tiny_prepared, train_config(steps=2, batch_size=16, eval_batch_size=128, lr=lr,
                                                           region="none", w_distill=0.0))
         trials[trial] = {k: v.detach().clone() for k, v in student.state_dict().items()}
         save_checkpoint(trial_files(experiment, trial).latest, {"model": trials[trial]})

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import invoke
+from helpers import invoke, train_config
 
 from robusttune.config import TrainConfig
 from robusttune.search.plan import evaluation_steps, method_key, method_mix, scheduler_fraction
@@ -24,11 +24,11 @@ def test_scheduler_fraction_follows_the_rungs():
 
 
 def test_evaluation_steps_and_methods():
-    assert evaluation_steps(TrainConfig(steps=150, eval_every=25), 1000) == [25, 50, 75, 100, 125, 150]
-    assert evaluation_steps(TrainConfig(steps=10, eval_every=4), 1000) == [4, 8, 10]
-    assert evaluation_steps(TrainConfig(epochs=2, batch_size=10), 50) == [5, 10]
-    assert method_key(TrainConfig(w_distill=0)) == "vanilla-all"
-    assert method_key(TrainConfig(region="random", refill="none")) == "random-none-no-cam-feature"
+    assert evaluation_steps(train_config(steps=150, eval_every=25), 1000) == [25, 50, 75, 100, 125, 150]
+    assert evaluation_steps(train_config(steps=10, eval_every=4), 1000) == [4, 8, 10]
+    assert evaluation_steps(train_config(epochs=2, batch_size=10), 50) == [5, 10]
+    assert method_key(train_config(w_distill=0)) == "vanilla-all"
+    assert method_key(train_config(region="random", refill="none")) == "random-none-no-cam-feature"
     from robusttune.space import load_space
 
     demo, _ = load_space("demo")
@@ -290,10 +290,10 @@ def test_data_parallel_trials_are_planned_per_process_in_device_hours(tmp_path, 
     import robusttune.search.plan as planning
     from robusttune.config import TrainConfig
 
-    assert planning.step_chunks(TrainConfig(batch_size=512), 10**6, ranks=2) == [256]
-    assert planning.step_chunks(TrainConfig(batch_size=512, accum_steps=2), 10**6, ranks=2) == [128, 128]
-    assert planning.step_chunks(TrainConfig(batch_size=512, accum_steps=2), 10**6) == [256, 256]
-    assert planning.step_chunks(TrainConfig(batch_size=64), 40) == [40]
+    assert planning.step_chunks(train_config(batch_size=512), 10**6, ranks=2) == [256]
+    assert planning.step_chunks(train_config(batch_size=512, accum_steps=2), 10**6, ranks=2) == [128, 128]
+    assert planning.step_chunks(train_config(batch_size=512, accum_steps=2), 10**6) == [256, 256]
+    assert planning.step_chunks(train_config(batch_size=64), 40) == [40]
     data = _missing_paper_space(tmp_path).to_dict()
     data["resources"] = {**data["resources"], "workers": 2}
     data["scheduler"] = {"name": "none"}  # (MO-)ASHA does not stop multi-worker trials yet

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import records, tiny_space, train_run, write_space
+from helpers import records, tiny_space, train_run, write_space, train_config
 
 from robusttune.config import TrainConfig, parse
 from robusttune.errors import ConfigError
@@ -52,7 +52,7 @@ def test_the_probe_measures_each_evaluations_curve_and_leaves_the_run_bit_identi
     from robusttune.training.evaluate import Evaluator
     from robusttune.training.wise import WiseProbe, wise_curve
 
-    config = TrainConfig(steps=4, batch_size=16, eval_every=2, eval_batch_size=128, lr=1e-3, region="object",
+    config = train_config(steps=4, batch_size=16, eval_every=2, eval_batch_size=128, lr=1e-3, region="object",
                          refill="single", mask_threshold=0.3)
     _, plain = train_run(tiny_prepared, config)
     student, probed = train_run(tiny_prepared, config, probe=WiseProbe((0.0, 0.5)))

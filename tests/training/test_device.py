@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import assert_same_run, interrupted_then_resumed, train_run
+from helpers import assert_same_run, interrupted_then_resumed, train_run, train_config
 
 from robusttune.config import CamMethod, TrainConfig, parse
 from robusttune.data.sets import DatasetImages, TaskData
@@ -29,7 +29,7 @@ STRATEGIES = [
 def test_a_step_creates_every_tensor_on_the_models_device(tiny_prepared, strategy):
     student = tiny_prepared.classifier()
     images_u8, labels = tiny_prepared.task().train.batch(torch.arange(8))
-    computer = StepComputer(TrainConfig(**strategy), student, frozen_copy(student))
+    computer = StepComputer(train_config(**strategy), student, frozen_copy(student))
     torch.set_default_device("meta")
     try:
         loss, parts = computer.loss(student.prepare(images_u8), labels, step=3)
@@ -44,7 +44,7 @@ def test_step_randomness_does_not_depend_on_the_default_device(tiny_prepared):
     """Masks and donors come from the CPU step generator, so they are the same whatever device runs the step."""
     student = tiny_prepared.classifier()
     images_u8, labels = tiny_prepared.task().train.batch(torch.arange(8))
-    config = TrainConfig(region="random", refill="multi", mask_ratio=0.4)
+    config = train_config(region="random", refill="multi", mask_ratio=0.4)
     losses = []
     for default in (None, "meta"):
         torch.set_default_device(default)
@@ -70,12 +70,12 @@ def test_device_and_precision_resolution():
 
 
 def test_a_checkpoint_resumes_on_another_device_but_not_in_another_precision():
-    config = TrainConfig(device="cuda:1", precision="bf16")
-    assert config.resumes(TrainConfig(device="cpu", precision="bf16").to_dict())
-    assert not config.resumes(TrainConfig(device="cuda:1", precision="fp32").to_dict())
-    old = TrainConfig().to_dict()
+    config = train_config(device="cuda:1", precision="bf16")
+    assert config.resumes(train_config(device="cpu", precision="bf16").to_dict())
+    assert not config.resumes(train_config(device="cuda:1", precision="fp32").to_dict())
+    old = train_config().to_dict()
     del old["device"], old["precision"]  # a checkpoint written before these keys existed
-    assert TrainConfig().resumes(old)
+    assert train_config().resumes(old)
 
 
 def test_bf16_autocast_keeps_losses_finite_and_cam_masks_close_to_fp32(tiny_prepared):
@@ -83,16 +83,16 @@ def test_bf16_autocast_keeps_losses_finite_and_cam_masks_close_to_fp32(tiny_prep
     images_u8, labels = tiny_prepared.task().train.batch(torch.arange(64))
     images = student.prepare(images_u8)
     for region in ("object", "context"):
-        config = TrainConfig(region=region, refill="single", mask_threshold=0.3)
+        config = train_config(region=region, refill="single", mask_threshold=0.3)
         masks = []
         for placement in (Placement.of("cpu", "fp32"), Placement.of("cpu", "bf16")):
             computer = StepComputer(config, student, frozen_copy(student), placement)
             with placement.autocast():
                 clean = student.run(images, cam=CamMethod.RELEVANCE)
             assert (clean.logits.dtype is torch.bfloat16) == (placement.dtype is torch.bfloat16)
-            cam = computer.cam(clean, labels)
+            cam = computer.method.cam(clean, labels)
             assert cam.dtype is torch.float32  # relevance accumulated in fp32 under autocast too
-            masks.append(computer.patch_mask(cam, len(labels), cam.shape[1], torch.Generator().manual_seed(0)))
+            masks.append(computer.method.patch_mask(cam, len(labels), cam.shape[1], torch.Generator().manual_seed(0)))
             loss, _ = computer.loss(images, labels, 0)
             assert loss.dtype is torch.float32 and bool(torch.isfinite(loss))
         agreement = float((masks[0] == masks[1]).float().mean())
@@ -104,7 +104,7 @@ def test_mixed_precision_training_keeps_fp32_weights(tiny_prepared, precision, t
     from robusttune.training.checkpoint import load_checkpoint, save_checkpoint
 
     student = tiny_prepared.classifier()
-    config = TrainConfig(**SMALL, precision=precision, region="object", refill="multi", mask_threshold=0.3)
+    config = train_config(**SMALL, precision=precision, region="object", refill="multi", mask_threshold=0.3)
     result = train(config, student, frozen_copy(student), tiny_prepared.task(),
                    save_checkpoint=lambda state: save_checkpoint(tmp_path / "ck.pt", state))
     assert result.status == "complete" and all(0 <= v <= 1 for v in result.metrics.values())
@@ -148,7 +148,7 @@ def _disk_like(task: TaskData, workers: int) -> TaskData:
 
 
 def test_loader_workers_and_resume_give_the_uninterrupted_run(tiny_prepared, tmp_path):
-    config = TrainConfig(**SMALL, region="object", refill="single", mask_threshold=0.3)
+    config = train_config(**SMALL, region="object", refill="single", mask_threshold=0.3)
     task = tiny_prepared.task()
     in_memory = train_run(tiny_prepared, config, task)
     assert_same_run(in_memory, train_run(tiny_prepared, config, _disk_like(task, 2)))
@@ -182,6 +182,6 @@ def test_uint8_preprocess_normalised_on_the_device_equals_open_clips_transform()
 
 def test_a_bf16_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(tiny_prepared, tmp_path):
     """bf16 autocast is deterministic on a given device: the resumed run is bit-identical, as in fp32."""
-    config = TrainConfig(**SMALL, precision="bf16", region="context", refill="multi", mask_ratio=0.4)
+    config = train_config(**SMALL, precision="bf16", region="context", refill="multi", mask_ratio=0.4)
     assert_same_run(train_run(tiny_prepared, config),
                     interrupted_then_resumed(tiny_prepared, config, tmp_path / "ck.pt", stop_at=2))

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from helpers import train_config
 from robusttune.config import ConfigError, TrainConfig, parse
 from robusttune.data.sets import DatasetImages, class_subset, fixed_subset, restrict
 from robusttune.models.classifier import frozen_copy
@@ -19,14 +20,14 @@ def test_train_subset_is_per_class_seeded_and_the_same_for_every_trial(tiny_prep
     task = tiny_prepared.task()
     labels = task.train.labels
     for spec, expected in ((3, lambda n: min(3, n)), (0.25, lambda n: max(1, round(0.25 * n)))):
-        first = with_train_subset(task, TrainConfig(train_subset=spec, seed=0))
-        again = with_train_subset(task, TrainConfig(train_subset=spec, seed=7))  # another trial seed: the same images
+        first = with_train_subset(task, train_config(train_subset=spec, seed=0))
+        again = with_train_subset(task, train_config(train_subset=spec, seed=7))  # another trial seed: the same images
         assert torch.equal(first.train.images, again.train.images) and torch.equal(first.train.labels, again.train.labels)
         counts = torch.bincount(first.train.labels, minlength=10)
         assert counts.tolist() == [expected(int((labels == c).sum())) for c in range(10)]
     positions = class_subset(labels, 3)
-    assert torch.equal(with_train_subset(task, TrainConfig(train_subset=3)).train.labels, labels[positions])
-    assert with_train_subset(task, TrainConfig()).train is task.train
+    assert torch.equal(with_train_subset(task, train_config(train_subset=3)).train.labels, labels[positions])
+    assert with_train_subset(task, train_config()).train is task.train
     with pytest.raises(ConfigError, match="train_subset: must be a whole number of images per class"):
         parse(TrainConfig, {"train_subset": 2.5}, "train")
 
@@ -46,12 +47,12 @@ def test_subsets_of_disk_sources_keep_images_and_labels_together(tiny_prepared):
 def test_eval_subset_for_intermediate_evaluations_and_full_sets_for_the_last(tiny_prepared):
     student = tiny_prepared.classifier()
     task = tiny_prepared.task()
-    result = train(TrainConfig(**SMALL, eval_subset=50), student, frozen_copy(student), task)
+    result = train(train_config(**SMALL, eval_subset=50), student, frozen_copy(student), task)
     intermediate, last = result.history
     assert intermediate["eval_subset"] == 50 and set(intermediate["eval_images"].values()) == {50}
     assert "eval_subset" not in last and last["eval_images"] == {s.metric: len(s) for s in task.eval_sets}
     plain = tiny_prepared.classifier()
-    reference = train(TrainConfig(**SMALL), plain, frozen_copy(plain), task)
+    reference = train(train_config(**SMALL), plain, frozen_copy(plain), task)
     assert last["metrics"] == reference.history[-1]["metrics"]  # the subset only changes what is measured, not training
 
 
@@ -76,7 +77,7 @@ def test_best_metrics_never_mix_subset_and_full_evaluations(tmp_path):
 def test_checkpoints_policy(tiny_prepared, tmp_path, keep):
     student = tiny_prepared.classifier()
     states = []
-    train(TrainConfig(**SMALL), student, frozen_copy(student), tiny_prepared.task(), save_checkpoint=states.append)
+    train(train_config(**SMALL), student, frozen_copy(student), tiny_prepared.task(), save_checkpoint=states.append)
     save_checkpoint(tmp_path / "latest.pt", states[-1])
     save_checkpoint(tmp_path / "best.pt", {"model": states[0]["model"], "step": 2, "config": states[0]["config"]})
     (tmp_path / "best.json").write_text("{}")

@@ -14,7 +14,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import train_config
 from robusttune.config import TrainConfig
+from robusttune.method import masking
 from robusttune.models.classifier import frozen_copy
 from robusttune.training import loop
 from robusttune.training.evaluate import Evaluator
@@ -106,7 +108,7 @@ def _train(prepared, config, counted: bool = False, **kwargs):
 def test_the_counter_sees_reads_the_loop_would_make(tiny_prepared):
     student = tiny_prepared.classifier()
     images, labels = tiny_prepared.task().train.batch(torch.arange(8))
-    computer = StepComputer(TrainConfig(**STRATEGIES["object_single"]), student, frozen_copy(student))
+    computer = StepComputer(train_config(**STRATEGIES["object_single"]), student, frozen_copy(student))
     with host_reads() as reads:
         loss, parts = computer.loss(student.prepare(images), labels, 0)
     assert reads == []  # the loss path itself reads nothing
@@ -123,7 +125,7 @@ def test_host_reads_once_per_heartbeat_and_evaluation_not_per_step(tiny_prepared
         if progress["step"] % 4 == 0:
             beats.append((progress["step"], progress["loss"], progress["images_per_s"]))
 
-    _, result, reads = _train(tiny_prepared, TrainConfig(**SMALL, **STRATEGIES[strategy]), counted=True,
+    _, result, reads = _train(tiny_prepared, train_config(**SMALL, **STRATEGIES[strategy]), counted=True,
                               on_step=heartbeat)
     assert result.status == "complete" and [r["step"] for r in result.history] == [6, 12]
     assert [b[0] for b in beats] == [4, 8, 12] and all(isinstance(b[1], float) for b in beats)
@@ -132,7 +134,7 @@ def test_host_reads_once_per_heartbeat_and_evaluation_not_per_step(tiny_prepared
 
 
 def test_a_progress_callback_that_reads_only_the_step_costs_no_read(tiny_prepared):
-    config = TrainConfig(**{**SMALL, "steps": 6, "eval_every": 3}, accum_steps=2, **STRATEGIES["object_single"])
+    config = train_config(**{**SMALL, "steps": 6, "eval_every": 3}, accum_steps=2, **STRATEGIES["object_single"])
     seen = []
     _, result, reads = _train(tiny_prepared, config, counted=True, on_step=lambda progress: seen.append(progress["step"]))
     assert result.status == "complete" and seen == [1, 2, 3, 4, 5, 6]
@@ -157,7 +159,7 @@ def test_a_non_finite_loss_is_caught_at_the_next_heartbeat(tiny_prepared, monkey
         if progress["step"] % 4 == 0:
             beats.append(progress["loss"])
 
-    _, result = _train(tiny_prepared, TrainConfig(**SMALL), report=rows.append, on_step=heartbeat,
+    _, result = _train(tiny_prepared, train_config(**SMALL), report=rows.append, on_step=heartbeat,
                        save_checkpoint=lambda state: saved.append(state["step"]))
     assert result.status == "failed" and result.steps == 6
     assert result.failure == "non-finite loss (nan) at step 6 (seen at step 7)"  # the heartbeat after step 7
@@ -168,7 +170,7 @@ def test_a_non_finite_loss_is_caught_at_the_next_heartbeat(tiny_prepared, monkey
 def test_without_heartbeats_a_non_finite_loss_is_caught_before_the_next_evaluation(tiny_prepared, monkeypatch):
     _nan_at(monkeypatch, 7)
     rows, saved = [], []
-    _, result = _train(tiny_prepared, TrainConfig(**SMALL), report=rows.append,
+    _, result = _train(tiny_prepared, train_config(**SMALL), report=rows.append,
                        save_checkpoint=lambda state: saved.append(state["step"]))
     assert result.status == "failed" and result.failure == "non-finite loss (nan) at step 7 (seen at step 11)"
     assert saved == [6] and rows[-1] == {"step": 7, "epoch": rows[-1]["epoch"], "status": "failed",
@@ -210,15 +212,15 @@ def test_cpu_drawn_masks_and_donors_reach_the_device_pinned_and_non_blocking(tin
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, device=None: any(self is p for p in pinned))
     student = tiny_prepared.classifier().to("meta")
     images, labels = tiny_prepared.task().train.batch(torch.arange(8))
-    computer = StepComputer(TrainConfig(**STRATEGIES[strategy]), student, frozen_copy(student))
+    computer = StepComputer(train_config(**STRATEGIES[strategy]), student, frozen_copy(student))
     mode = _Copies(pinned)
     with mode:
-        loss, _ = computer.loss(student.prepare(loop.masking.to_device(images, "meta")),
-                                loop.masking.to_device(labels, "meta"), 3)
+        loss, _ = computer.loss(student.prepare(masking.to_device(images, "meta")),
+                                masking.to_device(labels, "meta"), 3)
         loss.backward()
     assert loss.device.type == "meta" and len(mode.copies) >= 2  # at least the batch and its labels
-    masking = TrainConfig(**STRATEGIES[strategy]).uses_masks
-    assert len(mode.copies) > 2 or not masking  # ... and the masks / donors drawn on the CPU
+    draws_masks = train_config(**STRATEGIES[strategy]).method.uses_masks
+    assert len(mode.copies) > 2 or not draws_masks  # ... and the masks / donors drawn on the CPU
     assert all(was_pinned and non_blocking for _, was_pinned, non_blocking in mode.copies), mode.copies
 
 
@@ -246,7 +248,7 @@ def test_compile_gives_the_same_losses_on_the_cpu(tiny_prepared):
     images, labels = tiny_prepared.task().train.batch(torch.arange(16))
     images = student.prepare(images)
     for name in ("object_single", "clean_distill"):
-        computer = StepComputer(TrainConfig(**STRATEGIES[name]), student, teacher)
+        computer = StepComputer(train_config(**STRATEGIES[name]), student, teacher)
         results = []
         for compiled in (False, True):
             student.zero_grad(set_to_none=True)
@@ -263,8 +265,8 @@ def test_compile_gives_the_same_losses_on_the_cpu(tiny_prepared):
     assert all(block._compiled_call_impl is None for block in student.visual.transformer.resblocks)
     # the config key: train() compiles for the run (and its evaluations) and undoes it
     config = dict(SMALL, steps=2, eval_every=1, **STRATEGIES["object_single"])
-    _, eager_run = _train(tiny_prepared, TrainConfig(**config))
-    compiled_student, compiled_run = _train(tiny_prepared, TrainConfig(**config, compile=True))
+    _, eager_run = _train(tiny_prepared, train_config(**config))
+    compiled_student, compiled_run = _train(tiny_prepared, train_config(**config, compile=True))
     assert compiled_run.status == "complete"
     for a, b in zip(eager_run.history, compiled_run.history):
         assert b["loss_task"] == pytest.approx(a["loss_task"], rel=1e-5)

@@ -1,0 +1,11 @@
+"""``ft``: vanilla fine-tuning, cross-entropy on the clean images with every weight trained (the WiSE-FT paper's
+"standard fine-tuning" end-to-end baseline; wise-ft's src/models/finetune.py)."""
+
+from __future__ import annotations
+
+from robusttune.method.registry import MethodStep, register
+
+
+@register("ft")
+class Ft(MethodStep):
+    pass
