@@ -1,6 +1,7 @@
 """The report's charts, each drawn twice with the same content: matplotlib (PNG) and plotly (HTML).
 
-Trials are coloured by masking region and shaped by refill; the Pareto front is a step line.
+Trials of the paper's method are coloured by masking region and shaped by refill, those of the other methods (a
+sweep that searches ``method``) coloured by method; the Pareto front is a step line.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from robusttune.cache import atomic_write
 from robusttune.experiment import MERGE_KIND, VANILLA_FT, ZERO_SHOT
 from robusttune.metrics import ID_TEST, OOD_MEAN, is_ood_set
 
-REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f"}
+REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f",
+                  # the other methods (robusttune.methods), when a sweep searches the method
+                  "ft": "#8c564b", "lp": "#bcbd22", "lp_ft": "#17becf", "l2sp": "#9467bd"}
 REFILL_MARKERS = {"single": ("o", "circle"), "multi": ("s", "square"), "none": ("^", "triangle-up"), "-": ("D", "diamond")}
 
 
 def _style(row) -> tuple[str, str, str]:
+    """(colour group, marker group, legend label) of a trial."""
+    method = row.get("param.method")
+    if isinstance(method, str) and method != "masked_distill":
+        return method, "-", method
     region = str(row.get("param.region", "none") or "none")
     refill = row.get("param.refill")
     refill = "-" if refill is None or (isinstance(refill, float) and pd.isna(refill)) else str(refill)

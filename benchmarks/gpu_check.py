@@ -60,14 +60,14 @@ def time_strategy(student, overrides, placement, images_u8, labels, steps: int, 
     """Seconds per step (``steps`` steps between two synchronisations, after one warm-up step), images/s, peak MB."""
     from step_cost import explicit_attention, training_step
 
-    from robusttune.config import TrainConfig
+    from robusttune.config import TrainConfig, with_method
     from robusttune.models.classifier import frozen_copy
     from robusttune.training.loop import StepComputer, StepHealth, make_optimizer
 
     device = placement.device
     placement.configure()  # TF32 or not, process-wide
     model, teacher = frozen_copy(student).requires_grad_(True).train(), frozen_copy(student)
-    config = TrainConfig(**overrides)
+    config = TrainConfig.model_validate(with_method(overrides))
     computer = StepComputer(config, model, teacher, placement)
     optimizer = make_optimizer(list(model.parameters()), config, placement)
     scaler, health = placement.grad_scaler(), StepHealth(device)
@@ -116,7 +116,7 @@ class PageableCopies(TorchDispatchMode):
 def loop_syncs(student, overrides, placement, batch: int, steps: int, classes: int) -> dict:
     """Host synchronisations per step of ``train`` itself, between its progress callbacks (the evaluation at the end
     is left out), and those of one heartbeat that reads the loss."""
-    from robusttune.config import TrainConfig
+    from robusttune.config import TrainConfig, with_method
     from robusttune.data.sets import EvalSet, TaskData, TensorImages
     from robusttune.models.classifier import frozen_copy
     from robusttune.training.loop import train
@@ -125,7 +125,7 @@ def loop_syncs(student, overrides, placement, batch: int, steps: int, classes: i
     images = torch.randint(0, 256, (batch * steps, 3, 224, 224), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, classes, (batch * steps,), generator=generator)
     task = TaskData(TensorImages(images, labels), (EvalSet("id_acc", TensorImages(images[:batch], labels[:batch])),), classes)
-    config = TrainConfig(**overrides, steps=steps, batch_size=batch, eval_batch_size=batch, lr=1e-5)
+    config = TrainConfig.model_validate(with_method({**overrides, "steps": steps, "batch_size": batch, "eval_batch_size": batch, "lr": 1e-5}))
     model = frozen_copy(student).requires_grad_(True).train()
     cuda = placement.device.type == "cuda"
     marks: list[tuple[int, int]] = []  # (syncs at entry, syncs after) of each on_step call

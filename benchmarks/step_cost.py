@@ -31,7 +31,7 @@ import contextlib
 
 import torch
 
-from robusttune.config import CamMethod, TrainConfig, default_world
+from robusttune.config import CamMethod, TrainConfig, default_world, with_method
 from robusttune.models import classifier
 from robusttune.models.classifier import frozen_copy
 from robusttune.training.device import Placement
@@ -87,17 +87,17 @@ class OfficialPasses(StepComputer):
         g = step_generator(self.config, step)
         with self.placement.autocast():
             cam_pass = self.student.run(images, cam=CamMethod.RELEVANCE)
-        relevance = self.cam(cam_pass, labels)
-        mask = self.patch_mask(relevance, images.shape[0], self._patches(), g)
+        relevance = self.method.cam(cam_pass, labels)
+        mask = self.method.patch_mask(relevance, images.shape[0], self.method.patches, g)
         with self.placement.autocast():
             task = torch.nn.functional.cross_entropy(self.student(images).float(), labels)
-        cf_images, drop = self.counterfactual(images, mask, g)
+        cf_images, drop = self.method.counterfactual(images, mask, g)
         with self.placement.autocast():
             student_cf = self.student.run(cf_images, drop_patches=drop)
         with torch.inference_mode(), self.placement.autocast():
             teacher_cf = self.teacher.run(cf_images, drop_patches=drop)
         teacher_cf.features, teacher_cf.logits = teacher_cf.features.float().clone(), teacher_cf.logits.float().clone()
-        return task + self.config.w_distill * self.distill_loss(student_cf, teacher_cf), {}
+        return task + self.config.method.w_distill * self.method.distill_loss(student_cf, teacher_cf), {}
 
 
 def build(model_name: str, batch_size: int, cache_dir: Path):
@@ -145,7 +145,7 @@ def count_step(make, images, labels, placement: Placement, overrides: dict, comp
 
     student = make().to(placement.device)
     teacher = frozen_copy(student)
-    config = TrainConfig(**overrides)
+    config = TrainConfig.model_validate(with_method(overrides))
     computer = StepComputer(config, student, teacher, placement)
     # fused AdamW as on CUDA (on the CPU the loop keeps PyTorch's default, per-parameter one)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     computers = {}
     for name, overrides in METHODS.items():
         student = students[name]
-        config = TrainConfig(**overrides)
+        config = TrainConfig.model_validate(with_method(overrides))
         computer_class = {"cf_official_passes": OfficialPasses, "ft_open_clip_forward": OpenClipForward}.get(name, StepComputer)
         computers[name] = (computer_class(config, student, frozen_copy(student), placement),
                            make_optimizer(list(student.parameters()), config, placement), placement.grad_scaler(),

@@ -77,6 +77,11 @@ class TrialFiles:
         return self.folder / "best.json"
 
     @property
+    def config(self) -> Path:
+        """The TrainConfig the trial trains with, as its trainable built it (the records' ``config`` is this file's)."""
+        return self.folder / "config.json"
+
+    @property
     def replay(self) -> Path:
         """A benchmark replay's progress (``robusttune.bench.replay``)."""
         return self.folder / "replay.json"

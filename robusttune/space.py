@@ -348,13 +348,19 @@ class SearchSpace(Frozen):
         for key in [*self.parameters, *self.fixed]:
             if key in TRAIN_KEYS or key not in owners:
                 continue
-            condition = self.parameters[key].when or {} if key in self.parameters else {}
-            used_with = [m for m in self.methods() if "method" not in condition or m.value in condition["method"]]
-            strangers = [m.value for m in used_with if m not in owners[key]]
+            strangers = [m.value for m in self._sampled_with(key) if m not in owners[key]]
             if strangers:
                 mine = ", ".join(m.value for m in owners[key])
                 fix = "sample it only for them (when: {method: [...]})" if key in self.parameters else "search the method"
                 raise ValueError(f"'{key}' is a knob of {mine}, not of {', '.join(strangers)}: {fix}")
+
+    def _sampled_with(self, key: str) -> list[MethodName]:
+        """The methods a trial can train when ``key`` is in its config (following ``when`` conditions up the chain)."""
+        methods = self.methods()
+        for parent, values in ((self.parameters[key].when or {}) if key in self.parameters else {}).items():
+            allowed = [method_name(v) for v in values] if parent == "method" else self._sampled_with(parent)
+            methods = [m for m in methods if m in allowed]
+        return methods
 
     def _check_a_trial(self) -> None:
         """A trial of this space must be a valid TrainConfig: try the fixed values with every parameter at its first

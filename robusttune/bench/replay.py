@@ -54,7 +54,12 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
     point = stored.point_of({**space.fixed, **{k: v for k, v in config.items() if k in space.parameters}})
     curve = stored.curves.get(point, [])
     total = int(stored.frame["step"].max())
-    progress = trial_files(experiment, tune.get_context().get_trial_id()).replay
+    files = trial_files(experiment, tune.get_context().get_trial_id())
+    progress = files.replay
+    if not files.config.is_file():  # what the records show as the trial's config, as a training trial writes it
+        sampled = {k: v for k, v in config.items() if k in space.parameters}
+        files.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(files.config, space.trial_config(sampled, seed=int(config.get("seed", 0))).to_dict())
     start = json.loads(progress.read_text())["evaluation"] if progress.is_file() else 0  # resumed after a crash
     metrics = stored.meta["metrics"]
     # Resumed: report the last recorded evaluation again, as the training trainable does (it may not have reached

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from robusttune.method.registry import MethodStep, register
+from robusttune.method.step import MethodStep
 
 
-@register("ft")
 class Ft(MethodStep):
     pass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robusttune.method.registry import MethodStep, register
+from robusttune.method.step import MethodStep
 
 
 def l2sp_penalty(weights: list[Tensor], anchors: list[Tensor], strength: float) -> Tensor:
@@ -26,7 +26,6 @@ def l2sp_penalty(weights: list[Tensor], anchors: list[Tensor], strength: float) 
     return 0.5 * strength * total
 
 
-@register("l2sp")
 class L2sp(MethodStep):
     def __init__(self, config, student, teacher, placement):
         super().__init__(config, student, teacher, placement)

@@ -3,10 +3,9 @@ image tower stays the pre-trained one. (WiSE-FT's linear-classifier variant; the
 
 from __future__ import annotations
 
-from robusttune.method.registry import HEAD, MethodStep, register
+from robusttune.method.step import HEAD, MethodStep
 
 
-@register("lp")
 class Lp(MethodStep):
     def trains(self, step: int, total: int) -> str:
         return HEAD

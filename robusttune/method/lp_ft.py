@@ -10,7 +10,7 @@ resumes like any run (the stage is a function of the step). The head starts as t
 
 from __future__ import annotations
 
-from robusttune.method.registry import ALL, HEAD, MethodStep, register
+from robusttune.method.step import ALL, HEAD, MethodStep
 
 
 def probe_steps(lp_fraction: float, total: int) -> int:
@@ -18,7 +18,6 @@ def probe_steps(lp_fraction: float, total: int) -> int:
     return int(round(lp_fraction * total))
 
 
-@register("lp_ft")
 class LpFt(MethodStep):
     def trains(self, step: int, total: int) -> str:
         return HEAD if step < probe_steps(self.knobs.lp_fraction, total) else ALL

@@ -19,11 +19,10 @@ from torch import Tensor
 
 from robusttune.method import cam as cam_lib
 from robusttune.method import losses, masking, refill
-from robusttune.method.registry import MethodStep, register
+from robusttune.method.step import MethodStep
 from robusttune.methods import CamMethod, DistillKind, DistillNorm, Refill, Region
 
 
-@register("masked_distill")
 class MaskedDistill(MethodStep):
     def cam(self, clean, labels: Tensor) -> Tensor:
         score = clean.logits.float().gather(1, labels[:, None]).sum()

@@ -1,75 +1,28 @@
-"""The methods' steps, registered by name (as timm registers its models): ``build`` gives the step of a run's method.
+"""The methods' steps by name (as timm names its models): ``build`` gives the step of a run's method.
 
-A ``MethodStep`` is what one method computes each micro-batch: its loss (and the parts a heartbeat shows) and which
-weights it trains at a step. It works on the models through what they expose (``run``, ``head``, ``visual``,
-``named_parameters``), never by importing them: the method core stays pure tensor code. The names are
-``robusttune.methods.MethodName``'s; a test checks that every name has its step and its knobs.
+Each method is one module of this package (``robusttune.method.<name>``) with its step class; this table is the one
+place that names them, with the names of ``robusttune.methods.MethodName`` (a test checks that every name has its
+step and its knobs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from robusttune.method.ft import Ft
+from robusttune.method.l2sp import L2sp
+from robusttune.method.lp import Lp
+from robusttune.method.lp_ft import LpFt
+from robusttune.method.masked_distill import MaskedDistill
+from robusttune.method.step import MethodStep
 
-HEAD, ALL = "head", "all"  # what a step trains: the head alone, or every weight
-
-
-class MethodStep:
-    """One method's step. ``config`` is the run's TrainConfig (its knobs: ``config.method``); ``student`` the model
-    being fine-tuned, ``teacher`` the frozen zero-shot model it started as; ``placement`` gives ``autocast()`` and
-    ``exact_fp32()`` (robusttune.training.device)."""
-
-    def __init__(self, config: Any, student: Any, teacher: Any, placement: Any):
-        self.config, self.knobs = config, config.method
-        self.student, self.teacher, self.placement = student, teacher, placement
-
-    def trains(self, step: int, total: int) -> str:
-        """``ALL`` or ``HEAD``: the weights that get gradients at ``step`` of ``total``."""
-        return ALL
-
-    @property
-    def ever_trains_tower(self) -> bool:
-        """Whether any step trains the image tower (a linear probe's never does: its optimizer holds the head alone)."""
-        return True
-
-    def loss(self, images: Tensor, labels: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """The micro-batch's loss and its parts (0-dim device tensors; nothing here waits for the device)."""
-        task = self.cross_entropy(images, labels)
-        return task, {"loss_task": task.detach()}
-
-    def cross_entropy(self, images: Tensor, labels: Tensor) -> Tensor:
-        with self.placement.autocast():
-            clean = self.student.run(images)
-        return F.cross_entropy(clean.logits.float(), labels)
-
-
-_STEPS: dict[str, type[MethodStep]] = {}
-
-
-def register(name: str) -> Callable[[type[MethodStep]], type[MethodStep]]:
-    def add(step: type[MethodStep]) -> type[MethodStep]:
-        if name in _STEPS:
-            raise ValueError(f"method {name!r} is registered twice")
-        _STEPS[name] = step
-        return step
-    return add
+STEPS: dict[str, type[MethodStep]] = {"ft": Ft, "lp": Lp, "lp_ft": LpFt, "l2sp": L2sp, "masked_distill": MaskedDistill}
 
 
 def registered() -> list[str]:
-    _load_all()
-    return sorted(_STEPS)
+    return sorted(STEPS)
 
 
 def build(config: Any, student: Any, teacher: Any, placement: Any) -> MethodStep:
     """The step of ``config.method`` on these models."""
-    _load_all()
-    return _STEPS[str(config.method.name)](config, student, teacher, placement)
-
-
-def _load_all() -> None:
-    from robusttune.method import ft, l2sp, lp, lp_ft, masked_distill  # noqa: F401 (they register themselves)
-
+    return STEPS[str(config.method.name)](config, student, teacher, placement)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -13,7 +14,7 @@ from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from robusttune.cache import atomic_write_json
-from robusttune.experiment import append_record, end_status, heartbeats, parse_space_text, trial_checkpoints
+from robusttune.experiment import append_record, end_status, heartbeats, trial_checkpoints, trial_files
 from robusttune.metrics import OBJECTIVE, is_metric, is_wise_value
 from robusttune.search import ray_compat as door
 from robusttune.search.trainable import HEARTBEAT_KEYS
@@ -135,7 +136,7 @@ class RecordsCallback(Callback):
     def __init__(self, experiment: Path, space_yaml: str):
         self.experiment = Path(experiment)
         self.space_yaml = space_yaml
-        self._space = None
+        self._configs: dict[str, dict[str, Any]] = {}  # trial id -> its config.json
         self._beats: dict[str, dict[str, Any]] = {}
         self._beats_written = 0.0
 
@@ -150,13 +151,16 @@ class RecordsCallback(Callback):
                 log.warning("cannot write %s: %s", heartbeats(self.experiment), error)
 
     def _full_config(self, trial) -> dict[str, Any]:
-        if self._space is None:
-            self._space = parse_space_text(self.space_yaml)
-        sampled = {k: v for k, v in trial.config.items() if k in self._space.parameters}
-        try:
-            return self._space.trial_config(sampled, seed=int(trial.config.get("seed", 0))).to_dict()
-        except Exception:
-            return dict(trial.config)
+        """The config the trial trains with: the file its trainable wrote before training (read once per trial);
+        the sampled values where there is none (a trial that failed before it started)."""
+        configs = self.__dict__.setdefault("_configs", {})  # a callback restored by Tune keeps its own dict
+        if trial.trial_id not in configs:
+            path = trial_files(self.experiment, trial.trial_id).config
+            try:
+                configs[trial.trial_id] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return dict(trial.config)
+        return configs[trial.trial_id]
 
     def _row(self, trial, status: str, result: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {"trial_id": trial.trial_id, "status": status, "config": self._full_config(trial),

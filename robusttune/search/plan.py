@@ -429,12 +429,14 @@ def _calibrate_method(config: TrainConfig, student, placement, fetch, target: in
     """A method's forward + backward per micro-batch (a ``Fit`` up to ``target``) and its AdamW update with
     gradient clipping, as ``robusttune.training.loop.train`` runs them."""
     from robusttune.models.classifier import frozen_copy
-    from robusttune.training.loop import StepComputer, compiled_blocks, make_optimizer
+    from robusttune.method.step import ALL
+    from robusttune.training.loop import StepComputer, compiled_blocks, make_optimizer, optimized_parameters, train_only
 
     model = frozen_copy(student).requires_grad_(True).train()
     teacher = frozen_copy(student)
     computer = StepComputer(config, model, teacher, placement)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = optimized_parameters(model, computer.method)  # as the loop trains it: a linear probe, its head alone
+    train_only(model, ALL if computer.method.ever_trains_tower else computer.method.trains(0, 1))
     optimizer = make_optimizer(params, config, placement)
     with compiled_blocks(model, teacher, enabled=config.compile):
         return _time_method(config, model, computer, optimizer, params, placement, fetch, target, steps)

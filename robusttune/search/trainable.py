@@ -21,6 +21,7 @@ from typing import Any
 from ray import tune
 
 from robusttune.cache import atomic_write_json
+from robusttune.config import TrainConfig
 from robusttune.experiment import heads_dir, parse_space_text, trial_files
 from robusttune.metrics import OBJECTIVE, WISE_CURVE
 from robusttune.space import SearchSpace
@@ -73,7 +74,11 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     sampled = {k: v for k, v in config.items() if k in space.parameters}
     train_config = space.trial_config(sampled, seed=int(config.get(SEED_KEY, 0)))
     trial_id = tune.get_context().get_trial_id()
-    job = {"config": dict(config), "space_yaml": space_yaml, "cache_dir": cache_dir, "experiment": experiment,
+    files = trial_files(experiment, trial_id)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(files.config, train_config.to_dict())  # built once, here: what every reader of the trial uses
+    job = {"config": dict(config), "train_config": train_config.to_dict(), "space_yaml": space_yaml,
+           "cache_dir": cache_dir, "experiment": experiment,
            "heartbeat_seconds": heartbeat_seconds, "trial_id": trial_id,
            "node_id": ray.get_runtime_context().get_node_id()}  # which node ran it (cluster tests, post-mortems)
     if train_config.workers > 1:
@@ -119,9 +124,8 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
     from robusttune.training.wise import WiseProbe
 
     space = parse_space_text(job["space_yaml"])
-    config, experiment = job["config"], job["experiment"]
-    sampled = {k: v for k, v in config.items() if k in space.parameters}
-    train_config = space.trial_config(sampled, seed=int(config.get(SEED_KEY, 0)))
+    experiment = job["experiment"]
+    train_config = TrainConfig.model_validate(job["train_config"])  # the one run_trial built
     shard = Shard.current()
     files = trial_files(experiment, job["trial_id"])
     latest, best, best_meta = files.latest, files.best, files.best_meta

@@ -31,7 +31,8 @@ from torch import Tensor
 from robusttune.config import Schedule, TrainConfig
 from robusttune.data.sets import Loading, TaskData, batch_loader
 from robusttune.errors import ConfigError
-from robusttune.method.registry import ALL, MethodStep, build
+from robusttune.method.registry import build
+from robusttune.method.step import ALL, MethodStep
 from robusttune.models.classifier import ImageClassifier
 from robusttune.training.device import CPU_FP32, Placement
 from robusttune.training.distributed import ALONE, Shard
@@ -269,13 +270,13 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, placem
                              fused=True if placement.device.type == "cuda" else None)
 
 
-def _optimized_parameters(student: ImageClassifier, method: MethodStep) -> list[torch.nn.Parameter]:
+def optimized_parameters(student: ImageClassifier, method: MethodStep) -> list[torch.nn.Parameter]:
     """What the optimizer holds: the head alone for a method that never trains the tower (a linear probe), else all."""
     student.requires_grad_(True)
     return list(student.parameters()) if method.ever_trains_tower else list(student.head.parameters())
 
 
-def _train_only(student: ImageClassifier, trains: str) -> None:
+def train_only(student: ImageClassifier, trains: str) -> None:
     """Gradients for the weights a step trains (``ALL`` or ``HEAD``): the others get none, so AdamW leaves them."""
     student.visual.requires_grad_(trains == ALL)
     student.head.requires_grad_(True)
@@ -318,7 +319,7 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
     student.to(placement.device).train()
     teacher.to(placement.device).eval()
     computer = StepComputer(config, student, teacher, placement)
-    params = _optimized_parameters(student, computer.method)
+    params = optimized_parameters(student, computer.method)
     optimizer = make_optimizer(params, config, placement)
     schedule = make_schedule(optimizer, config, total)
     scaler = placement.grad_scaler()
@@ -378,7 +379,7 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
     for step in range(start, total):
         if computer.method.trains(step, total) != stage:  # a function of the step: a resumed run trains the same
             stage = computer.method.trains(step, total)
-            _train_only(student, stage)
+            train_only(student, stage)
             active = [p for p in params if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)
         for slot in sampler.slots:

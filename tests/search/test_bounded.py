@@ -10,7 +10,6 @@ import tracemalloc
 import pytest
 
 from helpers import train_config
-from robusttune.config import TrainConfig
 from robusttune.data import packed
 import robusttune.search.plan as planning
 from robusttune.search.plan import evaluation_steps, plan, scheduler_fraction

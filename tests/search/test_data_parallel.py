@@ -102,7 +102,6 @@ def test_two_workers_equal_one_worker_at_the_same_global_batch(tmp_path, tiny_wo
 
 
 def test_a_step_splits_into_the_same_micro_batches_on_any_number_of_workers():
-    from robusttune.config import TrainConfig
     from robusttune.training.distributed import Shard
     from robusttune.training.loop import StepBatches
 

@@ -4,7 +4,6 @@ import pytest
 import yaml
 from helpers import records, tiny_space, train_run, train_config
 
-from robusttune.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

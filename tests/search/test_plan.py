@@ -6,7 +6,6 @@ import pytest
 import torch
 from helpers import invoke, train_config
 
-from robusttune.config import TrainConfig
 from robusttune.search.plan import evaluation_steps, method_key, method_mix, scheduler_fraction
 from robusttune.space import SearchSpace
 
@@ -27,7 +26,7 @@ def test_evaluation_steps_and_methods():
     assert evaluation_steps(train_config(steps=150, eval_every=25), 1000) == [25, 50, 75, 100, 125, 150]
     assert evaluation_steps(train_config(steps=10, eval_every=4), 1000) == [4, 8, 10]
     assert evaluation_steps(train_config(epochs=2, batch_size=10), 50) == [5, 10]
-    assert method_key(train_config(w_distill=0)) == "vanilla-all"
+    assert method_key(train_config(w_distill=0)) == "ft"
     assert method_key(train_config(region="random", refill="none")) == "random-none-no-cam-feature"
     from robusttune.space import load_space
 
@@ -81,7 +80,7 @@ def test_plan_on_the_mini_world_uses_a_cached_calibration(tmp_path, tiny_world_c
     assert tail["expected_front"] == pytest.approx(1 + 1 / 2 + 1 / 3)
     full_eval_s = sum(len(s) for s in sizes) * calibration["eval_seconds_per_image"]
     assert tail["wise_s"] == pytest.approx(11 * (1 + (1 + 1 / 2 + 1 / 3)) * full_eval_s)
-    assert tail["vanilla_train_s"] == pytest.approx(12 * calibration["step_seconds"]["vanilla-all"])
+    assert tail["vanilla_train_s"] == pytest.approx(12 * calibration["step_seconds"]["ft"])
     assert terms["tail"] * 3600 == pytest.approx(sum(tail[k] for k in ("startup_s", "zero_shot_eval_s", "vanilla_train_s",
                                                                       "vanilla_eval_s", "wise_s", "checkpoint_s",
                                                                       "merges_s")))
@@ -145,7 +144,7 @@ def test_plan_on_imagenet_folders_counts_images_without_building_the_head(tmp_pa
     # 20 train images - 4 held out = 16, half of them (train_subset 0.5) = 8 -> 4 steps of batch 2; one evaluation
     assert plan["steps_per_trial"] == 4 and plan["evaluations_per_trial"] == 1
     assert plan["eval_images_per_trial"] == 4 + 10  # the holdout and the val folder
-    assert list(plan["methods"]) == ["vanilla-all"] and plan["calibration"]["parameters"] > 80_000_000
+    assert list(plan["methods"]) == ["ft"] and plan["calibration"]["parameters"] > 80_000_000
     # the loader: the folder reader with the trial's workers (num_workers unset: 2 CPUs - 1), timed
     loader = plan["loader"]
     assert loader["source"] == "folder" and loader["num_workers"] == 1 and loader["status"] == "measured"
@@ -234,7 +233,7 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
     assert loader["images_per_s"] is None and loader["status"].startswith("not measured: ")
     assert "does not exist" in loader["status"] and loader["num_workers"] == 8
     mix = planning.method_mix(space)
-    step = {name: 2.0 for name in mix} | {"vanilla-all": 0.75}
+    step = {name: 2.0 for name in mix} | {"ft": 0.75}
 
     def stub(loader):
         return lambda space, mix, cache_dir, **_: planning.Calibration(
@@ -276,19 +275,18 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
     monkeypatch.setattr(planning, "calibrate", stub(slow))
     bound = planning.plan(space, tmp_path)
     assert bound.bound == "loader" and all(m["bound"] == "loader" for m in bound.method_steps.values())
-    assert bound.method_steps["vanilla-all"]["step_seconds"] == pytest.approx(5.12)
+    assert bound.method_steps["ft"]["step_seconds"] == pytest.approx(5.12)
     assert bound.trial_hours > found.trial_hours
     # without workers the loading adds to the step
     monkeypatch.setattr(planning, "calibrate", stub({**slow, "num_workers": 0, "overlaps_step": False}))
     serial = planning.plan(space, tmp_path)
-    assert serial.method_steps["vanilla-all"]["step_seconds"] == pytest.approx(0.75 + 5.12)
+    assert serial.method_steps["ft"]["step_seconds"] == pytest.approx(0.75 + 5.12)
 
 
 def test_data_parallel_trials_are_planned_per_process_in_device_hours(tmp_path, monkeypatch):
     """``resources.workers: 2``: each process calibrates its half of the batch; a trial's hours count both devices,
     the wall time divides by them, and the baselines' tail trains the whole batch on one device (off the fit)."""
     import robusttune.search.plan as planning
-    from robusttune.config import TrainConfig
 
     assert planning.step_chunks(train_config(batch_size=512), 10**6, ranks=2) == [256]
     assert planning.step_chunks(train_config(batch_size=512, accum_steps=2), 10**6, ranks=2) == [128, 128]
@@ -325,7 +323,7 @@ def test_the_confirmation_stage_is_planned_run_by_run(tmp_path, monkeypatch):
     data = _missing_paper_space(tmp_path).to_dict() | {"confirm": {"seeds": 3, "top": 5}}
     space = SearchSpace.model_validate(data)
     monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: planning.Calibration(
-        "cpu", 2, {name: 2.0 for name in mix} | {"vanilla-all": 0.75}, 1e-3, 5.0, 88_000_000))
+        "cpu", 2, {name: 2.0 for name in mix} | {"ft": 0.75}, 1e-3, 5.0, 88_000_000))
     found = planning.plan(space, tmp_path)
     plain = planning.plan(_missing_paper_space(tmp_path), tmp_path)
     confirm = found.confirmation
@@ -347,7 +345,7 @@ def test_a_wise_aware_objective_is_planned_with_one_more_evaluation_per_alpha(tm
     import robusttune.search.plan as planning
 
     monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: planning.Calibration(
-        "cpu", 2, {name: 2.0 for name in mix} | {"vanilla-all": 0.75}, 1e-3, 5.0, 88_000_000))
+        "cpu", 2, {name: 2.0 for name in mix} | {"ft": 0.75}, 1e-3, 5.0, 88_000_000))
     plain_space = _missing_paper_space(tmp_path)
     data = plain_space.to_dict()
     data["objective"] = {**data["objective"], "wise": {"alphas": [0.3, 0.5, 0.7]}}

@@ -37,7 +37,7 @@ def test_a_nan_trial_is_recorded_failed_and_the_sweep_finishes(nan_grid_experime
     # every reported evaluation is a row, with the full validated config and every metric
     running = [r for r in rows if r.get("status") == "running"]
     assert {"id_acc", "id_val_acc", "ood_background", "ood_source", "ood_style", "ood_mean", "objective"} <= set(running[0])
-    assert running[0]["config"]["batch_size"] == 16 and running[0]["config"]["region"] == "object"
+    assert running[0]["config"]["batch_size"] == 16 and running[0]["config"]["method"]["region"] == "object"
     # the study lives in an Optuna journal the dashboard can open, and Optuna agrees about the failure
     import optuna
     from optuna.storages import JournalStorage

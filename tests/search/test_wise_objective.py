@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers import records, tiny_space, train_run, write_space, train_config
 
-from robusttune.config import TrainConfig, parse
+from robusttune.config import parse
 from robusttune.errors import ConfigError
 from robusttune.metrics import WISE_ALPHA, WISE_CURVE
 from robusttune.space import SearchSpace

@@ -15,7 +15,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import train_config
-from robusttune.config import TrainConfig
 from robusttune.method import masking
 from robusttune.models.classifier import frozen_copy
 from robusttune.training import loop

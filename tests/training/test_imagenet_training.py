@@ -37,8 +37,8 @@ def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
         "imagenet": {"model": "ViT-B-32", "pretrained": str(weights), "templates": "simple",
                      "train_dir": str(tmp_path / "train"), "val_dir": str(tmp_path / "val"),
                      "ood_dirs": {"imagenet_v2": str(tmp_path / "v2")}, "val_holdout": 2, "num_workers": 0},
-        "steps": 1, "batch_size": 2, "eval_batch_size": 4, "region": "object", "refill": "multi", "mask_ratio": 0.25,
-        "lr": 1e-5,
+        "steps": 1, "batch_size": 2, "eval_batch_size": 4, "lr": 1e-5,
+        "method": {"name": "masked_distill", "region": "object", "refill": "multi", "mask_ratio": 0.25},
     }
     path = tmp_path / "imagenet.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -73,3 +73,45 @@ def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
     cached = torch.load(head, weights_only=True)["head"]
     zero_shot = torch.load(tmp_path / "again" / "final.pt", weights_only=True)["model"]["head.weight"]
     assert cached.shape == (1000, 512) and torch.equal(zero_shot, cached)  # 0 steps: the model's head is the cached one
+
+
+EVERY_METHOD = [{"name": "ft"}, {"name": "lp"}, {"name": "lp_ft", "lp_fraction": 0.5}, {"name": "l2sp", "strength": 0.1},
+                {"name": "masked_distill", "region": "object", "refill": "single"}]
+
+
+def test_every_method_trains_and_resumes_vit_b32_on_imagenet_folders(tmp_path):
+    """Each registered method on the real architecture and the folder path: it trains, reports the task's metrics,
+    and a run stopped at its first evaluation resumes to the uninterrupted run's weights bit for bit."""
+    import copy
+
+    from helpers import assert_same_run, interrupted_then_resumed, train_config, train_run
+    from robusttune.config import TaskSpec
+    from robusttune.models.clip import create_clip
+    from robusttune.training.tasks import build_task
+
+    torch.manual_seed(0)
+    clip, _ = create_clip("ViT-B-32", None)
+    weights = tmp_path / "vit_b32_random.pt"
+    torch.save(clip.state_dict(), weights)
+    wnids = [f"n{k:08d}" for k in range(1000)]
+    fill(tmp_path / "train", wnids, per_folder=4)
+    fill(tmp_path / "val", wnids, per_folder=1)
+    spec = TaskSpec.model_validate({"imagenet": {
+        "model": "ViT-B-32", "pretrained": str(weights), "templates": "simple", "train_dir": str(tmp_path / "train"),
+        "val_dir": str(tmp_path / "val"), "val_holdout": 2, "num_workers": 0}})
+    student, task = build_task(spec, tmp_path / "cache")
+
+    class Built:  # what the helpers take: a fresh zero-shot classifier per run, and the task
+        def classifier(self):
+            return copy.deepcopy(student)
+
+        def task(self):
+            return task
+
+    torch.set_num_threads(2)
+    for method in EVERY_METHOD:
+        config = train_config(steps=2, batch_size=2, eval_every=1, eval_batch_size=4, lr=1e-4, method=method)
+        whole = train_run(Built(), config)
+        assert whole[1].status == "complete" and set(whole[1].metrics) >= {"id_acc", "id_val_acc", "ood_mean"}
+        resumed = interrupted_then_resumed(Built(), config, tmp_path / f"{method['name']}.pt", stop_at=1)
+        assert_same_run(whole, resumed)
