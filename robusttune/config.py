@@ -80,6 +80,12 @@ def format_validation_error(model: type[BaseModel], error: ValidationError, sour
         owners = _knob_owners(name) if len(loc) >= 2 and loc[0] == "method" else []
         if owners and not close:
             hint = f" (a knob of {', '.join(owners)}, not of method '{loc[1]}')"
+        elif len(loc) == 1 and "method" in model.model_fields:  # a run's config: the knobs live under 'method'
+            if _knob_owners(name):
+                hint = f" (a knob of {', '.join(_knob_owners(name))}: write it under 'method')"
+            elif not close and len(name) < 100:
+                knob = difflib.get_close_matches(name, _all_knob_names(), n=1)
+                hint = f" (did you mean 'method.{knob[0]}'?)" if knob else ""
         return f"{source}: unknown key '{key}'{hint}"
     message = first["msg"]
     if first["type"] == "method":  # the discriminator found no such method: name it, with a suggestion
@@ -94,6 +100,12 @@ def format_validation_error(model: type[BaseModel], error: ValidationError, sour
     given = first.get("input")
     shown_value = "" if isinstance(given, dict | list) or first["type"] == "missing" else f", got {shorten(repr(given))}"
     return f"{source}: {key}: {message}{shown_value}" if loc else f"{source}: {message}"
+
+
+def _all_knob_names() -> list[str]:
+    from robusttune.methods import all_knobs
+
+    return list(all_knobs())
 
 
 def _knob_owners(knob: str) -> list[str]:

@@ -39,7 +39,7 @@ def bad_inputs(tmp_path, config):
         (["train", "--steps", "many"], "invalid int value"),
         (["train", "--threshold", "0.3", "--ratio", "0.2"], "not allowed with argument"),
         (["train", "--config", broken], "not valid YAML"),
-        (["train", "--config", typo], "unknown key 'mask_ratoi' (did you mean 'mask_ratio'?)"),
+        (["train", "--config", typo], "unknown key 'mask_ratoi' (did you mean 'method.mask_ratio'?)"),
         (["train", "--config", tmp_path / "nope.yaml"], "config file not found"),
         (["train", "--config", config, "--lr", "-1"], "lr: Input should be greater than 0"),
         (["train", "--config", config, "--region", "none", "--refill", "multi"], "refill needs a masking region"),

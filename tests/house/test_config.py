@@ -45,7 +45,7 @@ def test_configs_are_frozen_and_hashable_data():
     ({"method": "lpft"}, "method: unknown method 'lpft' (did you mean 'lp_ft'?); methods: ft, lp, lp_ft, l2sp, masked_distill"),
     ({"method": {"name": "lp_ft", "lp_fraction": 1}}, "method.lp_fraction: Input should be less than 1, got 1"),
     ({"method": {"name": "l2sp", "strength": True}}, "method.strength: Input should be a number, not a boolean"),
-    ({"region": "none"}, "unknown key 'region'"),  # a knob belongs under method in a run's config
+    ({"region": "none"}, "unknown key 'region' (a knob of masked_distill: write it under 'method')"),
 ])
 def test_train_config_rules(data, expected):
     with pytest.raises(ConfigError, match=None) as caught:
