@@ -11,6 +11,7 @@ own model below (unknown keys rejected with a suggestion); what the method compu
 | `lp`             | linear probe: cross-entropy, the zero-shot head only             | -                      |
 | `lp_ft`          | LP for the first `lp_fraction` of the steps, then all weights    | `lp_fraction`          |
 | `l2sp`           | cross-entropy + `strength`/2 ||w - w_0||^2 (pre-trained weights) | `strength`             |
+| `lipsum`         | CE + the zero-shot model's image-text logits on random texts kept | `reg_weight`, `texts`, `text_length` |
 | `masked_distill` | the paper's method: CE + distillation on masked images           | region, refill, ...    |
 
 Spaces and flags name knobs flat (``w_distill``, ``region``); ``nest`` moves them under ``method`` for the
@@ -72,6 +73,7 @@ class MethodName(StrEnum):
     LP = "lp"
     LP_FT = "lp_ft"
     L2SP = "l2sp"
+    LIPSUM = "lipsum"
     MASKED_DISTILL = "masked_distill"
 
 
@@ -103,6 +105,17 @@ class L2sp(Frozen):
 
     name: Literal[MethodName.L2SP] = MethodName.L2SP
     strength: float = Field(0.01, ge=0.0, description="alpha of the penalty toward the pre-trained weights")
+
+
+class Lipsum(Frozen):
+    """Lipsum-FT (Nam et al. 2024): cross-entropy plus ``reg_weight`` times the mean squared gap between the fine-tuned
+    and the zero-shot model's image-text logits on ``texts`` random token sequences of ``text_length`` tokens,
+    drawn afresh each step, through the frozen text tower."""
+
+    name: Literal[MethodName.LIPSUM] = MethodName.LIPSUM
+    reg_weight: float = Field(1.0, ge=0.0, description="lambda: weight of the random-text logit regulariser")
+    texts: int = Field(80, ge=1, le=4096, description="M: random token sequences per step")
+    text_length: int = Field(8, ge=1, le=1024, description="L: random tokens per sequence (between start and end)")
 
 
 class MaskedDistill(Frozen):
@@ -160,7 +173,8 @@ class MaskedDistill(Frozen):
 
 
 METHODS: dict[MethodName, type[Frozen]] = {MethodName.FT: Ft, MethodName.LP: Lp, MethodName.LP_FT: LpFt,
-                                           MethodName.L2SP: L2sp, MethodName.MASKED_DISTILL: MaskedDistill}
+                                           MethodName.L2SP: L2sp, MethodName.LIPSUM: Lipsum,
+                                           MethodName.MASKED_DISTILL: MaskedDistill}
 
 def _tag(value: Any) -> str | None:
     """The method a raw or validated ``method`` names (a callable discriminator: Frozen's before-validators on every
@@ -171,6 +185,7 @@ def _tag(value: Any) -> str | None:
 
 MethodConfig = Annotated[Annotated[Ft, Tag(MethodName.FT)] | Annotated[Lp, Tag(MethodName.LP)]
                          | Annotated[LpFt, Tag(MethodName.LP_FT)] | Annotated[L2sp, Tag(MethodName.L2SP)]
+                         | Annotated[Lipsum, Tag(MethodName.LIPSUM)]
                          | Annotated[MaskedDistill, Tag(MethodName.MASKED_DISTILL)],
                          Discriminator(_tag, custom_error_type="method", custom_error_message=
                                        "must name one of the methods " + ", ".join(m.value for m in MethodName))]

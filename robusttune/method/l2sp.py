@@ -32,7 +32,7 @@ class L2sp(MethodStep):
         anchors = dict(teacher.named_parameters())
         self.pairs = [(p, anchors[name]) for name, p in student.named_parameters() if p.ndim >= 2]
 
-    def loss(self, images, labels, g):
+    def loss(self, images, labels, g, *, step=0):
         task = self.cross_entropy(images, labels)
         trained = [(p, a) for p, a in self.pairs if p.requires_grad]
         penalty = l2sp_penalty([p for p, _ in trained], [a for _, a in trained], self.knobs.strength)

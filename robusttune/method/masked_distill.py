@@ -59,7 +59,7 @@ class MaskedDistill(MethodStep):
         return losses.feature_mse(student_out.features.float(), teacher_out.features,
                                   normalise=k.distill_norm is DistillNorm.VARIANCE)
 
-    def loss(self, images: Tensor, labels: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, images: Tensor, labels: Tensor, g: torch.Generator, *, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss and its parts (``loss_task``, ``mask_fraction``, ``loss_distill``)."""
         k = self.knobs
         with self.placement.autocast():

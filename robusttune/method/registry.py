@@ -11,12 +11,14 @@ from typing import Any
 
 from robusttune.method.ft import Ft
 from robusttune.method.l2sp import L2sp
+from robusttune.method.lipsum import Lipsum
 from robusttune.method.lp import Lp
 from robusttune.method.lp_ft import LpFt
 from robusttune.method.masked_distill import MaskedDistill
 from robusttune.method.step import MethodStep
 
-STEPS: dict[str, type[MethodStep]] = {"ft": Ft, "lp": Lp, "lp_ft": LpFt, "l2sp": L2sp, "masked_distill": MaskedDistill}
+STEPS: dict[str, type[MethodStep]] = {"ft": Ft, "lp": Lp, "lp_ft": LpFt, "l2sp": L2sp, "lipsum": Lipsum,
+                                      "masked_distill": MaskedDistill}
 
 
 def registered() -> list[str]:

@@ -33,8 +33,9 @@ class MethodStep:
         """Whether any step trains the image tower (a linear probe's never does: its optimizer holds the head alone)."""
         return True
 
-    def loss(self, images: Tensor, labels: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """The micro-batch's loss and its parts (0-dim device tensors; nothing here waits for the device)."""
+    def loss(self, images: Tensor, labels: Tensor, g: torch.Generator, *, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """The micro-batch's loss and its parts (0-dim device tensors; nothing here waits for the device). ``g``: the
+        micro-batch's draws (``(seed, step, slot)``); ``step``: for draws shared by every micro-batch of a step."""
         task = self.cross_entropy(images, labels)
         return task, {"loss_task": task.detach()}
 

@@ -41,6 +41,7 @@ class ImageClassifier(nn.Module):
         # on the model's device, so that normalising a batch copies nothing to it (not part of the weights)
         self.register_buffer("_mean", torch.tensor(self.image_mean), persistent=False)
         self.register_buffer("_std", torch.tensor(self.image_std), persistent=False)
+        self.text = None  # robusttune.models.text.TextSide: set by build_classifier (not part of the weights)
 
     @property
     def num_classes(self) -> int:

@@ -153,8 +153,13 @@ def build_classifier(
                            lambda: zero_shot_head(model, tokenizer, classnames, templates, device=device), folders=head_folders)
     else:
         head = zero_shot_head(model, tokenizer, classnames, templates, device=device)
-    # The classifier shares the tower's modules; the caller drops the CLIP (and its text tower).
-    return ImageClassifier(model.visual, head, mean=mean, std=std)
+    # The classifier shares the image tower's modules and keeps a frozen copy of the text side (for methods that
+    # read text features); the caller drops the CLIP.
+    from robusttune.models.text import text_side
+
+    classifier = ImageClassifier(model.visual, head, mean=mean, std=std)
+    classifier.text = text_side(model, tokenizer)
+    return classifier
 
 
 def imagenet_classnames_and_templates() -> tuple[list[str], list[Callable[[str], str]]]:

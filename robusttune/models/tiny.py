@@ -44,6 +44,14 @@ class CompactTokenizer:
     def __len__(self) -> int:
         return len(self.vocab_ids)
 
+    @property
+    def sot_token_id(self) -> int:
+        return int(self._lookup[open_clip.get_tokenizer("ViT-B-32").sot_token_id])
+
+    @property
+    def eot_token_id(self) -> int:
+        return int(self._lookup[open_clip.get_tokenizer("ViT-B-32").eot_token_id])
+
     def __call__(self, texts: Sequence[str] | str) -> Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         full = open_clip.tokenize(texts, context_length=77)

@@ -156,7 +156,7 @@ class StepComputer:
         """The loss of micro-batch ``slot`` of ``step`` and its parts (``loss_task``, and the method's own: e.g.
         ``mask_fraction``, ``loss_distill``), all 0-dim tensors on the device: nothing here waits for the device
         (``StepHealth`` reads them when the host needs them)."""
-        return self.method.loss(images, labels, step_generator(self.config, step, slot))
+        return self.method.loss(images, labels, step_generator(self.config, step, slot), step=step)
 
 
 @dataclass(frozen=True)

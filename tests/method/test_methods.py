@@ -12,6 +12,7 @@ import yaml
 from helpers import assert_same_run, interrupted_then_resumed, invoke, train_config, train_run
 from robusttune.method import registry
 from robusttune.method.l2sp import l2sp_penalty
+from robusttune.method.lipsum import lipsum_regulariser, random_token_sequences
 from robusttune.method.lp_ft import probe_steps
 from robusttune.methods import METHODS, MethodName, knob_names
 from robusttune.models.classifier import frozen_copy
@@ -19,7 +20,8 @@ from robusttune.training.loop import StepComputer
 
 SMALL = dict(steps=4, batch_size=16, eval_every=2, eval_batch_size=128, lr=1e-3)
 EVERY_METHOD = [dict(method="ft"), dict(method="lp"), dict(method="lp_ft", lp_fraction=0.5),
-                dict(method="l2sp", strength=0.5), dict(method="masked_distill", region="object", w_distill=1.0)]
+                dict(method="l2sp", strength=0.5), dict(method="lipsum", texts=16),
+                dict(method="masked_distill", region="object", w_distill=1.0)]
 
 
 def test_every_method_has_its_knobs_and_its_step():
@@ -28,6 +30,9 @@ def test_every_method_has_its_knobs_and_its_step():
         assert knobs().name is name  # every knob has a default: a method is usable by its name alone
     assert knob_names("ft") == knob_names("lp") == [] and knob_names("lp_ft") == ["lp_fraction"]
     assert knob_names("l2sp") == ["strength"] and "w_distill" in knob_names("masked_distill")
+    assert knob_names("lipsum") == ["reg_weight", "texts", "text_length"]
+    lipsum = METHODS[MethodName.LIPSUM]()
+    assert (lipsum.reg_weight, lipsum.texts, lipsum.text_length) == (1.0, 80, 8)  # the official script's defaults
 
 
 @pytest.mark.parametrize("variant", EVERY_METHOD, ids=lambda v: v["method"])
@@ -121,3 +126,47 @@ def test_train_config_file_names_the_method(tiny_world_config, tmp_path, cache_d
     assert wrong.stderr.strip() == (f"robusttune: error: {path}: unknown key 'method.w_distill' (a knob of masked_distill, "
                                     "not of method 'lp')")
     assert not (tmp_path / "bad").exists()
+
+
+def test_lipsum_regulariser_is_the_official_formula():
+    """cs-giung/lipsum-ft scripts/Lipsum-FT.py: ``target = s * priors @ T.T``, ``source = s * output @ T.T`` on
+    L2-normalised image features, ``mean(sum((source - target) ** 2, -1) / (2 * M))``; written here with loops."""
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)
+    texts = F.normalize(torch.randn(5, 10, generator=g), dim=-1)
+    s = 14.3
+    total = 0.0
+    for b in range(6):
+        f, f0 = student[b] / student[b].norm(), teacher[b] / teacher[b].norm()
+        total += sum(float((s * f @ texts[m] - s * f0 @ texts[m]) ** 2) for m in range(5)) / (2 * 5)
+    torch.testing.assert_close(lipsum_regulariser(student, teacher, texts, s), torch.tensor(total / 6), atol=1e-6, rtol=1e-6)
+    assert float(lipsum_regulariser(teacher, teacher, texts, s)) == 0
+
+
+def test_lipsum_random_texts_are_start_random_ids_end():
+    tokens = random_token_sequences(80, 8, torch.Generator().manual_seed(0), sot=44, eot=45, context_length=16)
+    assert tokens.shape == (80, 16) and (tokens[:, 0] == 44).all() and (tokens[:, 9] == 45).all()
+    assert (tokens[:, 1:9] < 44).all() and (tokens[:, 10:] == 0).all() and tokens[:, 1:9].unique().numel() > 30
+    assert (tokens.argmax(dim=1) == 9).all()  # the tower pools at the end token, the largest id
+
+
+def test_lipsum_step_draws_texts_per_step_through_the_frozen_text_tower(tiny_prepared):
+    student = tiny_prepared.classifier()
+    assert student.text is not None and copy.deepcopy(student).text is student.text  # shared, never copied
+    assert not any(k.startswith("text") or "token_embedding" in k for k in student.state_dict())
+    teacher = frozen_copy(student)
+    computer = StepComputer(train_config(method="lipsum", texts=8), student, teacher)
+    images, labels = tiny_prepared.task().train.batch(torch.arange(8))
+    images = student.prepare(images)
+    loss, parts = computer.loss(images, labels, 0)
+    assert float(parts["loss_lipsum"]) < 1e-10  # the student starts as the zero-shot model (up to fp32 rounding)
+    torch.testing.assert_close(loss, F.cross_entropy(student(images), labels))
+    step = computer.method
+    assert torch.equal(step.text_features(3), step.text_features(3)) and not torch.equal(step.text_features(3), step.text_features(4))
+    assert all(not p.requires_grad for p in student.text.tower.parameters())
+    with torch.no_grad():
+        student.head.weight.mul_(1.5)  # a fine-tuned student: the regulariser now measures its logit gap
+    assert float(computer.loss(images, labels, 1)[1]["loss_lipsum"]) < 1e-10  # the head is not in the image features
+    with torch.no_grad():
+        student.visual.proj.add_(0.05)
+    assert float(computer.loss(images, labels, 1)[1]["loss_lipsum"]) > 1e-7  # 8.5e-6 here: far above the rounding
