@@ -113,6 +113,6 @@ def test_every_method_trains_and_resumes_vit_b32_on_imagenet_folders(tmp_path):
     for method in EVERY_METHOD:
         config = train_config(steps=2, batch_size=2, eval_every=1, eval_batch_size=4, lr=1e-4, method=method)
         whole = train_run(Built(), config)
-        assert whole[1].status == "complete" and set(whole[1].metrics) >= {"id_acc", "id_val_acc", "ood_mean"}
+        assert whole[1].status == "complete" and set(whole[1].metrics) >= {"id_acc", "id_val_acc"}
         resumed = interrupted_then_resumed(Built(), config, tmp_path / f"{method['name']}.pt", stop_at=1)
         assert_same_run(whole, resumed)
