@@ -38,6 +38,11 @@ def test_a_nan_trial_is_recorded_failed_and_the_sweep_finishes(nan_grid_experime
     running = [r for r in rows if r.get("status") == "running"]
     assert {"id_acc", "id_val_acc", "ood_background", "ood_source", "ood_style", "ood_mean", "objective"} <= set(running[0])
     assert running[0]["config"]["batch_size"] == 16 and running[0]["config"]["method"]["region"] == "object"
+    # the config in the records is the one the trainable built and wrote beside the trial's checkpoints
+    for row in rows:
+        if row.get("trial_id"):
+            written = json.loads((experiment / "checkpoints" / row["trial_id"] / "config.json").read_text())
+            assert row["config"] == written and written["lr"] == row["sampled"]["lr"]
     # the study lives in an Optuna journal the dashboard can open, and Optuna agrees about the failure
     import optuna
     from optuna.storages import JournalStorage
