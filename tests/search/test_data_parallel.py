@@ -16,8 +16,8 @@ import torch
 from helpers import invoke, train_config
 from helpers import records, tiny_space, write_space
 
-CONFIG = {"steps": 20, "batch_size": 16, "eval_every": 10, "eval_batch_size": 64, "lr": 1e-3, "region": "object",
-          "refill": "single", "mask_ratio": 0.3, "w_distill": 3.0, "seed": 3}
+CONFIG = {"steps": 20, "batch_size": 16, "eval_every": 10, "eval_batch_size": 64, "lr": 1e-3, "seed": 3,
+          "method": {"name": "masked_distill", "region": "object", "refill": "single", "mask_ratio": 0.3, "w_distill": 3.0}}
 
 
 def _free_port() -> int:
