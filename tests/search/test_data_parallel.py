@@ -101,6 +101,27 @@ def test_two_workers_equal_one_worker_at_the_same_global_batch(tmp_path, tiny_wo
     assert differs, "unsynchronised gradients gave the same weights: the test could not catch a missing all-reduce"
 
 
+@pytest.mark.slow
+def test_lp_ft_on_two_workers_keeps_the_tower_frozen_through_the_probe(tmp_path, tiny_world_config, tiny_prepared,
+                                                                       cache_dir):
+    """The gradient sum covers the weights a step trains: had it all-reduced zeros into the frozen tower during LP-FT's
+    probe, AdamW (weight decay, moments) would have moved it. 2 workers equal 1, and the tower after the probe is the
+    zero-shot one."""
+    config = {**CONFIG, "steps": 8, "eval_every": 4, "weight_decay": 0.1,
+              "method": {"name": "lp_ft", "lp_fraction": 0.5}}
+    single = alone(tiny_prepared, {**config, "accum_steps": 2})
+    ranks = data_parallel(tmp_path, tiny_world_config, cache_dir, {**config, "workers": 2})
+    for key, value in single["state"].items():
+        assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]) and close(ranks[0]["state"][key], value), key
+    zero_shot = tiny_prepared.classifier().state_dict()
+    assert any(not torch.equal(single["state"][k], zero_shot[k]) for k in zero_shot if k.startswith("visual."))
+    # a run that ends with its probe (4 steps of 4): the tower is the zero-shot one, on every rank
+    probe = data_parallel(tmp_path, tiny_world_config, cache_dir,
+                          {**config, "steps": 4, "workers": 2, "method": {"name": "lp_ft", "lp_fraction": 0.99}})
+    assert all(torch.equal(r["state"][k], zero_shot[k]) for r in probe for k in zero_shot if k.startswith("visual."))
+    assert not torch.equal(probe[0]["state"]["head.weight"], zero_shot["head.weight"])
+
+
 def test_a_step_splits_into_the_same_micro_batches_on_any_number_of_workers():
     from robusttune.training.distributed import Shard
     from robusttune.training.loop import StepBatches
