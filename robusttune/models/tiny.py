@@ -46,11 +46,11 @@ class CompactTokenizer:
 
     @property
     def sot_token_id(self) -> int:
-        return int(self._lookup[open_clip.get_tokenizer("ViT-B-32").sot_token_id])
+        return int(self._lookup[_full_start_end()[0]])
 
     @property
     def eot_token_id(self) -> int:
-        return int(self._lookup[open_clip.get_tokenizer("ViT-B-32").eot_token_id])
+        return int(self._lookup[_full_start_end()[1]])
 
     def __call__(self, texts: Sequence[str] | str) -> Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -63,6 +63,13 @@ class CompactTokenizer:
         if int(full.max()) >= len(self._lookup) or bool((self._lookup[full] < 0).any()):
             raise ModelError("text uses words outside the tiny CLIP's vocabulary")
         return self._lookup[full]
+
+
+def _full_start_end() -> tuple[int, int]:
+    """open_clip's start- and end-of-text ids: the empty caption's tokens (through the tokenizer this class already
+    uses; ``open_clip.get_tokenizer`` would configure the root logger of the process as a side effect)."""
+    empty = open_clip.tokenize([""], context_length=77)[0]
+    return int(empty[0]), int(empty[1])
 
 
 def create_tiny_clip(config: TinyClipConfig, *, image_size: int, vocab_size: int, seed: int = 0) -> CLIP:
