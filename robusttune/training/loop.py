@@ -377,8 +377,9 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
     health = StepHealth(placement.device)
     stage = None
     for step in range(start, total):
-        if computer.method.trains(step, total) != stage:  # a function of the step: a resumed run trains the same
-            stage = computer.method.trains(step, total)
+        trains = computer.method.trains(step, total)  # a function of the step: a resumed run trains the same
+        if trains != stage:
+            stage = trains
             train_only(student, stage)
             active = [p for p in params if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)

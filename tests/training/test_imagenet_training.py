@@ -21,17 +21,26 @@ def fill(root, folders, per_folder, size=40):
             Image.fromarray(pixels).save(folder / f"{j}.png")
 
 
-def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
-    from robusttune.cli import main
+WNIDS = [f"n{k:08d}" for k in range(1000)]
+
+
+def random_vit_b32(tmp_path):
+    """A ViT-B-32 CLIP with seeded random weights, written where a config's ``pretrained`` can name it."""
     from robusttune.models.clip import create_clip
 
     torch.manual_seed(0)
     clip, _ = create_clip("ViT-B-32", None)
     weights = tmp_path / "vit_b32_random.pt"
     torch.save(clip.state_dict(), weights)
-    wnids = [f"n{k:08d}" for k in range(1000)]
-    fill(tmp_path / "train", wnids, per_folder=3)
-    fill(tmp_path / "val", wnids, per_folder=1)
+    return weights
+
+
+def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
+    from robusttune.cli import main
+
+    weights = random_vit_b32(tmp_path)
+    fill(tmp_path / "train", WNIDS, per_folder=3)
+    fill(tmp_path / "val", WNIDS, per_folder=1)
     fill(tmp_path / "v2", [str(k) for k in range(1000)], per_folder=1)
     config = {
         "imagenet": {"model": "ViT-B-32", "pretrained": str(weights), "templates": "simple",
@@ -87,16 +96,11 @@ def test_every_method_trains_and_resumes_vit_b32_on_imagenet_folders(tmp_path):
 
     from helpers import assert_same_run, interrupted_then_resumed, train_config, train_run
     from robusttune.config import TaskSpec
-    from robusttune.models.clip import create_clip
     from robusttune.training.tasks import build_task
 
-    torch.manual_seed(0)
-    clip, _ = create_clip("ViT-B-32", None)
-    weights = tmp_path / "vit_b32_random.pt"
-    torch.save(clip.state_dict(), weights)
-    wnids = [f"n{k:08d}" for k in range(1000)]
-    fill(tmp_path / "train", wnids, per_folder=4)
-    fill(tmp_path / "val", wnids, per_folder=1)
+    weights = random_vit_b32(tmp_path)
+    fill(tmp_path / "train", WNIDS, per_folder=4)
+    fill(tmp_path / "val", WNIDS, per_folder=1)
     spec = TaskSpec.model_validate({"imagenet": {
         "model": "ViT-B-32", "pretrained": str(weights), "templates": "simple", "train_dir": str(tmp_path / "train"),
         "val_dir": str(tmp_path / "val"), "val_holdout": 2, "num_workers": 0}})
