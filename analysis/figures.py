@@ -17,7 +17,8 @@ from robusttune.metrics import ID_TEST, OOD_MEAN, is_ood_set
 
 REGION_COLOURS = {"object": "#d62728", "context": "#1f77b4", "random": "#2ca02c", "none": "#7f7f7f",
                   # the other methods (robusttune.methods), when a sweep searches the method
-                  "ft": "#8c564b", "lp": "#bcbd22", "lp_ft": "#17becf", "l2sp": "#9467bd"}
+                  "ft": "#8c564b", "lp": "#bcbd22", "lp_ft": "#17becf", "l2sp": "#9467bd",
+                  "flyp": "#ff7f0e", "lipsum": "#e377c2"}
 REFILL_MARKERS = {"single": ("o", "circle"), "multi": ("s", "square"), "none": ("^", "triangle-up"), "-": ("D", "diamond")}
 
 

@@ -11,6 +11,7 @@ own model below (unknown keys rejected with a suggestion); what the method compu
 | `lp`             | linear probe: cross-entropy, the zero-shot head only             | -                      |
 | `lp_ft`          | LP for the first `lp_fraction` of the steps, then all weights    | `lp_fraction`          |
 | `l2sp`           | cross-entropy + `strength`/2 ||w - w_0||^2 (pre-trained weights) | `strength`             |
+| `flyp`           | CLIP's contrastive loss on images and class captions, both towers | -                      |
 | `lipsum`         | CE + the zero-shot model's image-text logits on random texts kept | `reg_weight`, `texts`, `text_length` |
 | `masked_distill` | the paper's method: CE + distillation on masked images           | region, refill, ...    |
 
@@ -73,6 +74,7 @@ class MethodName(StrEnum):
     LP = "lp"
     LP_FT = "lp_ft"
     L2SP = "l2sp"
+    FLYP = "flyp"
     LIPSUM = "lipsum"
     MASKED_DISTILL = "masked_distill"
 
@@ -105,6 +107,14 @@ class L2sp(Frozen):
 
     name: Literal[MethodName.L2SP] = MethodName.L2SP
     strength: float = Field(0.01, ge=0.0, description="alpha of the penalty toward the pre-trained weights")
+
+
+class Flyp(Frozen):
+    """FLYP (Goyal et al. 2023): CLIP's contrastive loss between the images and captions of their classes (a zero-shot
+    template each), the image and the text tower (and the logit scale) trained; the head is the fine-tuned text
+    tower's zero-shot head, rebuilt at every evaluation."""
+
+    name: Literal[MethodName.FLYP] = MethodName.FLYP
 
 
 class Lipsum(Frozen):
@@ -173,7 +183,7 @@ class MaskedDistill(Frozen):
 
 
 METHODS: dict[MethodName, type[Frozen]] = {MethodName.FT: Ft, MethodName.LP: Lp, MethodName.LP_FT: LpFt,
-                                           MethodName.L2SP: L2sp, MethodName.LIPSUM: Lipsum,
+                                           MethodName.L2SP: L2sp, MethodName.FLYP: Flyp, MethodName.LIPSUM: Lipsum,
                                            MethodName.MASKED_DISTILL: MaskedDistill}
 
 def _tag(value: Any) -> str | None:
@@ -185,6 +195,7 @@ def _tag(value: Any) -> str | None:
 
 MethodConfig = Annotated[Annotated[Ft, Tag(MethodName.FT)] | Annotated[Lp, Tag(MethodName.LP)]
                          | Annotated[LpFt, Tag(MethodName.LP_FT)] | Annotated[L2sp, Tag(MethodName.L2SP)]
+                         | Annotated[Flyp, Tag(MethodName.FLYP)]
                          | Annotated[Lipsum, Tag(MethodName.LIPSUM)]
                          | Annotated[MaskedDistill, Tag(MethodName.MASKED_DISTILL)],
                          Discriminator(_tag, custom_error_type="method", custom_error_message=

@@ -152,10 +152,14 @@ def interrupted_then_resumed(prepared, config, checkpoint: Path, *, stop_at: int
 
 
 def assert_same_run(a, b) -> None:
-    """Two ``(student, TrainResult)`` pairs with equal evaluations and bit-identical weights."""
+    """Two ``(student, TrainResult)`` pairs with equal evaluations and bit-identical weights (the method's own
+    weights too, e.g. FLYP's text tower)."""
     assert [r["metrics"] for r in a[1].history] == [r["metrics"] for r in b[1].history]
     for key, value in a[0].state_dict().items():
         assert torch.equal(value, b[0].state_dict()[key]), key
+    assert (a[1].method_state is None) == (b[1].method_state is None)
+    for key, value in (a[1].method_state or {}).items():
+        assert torch.equal(value, b[1].method_state[key]), f"method_state {key}"
 
 
 # ------------------------------------------------------------------------------------------------ sweeps

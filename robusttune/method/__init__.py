@@ -5,6 +5,6 @@
 - ``refill``: donor choice and patch-aligned refilling.
 - ``losses``: task + distillation losses.
 - ``wise``: WiSE-FT weight interpolation; ``merge``: soups and Model Stock.
-- one module per fine-tuning method (``ft``, ``lp``, ``lp_ft``, ``l2sp``, ``lipsum``, ``masked_distill``), each a
+- one module per fine-tuning method (``ft``, ``lp``, ``lp_ft``, ``l2sp``, ``flyp``, ``lipsum``, ``masked_distill``), each a
   ``step.MethodStep``; ``registry`` names them (their knobs: ``robusttune.methods``).
 """

@@ -7,6 +7,9 @@ from robusttune.method.step import HEAD, MethodStep
 
 
 class Lp(MethodStep):
+    def parameters(self):
+        return list(self.student.head.parameters())
+
     def trains(self, step: int, total: int) -> str:
         return HEAD
 

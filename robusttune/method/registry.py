@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from robusttune.method.flyp import Flyp
 from robusttune.method.ft import Ft
 from robusttune.method.l2sp import L2sp
 from robusttune.method.lipsum import Lipsum
@@ -17,7 +18,8 @@ from robusttune.method.lp_ft import LpFt
 from robusttune.method.masked_distill import MaskedDistill
 from robusttune.method.step import MethodStep
 
-STEPS: dict[str, type[MethodStep]] = {"ft": Ft, "lp": Lp, "lp_ft": LpFt, "l2sp": L2sp, "lipsum": Lipsum,
+STEPS: dict[str, type[MethodStep]] = {"ft": Ft, "lp": Lp, "lp_ft": LpFt, "l2sp": L2sp, "flyp": Flyp,
+                                      "lipsum": Lipsum,
                                       "masked_distill": MaskedDistill}
 
 

@@ -24,6 +24,18 @@ class MethodStep:
         self.config, self.knobs = config, config.method
         self.student, self.teacher, self.placement = student, teacher, placement
 
+    own_weights: torch.nn.Module | None = None  # weights the method trains outside the classifier (FLYP's text
+    # tower): the optimizer holds them after the classifier's, and the run's checkpoints keep them (``method_state``)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer holds, in this order: every weight of the classifier (and the method's own)."""
+        own = list(self.own_weights.parameters()) if self.own_weights is not None else []
+        return [*self.student.parameters(), *own]
+
+    def before_evaluation(self) -> None:
+        """Called before every evaluation (and so before every checkpoint): a method whose head follows other
+        weights (FLYP: its text tower) writes it into the classifier here."""
+
     def trains(self, step: int, total: int) -> str:
         """``ALL`` or ``HEAD``: the weights that get gradients at ``step`` of ``total``."""
         return ALL

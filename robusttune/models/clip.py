@@ -158,7 +158,7 @@ def build_classifier(
     from robusttune.models.text import text_side
 
     classifier = ImageClassifier(model.visual, head, mean=mean, std=std)
-    classifier.text = text_side(model, tokenizer)
+    classifier.text = text_side(model, tokenizer, classnames, templates)
     return classifier
 
 

@@ -1,7 +1,8 @@
 """The fine-tuning loop (no ray/optuna: progress leaves through injected callbacks).
 
 What a step computes is the run's method (``config.method``; ``robusttune.method.registry``: vanilla FT, LP, LP-FT,
-L2-SP, the paper's masked-image distillation): its loss on each micro-batch and which weights it trains. The loop
+L2-SP, FLYP, Lipsum-FT, the paper's masked-image distillation): its loss on each micro-batch, which weights it trains
+(and any it trains outside the classifier, e.g. FLYP's text tower, kept in the checkpoints as ``method_state``). The loop
 owns the rest, the same for every method: the data order, micro-batches and gradient accumulation, the gradient sum
 over data-parallel processes, AdamW (fused on CUDA), warm-up + cosine or OneCycle, gradient clipping (once per step,
 after accumulating micro-batches; the official code clips every micro-batch), evaluations and checkpoints.
@@ -54,6 +55,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     failure: str | None = None
     steps: int = 0
+    method_state: dict[str, Tensor] | None = None  # the method's own trained weights (FLYP's text tower), if any
 
 
 def total_steps(config: TrainConfig, n_train: int) -> int:
@@ -271,9 +273,10 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, placem
 
 
 def optimized_parameters(student: ImageClassifier, method: MethodStep) -> list[torch.nn.Parameter]:
-    """What the optimizer holds: the head alone for a method that never trains the tower (a linear probe), else all."""
+    """What the optimizer holds: the method's ``parameters()`` (all of the classifier; a linear probe's head alone;
+    FLYP's image and text towers)."""
     student.requires_grad_(True)
-    return list(student.parameters()) if method.ever_trains_tower else list(student.head.parameters())
+    return method.parameters()
 
 
 def train_only(student: ImageClassifier, trains: str) -> None:
@@ -329,8 +332,11 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
                      shard=shard)
     quick = subset_evaluator(full, config.eval_subset) if config.eval_subset else None
     start, history, elapsed_before = 0, [], 0.0
+    own = computer.method.own_weights
     if resume is not None:
         student.load_state_dict(resume["model"])
+        if own is not None:
+            own.load_state_dict(resume["method_state"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["scheduler"])
         if "scaler" in resume:
@@ -342,6 +348,7 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
 
     def evaluation(step: int, loss_parts: dict[str, float]) -> None:
         nonlocal metrics
+        computer.method.before_evaluation()
         evaluator = full if step >= total or quick is None else quick  # the last evaluation: always the full sets
         metrics = evaluator(student)
         row = {"step": step, "epoch": round(step / per_epoch, 4), "metrics": metrics,
@@ -352,7 +359,7 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
         if save_checkpoint is not None:
             state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
                      "step": step, "history": json.dumps(history), "config": json.dumps(config.to_dict()),
-                     "elapsed": row["elapsed"]}
+                     "elapsed": row["elapsed"], **({"method_state": own.state_dict()} if own is not None else {})}
             save_checkpoint({**state, "scaler": scaler.state_dict()} if scaler.is_enabled() else state)
         if report is not None:
             report({**row, **metrics})
@@ -371,7 +378,7 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
 
     if total == 0:
         evaluation(0, {})
-        return TrainResult("complete", metrics, history, steps=0)
+        return TrainResult("complete", metrics, history, steps=0, method_state=own and own.state_dict())
     sampler = StepBatches(config, n_train, start, total, shard)
     batches = iter(batch_loader(task.train, sampler, Loading(task.num_workers, pin_memory=placement.pin_memory)))
     health = StepHealth(placement.device)
@@ -411,4 +418,4 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
             if reading.bad_step is not None:
                 return failed(reading)
             evaluation(done, {"lr": schedule.get_last_lr()[0], **reading.parts})
-    return TrainResult("complete", metrics, history, steps=total)
+    return TrainResult("complete", metrics, history, steps=total, method_state=own and own.state_dict())

@@ -42,6 +42,7 @@ def train_into(config: TrainConfig, spec: TaskSpec, cache: Path, out: Path, *,
     if shard.leader:
         if result.status == "complete":
             save_checkpoint(files.final, {"model": run.student.state_dict(), "config": json.dumps(config.to_dict()),
-                                               "task": json.dumps(spec.to_dict()), "metrics": json.dumps(result.metrics)})
+                                          "task": json.dumps(spec.to_dict()), "metrics": json.dumps(result.metrics),
+                                          **({"method_state": result.method_state} if result.method_state else {})})
         files.summary.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary

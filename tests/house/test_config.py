@@ -42,7 +42,7 @@ def test_configs_are_frozen_and_hashable_data():
     ({"method": {"name": "masked_distill", "w_distill": -1}}, "method.w_distill: Input should be greater than or equal to 0"),
     ({"method": {"name": "masked_distill", "mask_ratoi": 0.5}}, "unknown key 'method.mask_ratoi' (did you mean 'mask_ratio'?)"),
     ({"method": {"name": "ft", "w_distill": 1}}, "unknown key 'method.w_distill' (a knob of masked_distill, not of method 'ft')"),
-    ({"method": "lpft"}, "method: unknown method 'lpft' (did you mean 'lp_ft'?); methods: ft, lp, lp_ft, l2sp, lipsum, masked_distill"),
+    ({"method": "lpft"}, "method: unknown method 'lpft' (did you mean 'lp_ft'?); methods: ft, lp, lp_ft, l2sp, flyp, lipsum, masked_distill"),
     ({"method": {"name": "lp_ft", "lp_fraction": 1}}, "method.lp_fraction: Input should be less than 1, got 1"),
     ({"method": {"name": "l2sp", "strength": True}}, "method.strength: Input should be a number, not a boolean"),
     ({"region": "none"}, "unknown key 'region' (a knob of masked_distill: write it under 'method')"),

@@ -11,6 +11,7 @@ import yaml
 
 from helpers import assert_same_run, interrupted_then_resumed, invoke, train_config, train_run
 from robusttune.method import registry
+from robusttune.method.flyp import clip_contrastive_loss
 from robusttune.method.l2sp import l2sp_penalty
 from robusttune.method.lipsum import lipsum_regulariser, random_token_sequences
 from robusttune.method.lp_ft import probe_steps
@@ -20,7 +21,7 @@ from robusttune.training.loop import StepComputer
 
 SMALL = dict(steps=4, batch_size=16, eval_every=2, eval_batch_size=128, lr=1e-3)
 EVERY_METHOD = [dict(method="ft"), dict(method="lp"), dict(method="lp_ft", lp_fraction=0.5),
-                dict(method="l2sp", strength=0.5), dict(method="lipsum", texts=16),
+                dict(method="l2sp", strength=0.5), dict(method="flyp"), dict(method="lipsum", texts=16),
                 dict(method="masked_distill", region="object", w_distill=1.0)]
 
 
@@ -28,7 +29,7 @@ def test_every_method_has_its_knobs_and_its_step():
     assert registry.registered() == sorted(m.value for m in MethodName) == sorted(m.value for m in METHODS)
     for name, knobs in METHODS.items():
         assert knobs().name is name  # every knob has a default: a method is usable by its name alone
-    assert knob_names("ft") == knob_names("lp") == [] and knob_names("lp_ft") == ["lp_fraction"]
+    assert knob_names("ft") == knob_names("lp") == knob_names("flyp") == [] and knob_names("lp_ft") == ["lp_fraction"]
     assert knob_names("l2sp") == ["strength"] and "w_distill" in knob_names("masked_distill")
     assert knob_names("lipsum") == ["reg_weight", "texts", "text_length"]
     lipsum = METHODS[MethodName.LIPSUM]()
@@ -170,3 +171,45 @@ def test_lipsum_step_draws_texts_per_step_through_the_frozen_text_tower(tiny_pre
     with torch.no_grad():
         student.visual.proj.add_(0.05)
     assert float(computer.loss(images, labels, 1)[1]["loss_lipsum"]) > 1e-7  # 8.5e-6 here: far above the rounding
+
+
+def test_flyp_loss_is_clips_contrastive_loss():
+    """locuslab/FLYP clip/loss.py ``ClipLoss`` (world size 1, no ground labels), as open_clip ships it, on
+    L2-normalised features: ``(CE(s f t^T, arange) + CE(s t f^T, arange)) / 2``."""
+    import open_clip
+
+    g = torch.Generator().manual_seed(0)
+    images, texts = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)
+    scale = torch.tensor(14.3)
+    official = open_clip.ClipLoss()(F.normalize(images, dim=-1), F.normalize(texts, dim=-1), scale)
+    torch.testing.assert_close(clip_contrastive_loss(images, texts, scale), official, atol=1e-6, rtol=1e-6)
+    matched = clip_contrastive_loss(images, images, torch.tensor(100.0))  # each caption its image's: near zero
+    assert float(matched) < float(clip_contrastive_loss(images, texts, torch.tensor(100.0))) and float(matched) < 1e-3
+
+
+def test_flyp_head_is_the_text_towers_zero_shot_head(tiny_prepared):
+    """Rebuilt from the untouched text tower, the head is the zero-shot head the classifier was built with."""
+    student = tiny_prepared.classifier()
+    rebuilt = student.text.head_weights(student.text.tower, "cpu")
+    torch.testing.assert_close(rebuilt, student.head.weight.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_flyp_trains_both_towers_and_rebuilds_the_head(tiny_prepared):
+    states = []
+    student, result = train_run(tiny_prepared, train_config(**SMALL, method="flyp"),
+                                save_checkpoint=lambda state: states.append(copy.deepcopy(state)))
+    assert result.status == "complete"
+    frozen = student.text.tower.state_dict()
+    trained = result.method_state
+    assert set(trained) == set(frozen) and "logit_scale" in trained
+    assert sum(not torch.equal(trained[k], frozen[k]) for k in frozen) == len(frozen)  # every text weight trained
+    assert torch.equal(states[-1]["method_state"]["logit_scale"], trained["logit_scale"])  # checkpointed
+    zero_shot = tiny_prepared.classifier()
+    assert all(torch.equal(zero_shot.text.tower.state_dict()[k], v) for k, v in frozen.items())  # the frozen one kept
+    # the head is the fine-tuned text tower's zero-shot head, never a trained one (the optimizer does not hold it)
+    tower = copy.deepcopy(student.text.tower)
+    tower.load_state_dict(trained)
+    torch.testing.assert_close(student.head.weight.detach(), student.text.head_weights(tower, "cpu"), atol=1e-6, rtol=1e-6)
+    assert not torch.equal(student.head.weight, zero_shot.head.weight)
+    assert len(states[-1]["optimizer"]["param_groups"][0]["params"]) == (
+        len(list(student.visual.parameters())) + len(list(tower.parameters())))

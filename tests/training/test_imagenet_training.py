@@ -85,7 +85,7 @@ def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
 
 
 EVERY_METHOD = [{"name": "ft"}, {"name": "lp"}, {"name": "lp_ft", "lp_fraction": 0.5}, {"name": "l2sp", "strength": 0.1},
-                {"name": "lipsum", "texts": 8},
+                {"name": "flyp"}, {"name": "lipsum", "texts": 8},
                 {"name": "masked_distill", "region": "object", "refill": "single"}]
 
 
