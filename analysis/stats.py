@@ -129,10 +129,12 @@ def verdicts(experiment: str | Path, x: str = ID_TEST, y: str = OOD_MEAN) -> lis
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
     sources: dict[str, str] = {}
+    methods: dict[str, str] = {}
     failed: dict[str, int] = {}
     for row in rows:
         key, seed = row["config_key"], int(row["seed"])
         sources[key] = row["source"]
+        methods[key] = method_of(row) or methods.get(key, "")  # a curve's rows carry no config
         if row.get("status") == "failed":
             failed[key] = failed.get(key, 0) + 1
         elif row.get("alpha") is None:
@@ -144,7 +146,7 @@ def verdicts(experiment: str | Path, x: str = ID_TEST, y: str = OOD_MEAN) -> lis
     table = []
     for key, by_seed in runs.items():
         metrics = sorted({m for r in by_seed.values() for m in r if is_metric(m)})
-        summary: dict[str, Any] = {"config_key": key, "source": sources[key], "seeds": len(by_seed),
+        summary: dict[str, Any] = {"config_key": key, "source": sources[key], "method": methods[key], "seeds": len(by_seed),
                                    "failed_seeds": failed.get(key, 0)}
         for metric in metrics:
             summary |= seed_interval([r.get(metric) for r in by_seed.values()]).to_dict(metric)
@@ -155,6 +157,15 @@ def verdicts(experiment: str | Path, x: str = ID_TEST, y: str = OOD_MEAN) -> lis
             summary |= _gap_summary("delta_ood", gaps) | _gap_summary("delta_ood_own_wise", own)
         table.append(summary)
     return sorted(table, key=lambda r: -(r.get("delta_ood_mean") if _finite(r.get("delta_ood_mean")) else -math.inf))
+
+
+def method_of(row: dict[str, Any]) -> str:
+    """What a confirmation row measured: a merge's name, else the method its config trained with."""
+    from robusttune.methods import method_name
+
+    if row.get("method"):
+        return str(row["method"])
+    return str(method_name(row["config"].get("method", {}))) if isinstance(row.get("config"), dict) else ""
 
 
 def _gap_summary(prefix: str, gaps: dict[int, float | None]) -> dict[str, Any]:
@@ -177,7 +188,12 @@ def sentence(row: dict[str, Any]) -> str:
     def pts(v: float) -> str:
         return f"{100 * v:+.2f}"
 
-    name = {VANILLA: "Vanilla fine-tuning", ZERO_SHOT: "The zero-shot model"}.get(row["source"], f"Trial {row['source']}'s configuration")
+    from robusttune.methods import MergeName
+
+    method = row.get("method") or ""
+    name = {VANILLA: "Vanilla fine-tuning", ZERO_SHOT: "The zero-shot model"}.get(
+        row["source"], f"The {method.replace('_', ' ')}" if method in set(MergeName)
+        else f"Trial {row['source']}'s configuration" + (f" ({method})" if method else ""))
     seeds = f"{row['seeds']} seed{'s' if row['seeds'] != 1 else ''}"
     base = (f"{name} ({seeds}): ID {100 * row.get(f'{ID_TEST}_mean', math.nan):.1f}%, "
             f"OOD mean {100 * row.get(f'{OOD_MEAN}_mean', math.nan):.1f}%")
@@ -209,7 +225,7 @@ def curve_band(experiment: str | Path, source: str = VANILLA, x: str = ID_TEST, 
     return band
 
 
-CSV_COLUMNS = ("source", "config_key", "seeds", "failed_seeds")
+CSV_COLUMNS = ("source", "method", "config_key", "seeds", "failed_seeds")
 
 
 def verdict_frame(rows: list[dict[str, Any]]):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -80,6 +80,14 @@ class MethodName(StrEnum):
 
 
 DEFAULT_METHOD = MethodName.MASKED_DISTILL  # the paper's method: what robusttune is for
+
+
+class MergeName(StrEnum):
+    """The post-hoc merges of a sweep's models (``robusttune.search.merges``; the rules in ``robusttune.method.merge``)."""
+
+    UNIFORM_SOUP = "uniform_soup"
+    GREEDY_SOUP = "greedy_soup"
+    MODEL_STOCK = "model_stock"
 
 
 class Ft(Frozen):
@@ -193,11 +201,7 @@ def _tag(value: Any) -> str | None:
     return None if name is None else str(name)
 
 
-MethodConfig = Annotated[Annotated[Ft, Tag(MethodName.FT)] | Annotated[Lp, Tag(MethodName.LP)]
-                         | Annotated[LpFt, Tag(MethodName.LP_FT)] | Annotated[L2sp, Tag(MethodName.L2SP)]
-                         | Annotated[Flyp, Tag(MethodName.FLYP)]
-                         | Annotated[Lipsum, Tag(MethodName.LIPSUM)]
-                         | Annotated[MaskedDistill, Tag(MethodName.MASKED_DISTILL)],
+MethodConfig = Annotated[Union[tuple(Annotated[model, Tag(name.value)] for name, model in METHODS.items())],  # noqa: UP007
                          Discriminator(_tag, custom_error_type="method", custom_error_message=
                                        "must name one of the methods " + ", ".join(m.value for m in MethodName))]
 

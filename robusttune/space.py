@@ -52,7 +52,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from robusttune.bounds import MAX_SEED, check_alphas
-from robusttune.methods import DEFAULT_METHOD, METHODS, MethodName, all_knobs, method_name
+from robusttune.methods import DEFAULT_METHOD, METHODS, MergeName, MethodName, all_knobs, method_name
 from robusttune.config import (TRAIN_KEYS, Frozen, TaskSpec, TrainConfig, with_method, load_mapping_and_text, load_yaml_text, parse,
                                shorten)
 from robusttune.errors import ConfigError
@@ -266,11 +266,22 @@ class Baselines(Frozen):
 
 class Confirm(Frozen):
     """What runs after the trials and baselines to tell signal from noise: the ``top`` configurations of the front
-    (by non-dominated rank, then crowding distance), vanilla fine-tuning and zero-shot, each trained with ``seeds``
-    seeds (seed 0 of a trial is the trial itself), each with its WiSE-FT curve on ``baselines.wise_alphas``."""
+    (by non-dominated rank, then crowding distance; with ``per_method``, the ``top`` of each method's trials),
+    vanilla fine-tuning and zero-shot, each trained with ``seeds`` seeds (seed 0 of a trial is the trial itself),
+    each with its WiSE-FT curve on ``baselines.wise_alphas``; and each merge of ``merges`` at the same seeds (its
+    rule over its members' configurations trained at each seed)."""
 
     seeds: int = Field(3, ge=1, le=MAX_CONFIRM_SEEDS)
     top: int = Field(5, ge=1, le=MAX_CONFIRM_TOP)
+    per_method: bool = False
+    merges: tuple[MergeName, ...] = ()
+
+    @field_validator("merges")
+    @classmethod
+    def _distinct(cls, merges: tuple[MergeName, ...]) -> tuple[MergeName, ...]:
+        if len(set(merges)) != len(merges):
+            raise ValueError("confirm.merges names a merge twice")
+        return merges
 
 
 class SearchSpace(Frozen):

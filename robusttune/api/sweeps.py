@@ -11,7 +11,8 @@ from typing import Any
 
 from robusttune.api.common import cache_directory, status_counts, trial_table
 from robusttune.bounds import at_least
-from robusttune.errors import DataError
+from robusttune.errors import DataError, ParameterError
+from robusttune.methods import MergeName
 from robusttune.experiment import (ExperimentLock, check_experiment, check_new_experiment, check_space_unchanged,
                                    latest_by_trial, load_frozen_space, new_experiment_dir, pareto_trials,
                                    read_heartbeats, read_manifest)
@@ -256,10 +257,11 @@ class ConfirmResult:
 
 
 def confirm(experiment: str | os.PathLike[str], *, seeds: int | None = None, top: int | None = None,
-            trials: Sequence[str] | None = None, address: str | None = None,
-            cache_dir: str | os.PathLike[str] | None = None) -> ConfirmResult:
-    """Train the front's ``top`` configurations (or the named ``trials``), vanilla FT and zero-shot with ``seeds``
-    seeds each (defaults: the space's ``confirm`` key, else 3 and 5), each with its WiSE-FT curve, as Ray tasks;
+            trials: Sequence[str] | None = None, per_method: bool | None = None, merges: Sequence[str] | None = None,
+            address: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> ConfirmResult:
+    """Train the front's ``top`` configurations (``per_method``: the ``top`` of each method; or the named
+    ``trials``), vanilla FT and zero-shot with ``seeds`` seeds each, each with its WiSE-FT curve, and the recorded
+    ``merges`` at the same seeds, as Ray tasks (defaults: the space's ``confirm`` key, else 3 seeds, top 5, no merge);
     then the verdicts against vanilla FT's WiSE-FT at equal ID. Resumable: what the records hold is not redone.
     Refuses while another process runs the experiment."""
     from robusttune.search.sweep import confirm_experiment
@@ -268,11 +270,17 @@ def confirm(experiment: str | os.PathLike[str], *, seeds: int | None = None, top
     path = check_experiment(Path(experiment))
     space, text = load_frozen_space(path)
     defaults = space.confirm or Confirm()
-    seeds = defaults.seeds if seeds is None else at_least("seeds", seeds, 1)
-    top = defaults.top if top is None else at_least("top", top, 1)
+    unknown = [m for m in merges or () if m not in set(MergeName)]
+    if unknown:
+        raise ParameterError("merge", f"must be one of {', '.join(MergeName)}, got {unknown[0]!r}")
+    settings = defaults.model_copy(update={
+        "seeds": defaults.seeds if seeds is None else at_least("seeds", seeds, 1),
+        "top": defaults.top if top is None else at_least("top", top, 1),
+        "per_method": defaults.per_method if per_method is None else bool(per_method),
+        "merges": defaults.merges if merges is None else tuple(MergeName(m) for m in dict.fromkeys(merges))})
     started = time.perf_counter()
     with ExperimentLock(path, f"robusttune confirm {experiment}"):
-        written = confirm_experiment(path, space, text, cache_directory(cache_dir), top=top, seeds=seeds,
+        written = confirm_experiment(path, space, text, cache_directory(cache_dir), settings,
                                      trial_ids=list(trials) if trials else None, address=address)
     rows, sentences = _verdicts(path)
     return ConfirmResult(path, written, rows, sentences, round(time.perf_counter() - started, 1))

@@ -56,7 +56,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"expected front) = {tail['wise_evaluations']:.0f} full evaluations)")
         confirm = found.confirmation
         if confirm.get("runs"):
-            print(f"confirmation: {confirm['seeds']} seeds x ({confirm['top']:.0f} configurations + vanilla FT) + zero-shot = "
+            merges = f" + {confirm['merges']} merge(s) and their members" if confirm.get("merges") else ""
+            print(f"confirmation: {confirm['seeds']} seeds x ({confirm['top']:.0f} configurations + vanilla FT) + zero-shot{merges} = "
                   f"{confirm['runs']:.0f} runs, {confirm['trained_runs']:.0f} trained again, {_hours(confirm['seconds'] / 3600)} "
                   f"({_hours(confirm['wall_seconds'] / 3600)} wall)")
         write = found.checkpoints["write"]

@@ -7,6 +7,7 @@ import time
 
 from robusttune.cli.output import add_common, emit, table, trial_columns, values
 from robusttune.config import Tracker
+from robusttune.methods import MergeName
 
 
 def _print_result(result, args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-VERDICT_COLUMNS = ("source", "seeds", "id_acc_mean", "ood_mean_mean", "delta_ood_mean", "delta_ood_low", "delta_ood_high",
+VERDICT_COLUMNS = ("source", "method", "seeds", "id_acc_mean", "ood_mean_mean", "delta_ood_mean", "delta_ood_low", "delta_ood_high",
                    "delta_ood_verdict")
 
 
@@ -104,8 +105,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from robusttune import api
 
     trials = [t.strip() for t in args.trials.split(",") if t.strip()] if args.trials else None
-    result = api.confirm(args.experiment, seeds=args.seeds, top=args.top, trials=trials, address=args.address,
-                         cache_dir=args.cache_dir)
+    result = api.confirm(args.experiment, seeds=args.seeds, top=args.top, trials=trials, per_method=args.per_method,
+                         merges=args.merge, address=args.address, cache_dir=args.cache_dir)
 
     def human() -> None:
         print(f"confirmation of {result.experiment}: {result.written} row(s) written in {result.seconds:.0f} s "
@@ -173,6 +174,10 @@ def register(commands) -> None:
     confirm.add_argument("--top", type=int, metavar="N", help="configurations from the front, by non-dominated rank "
                                                              "then crowding distance (default: the space's, else 5)")
     confirm.add_argument("--trials", metavar="ID,ID,...", help="confirm these trials instead of the top N")
+    confirm.add_argument("--per-method", action="store_true", default=None,
+                         help="the top N of each method's trials (default: the space's confirm key)")
+    confirm.add_argument("--merge", action="append", metavar="NAME", choices=[m.value for m in MergeName],
+                         help="confirm this recorded merge too (repeat for more; default: the space's confirm key)")
     confirm.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: local")
     confirm.set_defaults(handler=cmd_confirm)
 

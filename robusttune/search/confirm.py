@@ -2,7 +2,8 @@
 seeds, each with its WiSE-FT curve, so that a report can tell a real gain from seed-to-seed noise.
 
 Which configurations: the ``top`` complete trials ranked by non-dominated front on the objective, then by crowding
-distance (or trials named by id), and vanilla fine-tuning (the baselines' reference config). Seeds ``0..K-1`` are
+distance (with ``per_method``, the ``top`` of each method's trials, so that every method searched gets its verdict;
+or trials named by id), and vanilla fine-tuning (the baselines' reference config). Seeds ``0..K-1`` are
 offsets from each config's own seed: seed 0 of a trial *is* the trial (its recorded final metrics and weights; no
 retraining), seed 0 of vanilla FT is the baselines' run when it is there. Zero-shot has no seed (nothing is trained
 and evaluation is deterministic): it is recorded once, as seed 0.
@@ -13,6 +14,13 @@ with ``config_key``, ``source`` (the trial id, ``vanilla-ft`` or ``zero-shot``),
 ``eval_images``: first the run's own weights (``alpha`` null), then each point of its WiSE-FT curve. A killed run
 keeps what it recorded and its latest checkpoint (``confirm/<key>-s<seed>.latest.pt``): it continues from there,
 and nothing recorded is computed twice.
+
+Merges (``merges``: the recorded post-hoc merges to confirm, ``robusttune.search.merges``): a merge at seed s is its
+rule applied again to its members' configurations trained at seed s (the greedy soup's rule runs again over its
+seed-0 members, ordered by their seed-s ID validation accuracy). Seed 0 of a merge is the merge itself (its
+recorded row). Members are ordinary runs of the first wave, without a WiSE-FT curve unless they are confirmed in
+their own right; the merges are a second wave, one Ray task per (merge, seed), each one row (``source``: the
+merge's name, ``method``, ``members``), keyed by the merge's name and its members' configurations.
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ from typing import Any
 
 from robusttune.cache import stable_hash
 from robusttune.errors import ConfigError
-from robusttune.experiment import (CONFIRM_KIND, ZERO_SHOT, append_record, confirm_progress, confirm_weights, heads_dir,
+from robusttune.experiment import (CONFIRM_KIND, MERGE_KIND, ZERO_SHOT, append_record, confirm_progress, confirm_weights, heads_dir,
                                    is_confirm_row, latest_by_trial, latest_checkpoint, parse_space_text, read_records,
                                    vanilla_checkpoint)
 from robusttune.experiment import VANILLA_FT as VANILLA
-from robusttune.space import SearchSpace
+from robusttune.methods import method_name
+from robusttune.space import Confirm, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +55,37 @@ class ConfirmRun:
     source: str  # a trial id, vanilla-ft or zero-shot
     config: dict[str, Any]  # the training config, with this run's seed
     seed: int  # the offset from the configuration's own seed (0: the trial itself)
+    curve: bool = True  # with its WiSE-FT curve (a merge's member only: without, unless confirmed itself)
 
     @property
     def key(self) -> str:
         return config_key(self.config)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "config": self.config, "seed": self.seed}
+        return {"source": self.source, "config": self.config, "seed": self.seed, "curve": self.curve}
+
+
+@dataclass(frozen=True)
+class MergeRun:
+    """One merge of the confirmation at one seed: its rule over its members' runs at that seed."""
+
+    source: str  # the merge's name
+    members: tuple[tuple[str, str], ...]  # (trial id, config key) of each member of the recorded merge
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return stable_hash({"merge": self.source, "members": [key for _, key in self.members]}, length=12)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "members": [list(m) for m in self.members], "seed": self.seed}
 
 
 def select_trials(space: SearchSpace, latest: dict[str, dict[str, Any]], *, top: int,
-                  trial_ids: list[str] | None = None) -> list[str]:
+                  trial_ids: list[str] | None = None, per_method: bool = False) -> list[str]:
     """The trials to confirm: ``trial_ids`` (each must be a complete trial), else the ``top`` complete trials by
-    non-dominated front on the objective, then by crowding distance."""
+    non-dominated front on the objective, then by crowding distance (with ``per_method``: the ``top`` of each
+    method's complete trials, ranked among themselves, methods in name order)."""
     from robusttune.pareto import multi_objective_ranking
 
     complete = {t: row for t, row in latest.items() if row.get("status") == "complete" and row.get("config")}
@@ -70,9 +97,17 @@ def select_trials(space: SearchSpace, latest: dict[str, dict[str, Any]], *, top:
             raise ConfigError(f"not a complete trial of this experiment: {', '.join(unknown)}")
         return list(dict.fromkeys(trial_ids))
     metrics, signs = list(space.objective.keys), [-1.0 if d.value == "min" else 1.0 for d in space.objective.directions]
-    ids = sorted(complete)
-    points = [[sign * float(complete[t][m]) for sign, m in zip(signs, metrics)] for t in ids]
-    return [ids[i] for i in multi_objective_ranking(points, tie_break="crowding")[:top]]
+
+    def best(ids: list[str]) -> list[str]:
+        points = [[sign * float(complete[t][m]) for sign, m in zip(signs, metrics)] for t in ids]
+        return [ids[i] for i in multi_objective_ranking(points, tie_break="crowding")[:top]]
+
+    if not per_method:
+        return best(sorted(complete))
+    groups: dict[str, list[str]] = {}
+    for trial in sorted(complete):
+        groups.setdefault(method_name(complete[trial]["config"].get("method", {})), []).append(trial)
+    return [trial for method in sorted(groups) for trial in best(groups[method])]
 
 
 def plan_runs(space: SearchSpace, latest: dict[str, dict[str, Any]], trial_ids: list[str], seeds: int) -> list[ConfirmRun]:
@@ -84,6 +119,31 @@ def plan_runs(space: SearchSpace, latest: dict[str, dict[str, Any]], trial_ids: 
     runs = [ConfirmRun(source, {**config, "seed": int(config.get("seed", 0)) + s}, s)
             for source, config in configs for s in range(seeds)]
     return [*runs, ConfirmRun(ZERO_SHOT, {**vanilla, "steps": 0}, 0)]
+
+
+def plan_merges(experiment: Path, latest: dict[str, dict[str, Any]], merges: tuple[str, ...], seeds: int,
+                confirmed: list[ConfirmRun]) -> tuple[list[ConfirmRun], list[MergeRun]]:
+    """The confirmation of the recorded ``merges``: the members' runs at seeds 0..seeds-1 that ``confirmed`` lacks
+    (seed 0 of a member is the trial: recorded, not trained), and each merge at seeds 0..seeds-1. A merge the
+    records lack is skipped and said."""
+    rows = {row.get("method"): row for row in read_records(experiment) if row.get("kind") == MERGE_KIND}
+    have = {(r.key, r.seed) for r in confirmed}
+    members_runs: dict[tuple[str, int], ConfirmRun] = {}
+    merge_runs = []
+    for merge in merges:
+        row = rows.get(merge)
+        if row is None:
+            log.warning("confirmation of %s skipped: the experiment has recorded no %s", merge, merge)
+            continue
+        members = tuple((t, config_key(latest[t]["config"])) for t in row["members"] if latest.get(t, {}).get("config"))
+        for trial, _ in members:
+            config = latest[trial]["config"]
+            for s in range(seeds):
+                run = ConfirmRun(trial, {**config, "seed": int(config.get("seed", 0)) + s}, s, curve=False)
+                if (run.key, s) not in have:
+                    members_runs.setdefault((run.key, s), run)
+        merge_runs += [MergeRun(str(merge), members, s) for s in range(seeds)]
+    return list(members_runs.values()), merge_runs
 
 
 FAILED = "failed"  # in ``recorded``: the run failed (it is not run again)
@@ -100,13 +160,14 @@ def recorded(experiment: Path) -> dict[tuple[str, int], set[float | str | None]]
     return done
 
 
-def missing_alphas(run: ConfirmRun, space: SearchSpace, done: dict[tuple[str, int], set[float | str | None]]) -> list[float | None]:
+def missing_alphas(run: ConfirmRun | MergeRun, space: SearchSpace, done: dict[tuple[str, int], set[float | str | None]]) -> list[float | None]:
     """What the run still has to record: None (its own weights) and the curve's alphas (none for zero-shot, nothing
     for a run that failed: a resume does not train it again)."""
     have = done.get((run.key, run.seed), set())
     if FAILED in have:
         return []
-    wanted: list[float | None] = [None, *([] if run.source == ZERO_SHOT else [float(a) for a in space.baselines.wise_alphas])]
+    curve = isinstance(run, ConfirmRun) and run.curve and run.source != ZERO_SHOT
+    wanted: list[float | None] = [None, *([float(a) for a in space.baselines.wise_alphas] if curve else [])]
     return [a for a in wanted if (None if a is None else round(a, 6)) not in have]
 
 
@@ -124,7 +185,7 @@ def confirm_one(experiment: str, space_yaml: str, cache_dir: str, run: dict[str,
 
     torch.set_num_threads(max(1, threads))
     exp, space = Path(experiment), parse_space_text(space_yaml)
-    this = ConfirmRun(run["source"], dict(run["config"]), int(run["seed"]))
+    this = ConfirmRun(run["source"], dict(run["config"]), int(run["seed"]), bool(run.get("curve", True)))
     todo = missing_alphas(this, space, recorded(exp))
     if not todo:
         return 0
@@ -212,34 +273,88 @@ def _reused(experiment: Path, run: ConfirmRun) -> tuple[dict | None, dict[str, f
     return load_checkpoint(path)["model"], {k: v for k, v in row.items() if is_metric(k)}
 
 
-def run_confirmation(experiment: Path, space: SearchSpace, space_text: str, cache_dir: Path, *, top: int, seeds: int,
+def confirm_merge(experiment: str, space_yaml: str, cache_dir: str, run: dict[str, Any], threads: int) -> int:
+    """Record one merge at one seed (a Ray task, or in-process): seed 0 from its recorded row, seed s by its rule
+    over its members' weights of seed s; returns the rows written (0 or 1)."""
+    import torch
+
+    from robusttune.metrics import ID_VAL, is_metric
+    from robusttune.search.merges import MergeBench, merge_weights
+    from robusttune.training.checkpoint import load_checkpoint
+
+    torch.set_num_threads(max(1, threads))
+    exp = Path(experiment)
+    this = MergeRun(run["source"], tuple((t, k) for t, k in run["members"]), int(run["seed"]))
+    if (this.key, this.seed) in recorded(exp):
+        return 0
+    common = {"kind": CONFIRM_KIND, "config_key": this.key, "source": this.source, "method": this.source,
+              "seed": this.seed, "alpha": None}
+    if this.seed == 0:  # the merge itself
+        (row,) = [r for r in read_records(exp) if r.get("kind") == MERGE_KIND and r.get("method") == this.source]
+        append_record(exp, {**common, "members": row["members"], "eval_images": row.get("eval_images", {}),
+                            **{k: v for k, v in row.items() if is_metric(k)}})
+        return 1
+    points = {(r["config_key"], int(r["seed"])): r for r in read_records(exp)
+              if is_confirm_row(r) and r.get("alpha") is None}
+    member_rows = {trial: points.get((key, this.seed)) for trial, key in this.members}
+    lost = [t for t, r in member_rows.items() if r is None or r.get("status") == FAILED
+            or not confirm_weights(exp, dict(this.members)[t], this.seed).is_file()]
+    if lost:
+        append_record(exp, {**common, "status": FAILED,
+                            "failure": f"member(s) {', '.join(lost)} have no weights at seed {this.seed}"})
+        return 1
+    keys = dict(this.members)
+    candidates = sorted(((t, float(r[ID_VAL])) for t, r in member_rows.items()), key=lambda c: (-c[1], c[0]))
+    bench = MergeBench.build(parse_space_text(space_yaml), Path(cache_dir), exp)
+    merged, members, _ = merge_weights(this.source, candidates,
+                                       lambda t: load_checkpoint(confirm_weights(exp, keys[t], this.seed))["model"],
+                                       bench.zero_shot, bench.held_out)
+    metrics, sizes = bench.evaluate(merged)
+    if (this.key, this.seed) in recorded(exp):  # a task of a killed driver, still finishing, wrote it meanwhile
+        return 0
+    append_record(exp, {**common, "members": members, "eval_images": sizes, **metrics})
+    return 1
+
+
+def run_confirmation(experiment: Path, space: SearchSpace, space_text: str, cache_dir: Path, settings: Confirm, *,
                      trial_ids: list[str] | None = None, use_ray: bool = True) -> int:
     """Plan the runs and compute what the records lack; returns the number of rows written. With Ray: one task per
-    run with the space's per-trial resources, submitted together."""
+    run with the space's per-trial resources, submitted together; the merges after their members, as a second wave."""
     latest = latest_by_trial(experiment)
-    chosen = select_trials(space, latest, top=top, trial_ids=trial_ids)
-    runs = plan_runs(space, latest, chosen, seeds)
+    chosen = select_trials(space, latest, top=settings.top, trial_ids=trial_ids, per_method=settings.per_method)
+    runs = plan_runs(space, latest, chosen, settings.seeds)
+    members, merges = plan_merges(experiment, latest, settings.merges, settings.seeds, runs)
     done = recorded(experiment)
-    todo = [r for r in runs if missing_alphas(r, space, done)]
-    log.info("confirmation: %d configuration(s) x %d seed(s) and zero-shot; %d run(s) to do", len(chosen) + 1, seeds,
-             len(todo))
-    cpu, gpu = space.resources.cpu, space.resources.gpu
-    jobs = [(str(experiment.resolve()), space_text, str(cache_dir), r.to_dict(), max(1, int(cpu))) for r in todo]
+    todo = [r for r in [*runs, *members] if missing_alphas(r, space, done)]
+    merges_todo = [m for m in merges if missing_alphas(m, space, done)]
+    log.info("confirmation: %d configuration(s) x %d seed(s) and zero-shot, %d merge(s); %d run(s) to do",
+             len(chosen) + 1, settings.seeds, len(settings.merges), len(todo) + len(merges_todo))
+    threads = max(1, int(space.resources.cpu))
+    common = (str(experiment.resolve()), space_text, str(cache_dir))
     from robusttune import progress
 
-    with progress.bar("confirmation", len(jobs), unit="run") as bar:  # the command line's view (none under --json)
-        if not (use_ray and jobs):
-            written = 0
-            for job in jobs:
-                written += confirm_one(*job)
-                bar.update(1)
-            return written
-        import ray
+    with progress.bar("confirmation", len(todo) + len(merges_todo), unit="run") as bar:  # none under --json
+        written = 0
+        for function, wave in ((confirm_one, todo), (confirm_merge, merges_todo)):
+            written += _run_wave(function, [(*common, r.to_dict(), threads) for r in wave], space, bar, use_ray)
+        return written
 
-        task = ray.remote(num_cpus=cpu, num_gpus=gpu, max_retries=0)(confirm_one)
-        pending, written = [task.remote(*job) for job in jobs], 0
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            written += int(ray.get(done[0]))
+
+def _run_wave(function, jobs: list[tuple], space: SearchSpace, bar, use_ray: bool) -> int:
+    """Run ``function`` on each job (one Ray task each with the space's per-trial resources, submitted together;
+    in-process without Ray); returns the rows written."""
+    if not (use_ray and jobs):
+        written = 0
+        for job in jobs:
+            written += function(*job)
             bar.update(1)
         return written
+    import ray
+
+    task = ray.remote(num_cpus=space.resources.cpu, num_gpus=space.resources.gpu, max_retries=0)(function)
+    pending, written = [task.remote(*job) for job in jobs], 0
+    while pending:
+        finished, pending = ray.wait(pending, num_returns=1)
+        written += int(ray.get(finished[0]))
+        bar.update(1)
+    return written

@@ -17,18 +17,21 @@ trials than a merge needs (one; two for Model Stock), it is skipped and says so.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from robusttune.experiment import (MERGE_KIND, append_record, heads_dir, latest_by_trial, latest_checkpoint,
                                    parse_space_text, read_records)
+from robusttune.methods import MergeName
 from robusttune.metrics import ID_VAL
 
 log = logging.getLogger(__name__)
 
-UNIFORM_SOUP, GREEDY_SOUP, MODEL_STOCK = "uniform_soup", "greedy_soup", "model_stock"
-MERGES = (UNIFORM_SOUP, GREEDY_SOUP, MODEL_STOCK)
-_NEEDS = {UNIFORM_SOUP: 1, GREEDY_SOUP: 1, MODEL_STOCK: 2}  # complete trials each merge needs
+UNIFORM_SOUP, GREEDY_SOUP, MODEL_STOCK = MergeName.UNIFORM_SOUP, MergeName.GREEDY_SOUP, MergeName.MODEL_STOCK
+MERGES = tuple(MergeName)
+NEEDS = {UNIFORM_SOUP: 1, GREEDY_SOUP: 1, MODEL_STOCK: 2}  # the models each merge needs
 
 
 def recorded_merges(experiment: Path) -> set[str]:
@@ -43,55 +46,89 @@ def ingredients(experiment: Path) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda item: (-item[1], item[0]))
 
 
+@dataclass(frozen=True)
+class MergeBench:
+    """What evaluating merges needs, built once per task: the zero-shot weights, the full evaluation and the greedy
+    soup's held-out one (ID validation only), with the baselines' device, precision and evaluation batch."""
+
+    student: Any
+    zero_shot: dict
+    evaluator: Any
+    id_val: Any
+
+    @classmethod
+    def build(cls, space: Any, cache_dir: Path, experiment: Path) -> MergeBench:
+        from robusttune.search.baselines import vanilla_config
+        from robusttune.training.device import Placement
+        from robusttune.training.evaluate import Evaluator
+        from robusttune.training.tasks import build_task
+
+        config = vanilla_config(space)
+        student, task = build_task(space.task, cache_dir, head_folders=[heads_dir(experiment)])
+        placement = Placement.of(config.device, config.precision)
+
+        def evaluator(sets: list) -> Evaluator:
+            return Evaluator(sets, batch_size=config.eval_batch_size, num_workers=task.num_workers, placement=placement)
+
+        zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        return cls(student, zero_shot, evaluator(task.eval_sets), evaluator([s for s in task.eval_sets if s.metric == ID_VAL]))
+
+    def held_out(self, state: dict) -> float:
+        from robusttune.training.evaluate import evaluate_state_dict
+
+        return evaluate_state_dict(self.student, state, self.id_val)[ID_VAL]
+
+    def evaluate(self, state: dict) -> tuple[dict[str, float], dict[str, int]]:
+        """Every metric of the merged weights, and the images each was measured on."""
+        from robusttune.training.evaluate import evaluate_state_dict
+
+        return evaluate_state_dict(self.student, state, self.evaluator), dict(self.evaluator.sizes)
+
+
+def merge_weights(method: str, candidates: list[tuple[str, float]], load: Callable[[str], dict], zero_shot: dict,
+                  held_out: Callable[[dict], float]) -> tuple[dict, list[str], dict[str, Any]]:
+    """One merge's rule over ``candidates`` (``(name, ID validation accuracy)``, best first; ``load(name)`` its
+    weights; ``held_out(state)`` a soup's ID validation accuracy, for the greedy soup): the merged weights, the
+    members it used and what else its row records (the greedy soup's decisions)."""
+    from robusttune.method.merge import greedy_soup, model_stock, uniform_soup
+
+    if method == UNIFORM_SOUP:
+        members = [name for name, _ in candidates]
+        return uniform_soup([load(name) for name in members]), members, {}
+    if method == GREEDY_SOUP:
+        merged, members, decisions = greedy_soup(candidates, load, held_out)
+        return merged, members, {"decisions": decisions}
+    members = [name for name, _ in candidates[:2]]
+    merged, _ = model_stock(zero_shot, [load(name) for name in members])
+    return merged, members, {}
+
+
 def compute_merge(experiment: str, space_yaml: str, cache_dir: str, method: str, threads: int) -> int:
     """Compute one merge and append its row (runs in a Ray task or in-process); returns the rows written (0 or 1)."""
     import torch
 
-    from robusttune.method.merge import greedy_soup, model_stock, uniform_soup
-    from robusttune.search.baselines import vanilla_config
     from robusttune.training.checkpoint import load_checkpoint
-    from robusttune.training.device import Placement
-    from robusttune.training.evaluate import Evaluator, evaluate_state_dict
-    from robusttune.training.tasks import build_task
 
     torch.set_num_threads(max(1, threads))
     exp = Path(experiment)
     if method in recorded_merges(exp):
         return 0
     candidates = ingredients(exp)
-    if len(candidates) < _NEEDS[method]:
-        log.warning("%s skipped: it needs %d complete trial(s), the experiment has %d", method, _NEEDS[method],
+    if len(candidates) < NEEDS[method]:
+        log.warning("%s skipped: it needs %d complete trial(s), the experiment has %d", method, NEEDS[method],
                     len(candidates))
         return 0
-    space = parse_space_text(space_yaml)
-    config = vanilla_config(space)  # the baselines' device, precision and evaluation batch
-    student, task = build_task(space.task, Path(cache_dir), head_folders=[heads_dir(exp)])
-    placement = Placement.of(config.device, config.precision)
-    evaluator = Evaluator(task.eval_sets, batch_size=config.eval_batch_size, num_workers=task.num_workers,
-                          placement=placement)
+    bench = MergeBench.build(parse_space_text(space_yaml), Path(cache_dir), exp)
 
     def weights(trial_id: str) -> dict[str, torch.Tensor]:
         return load_checkpoint(latest_checkpoint(exp, trial_id))["model"]  # type: ignore[arg-type]
 
-    extra: dict[str, Any] = {}
-    if method == UNIFORM_SOUP:
-        members = [t for t, _ in candidates]
-        merged = uniform_soup([weights(t) for t in members])
-    elif method == GREEDY_SOUP:
-        held_out = Evaluator([s for s in task.eval_sets if s.metric == ID_VAL], batch_size=config.eval_batch_size,
-                             num_workers=task.num_workers, placement=placement)
-        merged, members, decisions = greedy_soup(candidates, weights,
-                                                 lambda state: evaluate_state_dict(student, state, held_out)[ID_VAL])
-        extra["decisions"] = decisions
-    else:
-        members = [t for t, _ in candidates[:2]]
-        zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        merged, _ = model_stock(zero_shot, [weights(t) for t in members])
-    metrics = evaluate_state_dict(student, merged, evaluator)
+    merged, members, extra = merge_weights(method, candidates, weights, bench.zero_shot, bench.held_out)
+    metrics, sizes = bench.evaluate(merged)
     if method in recorded_merges(exp):  # a task of a killed driver, still finishing, wrote it meanwhile
         return 0
-    append_record(exp, {"kind": MERGE_KIND, "method": method, "members": members, **metrics,
-                        "eval_images": dict(evaluator.sizes), **extra})
+    append_record(exp, {"kind": MERGE_KIND, "method": str(method), "members": members, **metrics,
+                        "eval_images": sizes, **extra})
     return 1
 
 

@@ -46,6 +46,7 @@ import torch
 from robusttune.cache import atomic_write_json, stable_hash
 from robusttune.config import TrainConfig
 from robusttune.search.baselines import vanilla_config
+from robusttune.methods import MergeName
 from robusttune.search.merges import MERGES
 from robusttune.space import SearchSpace
 from robusttune.metrics import ID_TEST, ID_VAL, ood_metric
@@ -755,19 +756,28 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
 
 def _confirmation(space: SearchSpace, complete: float, front: float, concurrency: int, *, startup: float, run_s: float,
                   vanilla_s: float, full_eval_s: float, write_s: float) -> dict[str, Any]:
-    """The confirmation stage's cost (``robusttune.search.confirm``): the top configurations and vanilla FT at seeds
-    1..K-1 trained again (seed 0 is the trial, or the baselines' run), each run with its WiSE-FT curve (seed 0's
-    curves of front trials and vanilla FT are the baselines'), zero-shot evaluated once; one Ray task per run, side by
-    side at the space's concurrency. A data-parallel space's runs train in one process each (device-hours alike)."""
+    """The confirmation stage's cost (``robusttune.search.confirm``): the top configurations (``per_method``: the top
+    of each method the space can sample) and vanilla FT at seeds 1..K-1 trained again (seed 0 is the trial, or the
+    baselines' run), each run with its WiSE-FT curve (seed 0's curves of front trials and vanilla FT are the
+    baselines'), zero-shot evaluated once; each confirmed merge's members trained at seeds 1..K-1 without a curve
+    (their count: Model Stock's 2; the soups' upper bound, every complete trial) and the merge evaluated at each
+    seed (the greedy soup once more per member, on ID validation, counted as a full evaluation); one Ray task per
+    run, side by side at the space's concurrency. A data-parallel space's runs train in one process each
+    (device-hours alike)."""
     if space.confirm is None:
         return {"seeds": 0, "top": 0, "runs": 0, "trained_runs": 0, "seconds": 0.0, "wall_seconds": 0.0}
-    seeds, top = space.confirm.seeds, min(float(space.confirm.top), max(1.0, complete))
-    alphas = len(space.baselines.wise_alphas)
-    trained = (top + 1) * (seeds - 1)
+    seeds, alphas = space.confirm.seeds, len(space.baselines.wise_alphas)
+    method = space.parameters.get("method")
+    groups = len(method.choices or ()) if space.confirm.per_method and method is not None else 1
+    top = min(float(space.confirm.top) * max(1, groups), max(1.0, complete))
+    members = {m: min(2.0, complete) if m == MergeName.MODEL_STOCK else complete for m in space.confirm.merges}
+    member_runs = sum(members.values()) * (seeds - 1)  # an upper bound: members confirmed in their own right count twice
+    merge_evals = sum((1 + (n if m == MergeName.GREEDY_SOUP else 0)) * (seeds - 1) for m, n in members.items())
+    trained = (top + 1) * (seeds - 1) + member_runs
     curves = (top + 1) * seeds - (min(top, front) + 1)  # seed 0's curves of front trials and vanilla FT are reused
-    runs = (top + 1) * seeds + 1
-    seconds = (runs * startup + top * (seeds - 1) * run_s + (seeds - 1) * vanilla_s + curves * alphas * full_eval_s
-               + full_eval_s + trained * write_s)
+    runs = (top + 1) * seeds + 1 + member_runs + len(members) * seeds
+    seconds = (runs * startup + (top * (seeds - 1) + member_runs) * run_s + (seeds - 1) * vanilla_s
+               + (curves * alphas + merge_evals + 1) * full_eval_s + trained * write_s)
     longest = startup + max(run_s, vanilla_s) + alphas * full_eval_s
-    return {"seeds": seeds, "top": top, "runs": runs, "trained_runs": trained, "curves": curves, "seconds": seconds,
-            "wall_seconds": max(longest, seconds / max(1, concurrency))}
+    return {"seeds": seeds, "top": top, "runs": runs, "trained_runs": trained, "curves": curves,
+            "merges": len(members), "seconds": seconds, "wall_seconds": max(longest, seconds / max(1, concurrency))}

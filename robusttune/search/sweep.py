@@ -24,7 +24,7 @@ from robusttune.experiment import (LOST_BEFORE_SAVE, MANIFEST_FORMAT, append_rec
                                    scheduler_state, tune_dir, write_manifest)
 from robusttune.search.staging import check_worker_visibility
 from robusttune.search.stopping import StopSignals
-from robusttune.space import SearchSpace
+from robusttune.space import Confirm, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -313,16 +313,16 @@ def _resume(experiment: Path, options: SweepOptions, runner: TrialRunner, stop: 
     return results
 
 
-def confirm_experiment(experiment: Path, space: SearchSpace, space_text: str, cache_dir: Path, *, top: int,
-                       seeds: int, trial_ids: list[str] | None = None, address: str | None = None) -> int:
+def confirm_experiment(experiment: Path, space: SearchSpace, space_text: str, cache_dir: Path, settings: Confirm, *,
+                       trial_ids: list[str] | None = None, address: str | None = None) -> int:
     """The confirmation stage of a finished (or interrupted) sweep on its own (``robusttune confirm``): what the
     records lack, as Ray tasks on ``address`` or a local Ray. Returns the rows written."""
     from robusttune.search.confirm import run_confirmation, select_trials
 
-    select_trials(space, latest_by_trial(experiment), top=top, trial_ids=trial_ids)  # refuse before Ray starts
+    select_trials(space, latest_by_trial(experiment), top=settings.top, trial_ids=trial_ids)  # refuse before Ray starts
     with StopSignals(experiment) as stop:
         _init_ray(address, stop)
-        return run_confirmation(experiment, space, space_text, cache_dir, top=top, seeds=seeds, trial_ids=trial_ids)
+        return run_confirmation(experiment, space, space_text, cache_dir, settings, trial_ids=trial_ids)
 
 
 def _restart_unsaved(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner,

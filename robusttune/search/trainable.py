@@ -227,8 +227,7 @@ class TrainingRunner:
         if space.confirm is not None and front:  # the space asks for it (and there is a front to confirm)
             from robusttune.search.confirm import run_confirmation
 
-            run_confirmation(experiment, space, space_text, self.cache_dir, top=space.confirm.top,
-                             seeds=space.confirm.seeds)
+            run_confirmation(experiment, space, space_text, self.cache_dir, space.confirm)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "train", "baselines": self.baselines, "heartbeat_seconds": self.heartbeat_seconds}

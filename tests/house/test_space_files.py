@@ -175,3 +175,17 @@ def test_the_shipped_spaces_still_load():
         assert load_yaml_text(text, name)  # the frozen copy reads back with the same loader
         files = ROOT / "search_spaces" / f"{name}.yaml"
         assert load_space(str(files))[0].parameters == space.parameters
+
+
+def test_the_paper_spaces_methods_block_loads_in_place_of_its_parameters(tmp_path):
+    """The commented block of ``paper.yaml``, uncommented in place of its ``parameters``, is a valid space that
+    searches each method with the paper's preset and confirms the best of each."""
+    text = (ROOT / "search_spaces" / "paper.yaml").read_text()
+    block = text.split("# --- methods block\n")[1].split("# --- end of the methods block\n")[0]
+    assert all(line.startswith("# ") for line in block.splitlines())
+    paper = yaml.safe_load(text)
+    edited = {**paper, **yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))}
+    (tmp_path / "methods.yaml").write_text(yaml.safe_dump(edited))
+    space, _ = load_space(str(tmp_path / "methods.yaml"))
+    assert set(space.parameters["method"].choices) == {"ft", "lp_ft", "l2sp", "flyp", "lipsum", "masked_distill"}
+    assert space.confirm.per_method and space.fixed["preset"] == "paper"

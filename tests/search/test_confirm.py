@@ -134,3 +134,53 @@ def test_a_failed_confirmation_run_is_recorded_once_and_not_trained_again(tmp_pa
     append_record(tmp_path, {"kind": "confirm", "config_key": run.key, "source": "t1", "seed": 1, "alpha": None,
                              "status": "failed", "failure": "non-finite loss (nan) at step 3"})
     assert missing_alphas(run, space, recorded(tmp_path)) == []  # a resume does not train it again
+
+
+def test_merges_and_each_method_confirmed_at_every_seed(tmp_path, tiny_world_config, tiny_prepared, cache_dir, ray_local):
+    """Two trials (lp, l2sp: neither is vanilla FT's config) from a grid; the space confirms the top 1 and both merges of the two. A merge at seed 1
+    is its rule over its members trained at seed 1; then ``confirm --per-method`` gives the other method its curve."""
+    from robusttune.experiment import read_records
+    from robusttune.method.merge import uniform_soup
+    from robusttune.search.merges import MergeBench
+    from robusttune.space import load_space
+    from robusttune.training.checkpoint import load_checkpoint
+
+    space = confirmed_space(tiny_world_config, sampler={"name": "grid", "seed": 0},
+                            parameters={"method": {"type": "categorical", "choices": ["lp", "l2sp"]}},
+                            confirm={"seeds": 2, "top": 1, "merges": ["uniform_soup", "model_stock"]})
+    path = write_space(tmp_path / "m.yaml", space)
+    result = invoke("sweep", path, "--storage", tmp_path / "runs", "--name", "m", "--json", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "runs" / "m"
+    rows = confirm_rows(experiment)
+    merges = {r["method"]: r for r in read_records(experiment) if r.get("kind") == "merge"}
+    assert set(merges) == {"uniform_soup", "greedy_soup", "model_stock"} and len(merges["uniform_soup"]["members"]) == 2
+    top = {r["source"] for r in rows} - {"vanilla-ft", "zero-shot", "uniform_soup", "model_stock"}
+    assert len(top) == 2  # the top trial with its curve, the other as a member only
+    by_source = {s: [r for r in rows if r["source"] == s] for s in top}
+    member = next(s for s, rs in by_source.items() if all(r["alpha"] is None for r in rs))
+    assert sorted(r["seed"] for r in by_source[member]) == [0, 1]  # its own point at each seed, no curve
+    assert "greedy_soup" not in {r["source"] for r in rows}  # computed, not asked to be confirmed
+    for merge, row in [(m, merges[m]) for m in ("uniform_soup", "model_stock")]:
+        mine = {r["seed"]: r for r in rows if r["source"] == merge}
+        assert sorted(mine) == [0, 1] and all(r["method"] == merge for r in mine.values())
+        assert mine[0]["id_acc"] == row["id_acc"] and mine[0]["ood_mean"] == row["ood_mean"]  # seed 0: the merge
+    # seed 1 of the uniform soup: the average of its members' seed-1 weights, evaluated
+    (soup,) = [r for r in rows if r["source"] == "uniform_soup" and r["seed"] == 1]
+    keys = {r["source"]: r["config_key"] for r in rows if r["source"] in soup["members"]}
+    states = [load_checkpoint(confirm_weights(experiment, keys[t], 1))["model"] for t in soup["members"]]
+    parsed, _ = load_space(str(path))
+    metrics, _ = MergeBench.build(parsed, cache_dir, experiment).evaluate(uniform_soup(states))
+    assert metrics["id_acc"] == soup["id_acc"] and metrics["ood_mean"] == soup["ood_mean"]
+    assert soup["id_acc"] != merges["uniform_soup"]["id_acc"] or soup["ood_mean"] != merges["uniform_soup"]["ood_mean"]
+    # the other method confirmed in its own right: its curve is added, nothing else is computed again
+    again = invoke("confirm", experiment, "--per-method", "--json", cache_dir=cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    payload = json.loads(again.stdout.strip().splitlines()[-1])
+    rows = confirm_rows(experiment)
+    assert_each_point_once(rows, {t: [0, 1] for t in top} | {"vanilla-ft": [0, 1], "zero-shot": [0]})
+    verdicts = {v["source"]: v for v in payload["verdicts"]}
+    assert {verdicts[t]["method"] for t in top} == {"lp", "l2sp"} and verdicts["model_stock"]["method"] == "model_stock"
+    assert verdicts["uniform_soup"]["seeds"] == 2 and any("uniform soup" in s for s in payload["sentences"])
+    assert_one_line_exit_2(invoke("confirm", experiment, "--merge", "greedy", cache_dir=cache_dir),
+                           "invalid choice: 'greedy'")
