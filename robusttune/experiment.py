@@ -45,7 +45,8 @@ MANIFEST, SPACE, JOURNAL, RECORDS, TUNE_DIR = "manifest.json", "space.yaml", "op
 CHECKPOINTS_DIR, BASELINES_DIR, SCHEDULER_STATE, REPORT_DIR = "checkpoints", "baselines", "scheduler.json", "report"
 HEADS_DIR, HEARTBEATS, TRAIN_RUNS_DIR, CONFIRM_DIR = "heads", "heartbeats.json", "train", "confirm"
 MANIFEST_FORMAT = "robusttune.experiment/1"
-STATUSES = ("running", "complete", "stopped-early", "failed")
+STOPPED_EARLY = "stopped-early"  # a trial the scheduler stopped before its last step
+STATUSES = ("running", "complete", STOPPED_EARLY, "failed")
 MERGE_KIND = "merge"  # a post-hoc merge of the sweep's models (robusttune.search.merges): method, members, metrics
 REFERENCE_KINDS = ("baseline", "wise", MERGE_KIND)
 ZERO_SHOT, VANILLA_FT = "zero-shot", "vanilla-ft"  # the reference runs' names in the records (method, source)
@@ -570,7 +571,7 @@ def end_status(result: Mapping[str, Any]) -> str:
         return "failed"
     if result.get("step", -1) >= result.get("total_steps", float("inf")):
         return "complete"
-    return "stopped-early"
+    return STOPPED_EARLY
 
 
 def pareto_trials(latest: Mapping[str, dict[str, Any]], metrics: list[str],

@@ -33,7 +33,7 @@ from typing import Any
 
 from robusttune.cache import stable_hash
 from robusttune.errors import ConfigError
-from robusttune.experiment import (CONFIRM_KIND, MERGE_KIND, ZERO_SHOT, append_record, confirm_progress, confirm_weights, heads_dir,
+from robusttune.experiment import (CONFIRM_KIND, MERGE_KIND, STOPPED_EARLY, ZERO_SHOT, append_record, confirm_progress, confirm_weights, heads_dir,
                                    is_confirm_row, latest_by_trial, latest_checkpoint, parse_space_text, read_records,
                                    vanilla_checkpoint)
 from robusttune.experiment import VANILLA_FT as VANILLA
@@ -85,7 +85,9 @@ def select_trials(space: SearchSpace, latest: dict[str, dict[str, Any]], *, top:
                   trial_ids: list[str] | None = None, per_method: bool = False) -> list[str]:
     """The trials to confirm: ``trial_ids`` (each must be a complete trial), else the ``top`` complete trials by
     non-dominated front on the objective, then by crowding distance (with ``per_method``: the ``top`` of each
-    method's complete trials, ranked among themselves, methods in name order)."""
+    method's complete trials, ranked among themselves, methods in name order; a method whose trials the scheduler
+    all stopped early is represented by its stopped trials, ranked on their last evaluation: the confirmation
+    trains their configuration to the end, seed 0 included)."""
     from robusttune.pareto import multi_objective_ranking
 
     complete = {t: row for t, row in latest.items() if row.get("status") == "complete" and row.get("config")}
@@ -99,14 +101,20 @@ def select_trials(space: SearchSpace, latest: dict[str, dict[str, Any]], *, top:
     metrics, signs = list(space.objective.keys), [-1.0 if d.value == "min" else 1.0 for d in space.objective.directions]
 
     def best(ids: list[str]) -> list[str]:
-        points = [[sign * float(complete[t][m]) for sign, m in zip(signs, metrics)] for t in ids]
+        points = [[sign * float(latest[t][m]) for sign, m in zip(signs, metrics)] for t in ids]
         return [ids[i] for i in multi_objective_ranking(points, tie_break="crowding")[:top]]
 
     if not per_method:
         return best(sorted(complete))
     groups: dict[str, list[str]] = {}
-    for trial in sorted(complete):
-        groups.setdefault(method_name(complete[trial]["config"].get("method", {})), []).append(trial)
+    stopped: dict[str, list[str]] = {}
+    for trial, row in sorted(latest.items()):
+        if not row.get("config") or not all(isinstance(row.get(m), int | float) for m in metrics):
+            continue
+        into = groups if trial in complete else stopped if row.get("status") == STOPPED_EARLY else None
+        if into is not None:
+            into.setdefault(method_name(row["config"].get("method", {})), []).append(trial)
+    groups |= {method: ids for method, ids in stopped.items() if method not in groups}
     return [trial for method in sorted(groups) for trial in best(groups[method])]
 
 
@@ -268,7 +276,7 @@ def _reused(experiment: Path, run: ConfirmRun) -> tuple[dict | None, dict[str, f
         return None, None
     row = latest_by_trial(experiment).get(run.source, {})
     path = latest_checkpoint(experiment, run.source)
-    if path is None or row.get("config") != run.config:
+    if path is None or row.get("config") != run.config or row.get("status") != "complete":  # a stopped trial: trained again
         return None, None
     return load_checkpoint(path)["model"], {k: v for k, v in row.items() if is_metric(k)}
 

@@ -36,6 +36,17 @@ def test_per_method_confirms_the_best_of_each_method(tiny_world_config):
     assert select_trials(space, LATEST, top=1, trial_ids=["d"], per_method=True) == ["d"]  # named trials win
 
 
+def test_a_method_whose_trials_were_all_stopped_early_is_represented_by_its_best_stopped_one(tiny_world_config):
+    space = space_of(tiny_world_config)
+    stopped = {"s1": {**trial("l2sp", 0.4, 0.2), "status": "stopped-early"},
+               "s2": {**trial("l2sp", 0.45, 0.25), "status": "stopped-early"},
+               "s3": {**trial("ft", 0.99, 0.99), "status": "stopped-early"},  # ft has complete trials: not chosen
+               "f": {**trial("lp", 0.99, 0.99), "status": "failed"}}
+    latest = {k: v for k, v in LATEST.items() if k != "e"} | stopped
+    assert select_trials(space, latest, top=1, per_method=True) == ["a", "s2", "c"]
+    assert select_trials(space, latest, top=1) == ["a"]  # without per_method: complete trials only
+
+
 def test_a_merge_confirms_its_members_without_curves_once_each(tmp_path, tiny_world_config):
     space = space_of(tiny_world_config, merges=["model_stock"])
     append_record(tmp_path, {"kind": MERGE_KIND, "method": "model_stock", "members": ["a", "c"], "id_acc": 0.9})
