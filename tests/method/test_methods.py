@@ -84,6 +84,22 @@ def test_l2sp_step_adds_the_penalty_over_the_weight_matrices(tiny_prepared):
     assert student.visual.conv1.weight.grad is not None
 
 
+def test_l2sp_with_a_very_large_weight_ends_near_the_initial_weights(tiny_prepared):
+    """Strength 1e4 holds every penalised weight within 1e-3 of the zero-shot weights over 12 steps (the moves are
+    AdamW's, of order lr, and the penalty pulls each one back); plain FT with the same settings moves further."""
+    zero_shot = tiny_prepared.classifier().state_dict()
+    matrices = [k for k, v in zero_shot.items() if v.ndim >= 2 and v.is_floating_point()]
+
+    def drift(**method) -> float:
+        states = []
+        config = train_config(**{**SMALL, "steps": 12, "eval_every": 12, "lr": 3e-4, "weight_decay": 0.0}, **method)
+        train_run(tiny_prepared, config, save_checkpoint=lambda state: states.append(copy.deepcopy(state)))
+        return max(float((states[-1]["model"][k] - zero_shot[k]).abs().max()) for k in matrices)
+
+    held, free = drift(method="l2sp", strength=1e4), drift(method="ft")
+    assert held < 1e-3 < free, (held, free)
+
+
 def test_lp_ft_trains_the_head_alone_then_every_weight(tiny_prepared):
     zero_shot = tiny_prepared.classifier().state_dict()
     states = []
