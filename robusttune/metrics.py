@@ -55,6 +55,14 @@ def is_accuracy_column(name: str) -> bool:
     return is_metric(name) or name == OBJECTIVE or (is_wise_value(name) and name != WISE_ALPHA)
 
 
+GAP_PREFIX = "delta_"  # the confirmation's gaps (robusttune.analysis.stats): differences of accuracies
+
+
+def is_gap_column(name: str) -> bool:
+    """A gap between accuracies (``delta_ood_mean``, ``delta_ood_low``, ...), shown in points; not its verdict."""
+    return name.startswith(GAP_PREFIX) and not name.endswith("_verdict")
+
+
 def task_metrics(ood_sets: Iterable[str]) -> list[str]:
     """What every evaluation of a task with these OOD sets reports, in table order."""
     oods = [ood_metric(name) for name in ood_sets]

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from robusttune.config import Precision
 from robusttune.errors import ParameterError
-from robusttune.metrics import WISE_ALPHA, WISE_PREFIX, is_accuracy_column, is_wise_value, metric_columns, wise_key
+from robusttune.metrics import WISE_ALPHA, WISE_PREFIX, is_accuracy_column, is_gap_column, is_wise_value, metric_columns, wise_key
 
 
 
@@ -77,8 +77,10 @@ def emit(payload: dict[str, Any], as_json: bool, human: Callable[[], None]) -> N
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain-text table; accuracies (``id_*``, ``ood_*``, ``objective``) in %."""
+    """A plain-text table; accuracies (``id_*``, ``ood_*``, ``objective``) in %, gaps between them in points."""
     def cell(column: str, value: Any) -> str:
+        if isinstance(value, float) and is_gap_column(column):
+            return f"{100 * value:+.2f}"
         if isinstance(value, float):
             percent = is_accuracy_column(column)
             return f"{100 * value:.1f}" if percent else f"{value:.3g}"

@@ -304,14 +304,14 @@ def confirm_merge(experiment: str, space_yaml: str, cache_dir: str, run: dict[st
         return 1
     points = {(r["config_key"], int(r["seed"])): r for r in read_records(exp)
               if is_confirm_row(r) and r.get("alpha") is None}
-    member_rows = {trial: points.get((key, this.seed)) for trial, key in this.members}
+    keys = dict(this.members)
+    member_rows = {trial: points.get((key, this.seed)) for trial, key in keys.items()}
     lost = [t for t, r in member_rows.items() if r is None or r.get("status") == FAILED
-            or not confirm_weights(exp, dict(this.members)[t], this.seed).is_file()]
+            or not confirm_weights(exp, keys[t], this.seed).is_file()]
     if lost:
         append_record(exp, {**common, "status": FAILED,
                             "failure": f"member(s) {', '.join(lost)} have no weights at seed {this.seed}"})
         return 1
-    keys = dict(this.members)
     candidates = sorted(((t, float(r[ID_VAL])) for t, r in member_rows.items()), key=lambda c: (-c[1], c[0]))
     bench = MergeBench.build(parse_space_text(space_yaml), Path(cache_dir), exp)
     merged, members, _ = merge_weights(this.source, candidates,

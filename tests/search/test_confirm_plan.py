@@ -71,3 +71,12 @@ def test_a_space_names_each_merge_to_confirm_once(tiny_world_config):
         space_of(tiny_world_config, merges=["model_stock", "model_stock"])
     with pytest.raises(ValueError, match="greedy_soup"):
         space_of(tiny_world_config, merges=["greedy"])
+
+
+def test_the_confirmation_table_shows_gaps_in_points_and_accuracies_in_percent():
+    from robusttune.cli.output import table
+
+    text = table([{"source": "a", "id_acc_mean": 0.93, "delta_ood_mean": 0.00148, "delta_ood_low": -0.0028,
+                   "delta_ood_verdict": "better"}],
+                 ["source", "id_acc_mean", "delta_ood_mean", "delta_ood_low", "delta_ood_verdict"])
+    assert text.splitlines()[1].split() == ["a", "93.0", "+0.15", "-0.28", "better"]
