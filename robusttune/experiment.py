@@ -349,8 +349,10 @@ def _versions() -> dict[str, str]:
 
 
 def write_manifest(experiment: Path, space: Any, space_text: str, *, seed: int, trials: int, concurrency: int,
-                   runner: Mapping[str, Any], loggers: Sequence[str] = ()) -> None:
-    """The frozen space and the manifest; ``runner`` says how trials run (``robusttune.search.sweep.TrialRunner``)."""
+                   runner: Mapping[str, Any], loggers: Sequence[str] = (),
+                   warm_start: Mapping[str, Any] | None = None) -> None:
+    """The frozen space and the manifest; ``runner`` says how trials run (``robusttune.search.sweep.TrialRunner``);
+    ``warm_start``: where the first trials came from (``robusttune.search.warm_start``)."""
     from robusttune.cache import atomic_write_json, atomic_write_text
 
     text = space_text or json.dumps(space.to_dict(), indent=2)
@@ -361,6 +363,7 @@ def write_manifest(experiment: Path, space: Any, space_text: str, *, seed: int, 
         "trials": trials, "concurrency": concurrency, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(), "objective": space.objective.to_dict(), "parameters": list(space.parameters),
         "runner": dict(runner), "space_sha256": _sha256(text), "loggers": list(loggers),
+        **({"warm_start": dict(warm_start)} if warm_start else {}),
     })
 
 

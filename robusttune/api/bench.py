@@ -18,20 +18,32 @@ BUDGET_LIMIT = 10.0  # a replay's budget, as a fraction of training the full gri
 
 def tabulate(space: str | os.PathLike[str], *, out: str | os.PathLike[str], storage: str | os.PathLike[str] = "runs",
              name: str | None = None, concurrency: int | None = None, address: str | None = None,
-             overwrite: bool = False, cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1):
+             overwrite: bool = False, cache_dir: str | os.PathLike[str] | None = None, verbose: int = 1,
+             points: int | None = None, noise_points: int = 0, noise_seeds: int = 0):
     """Train every grid point of ``space`` in full into ``storage/name`` (default ``tabulate-<space>``; an
-    interrupted tabulation of the same grid is continued) and write the learning curves to the Parquet file
-    ``out`` (``robusttune.bench.tabulate.Tabulation``)."""
+    interrupted tabulation of the same space is continued) and write the learning curves to the Parquet file
+    ``out`` (``robusttune.bench.tabulate.Tabulation``). With ``points``: that many random points instead of the
+    grid, the first ``noise_points`` of them again at seeds 1..``noise_seeds`` (a continuous benchmark)."""
     from robusttune.bench.tabulate import tabulate as run_tabulation
     from robusttune.space import load_space
 
     at_least("concurrency", concurrency, 1)
+    at_least("points", points, 1)
+    at_least("noise_points", noise_points, 0)
+    at_least("noise_seeds", noise_seeds, 0)
+    if points is None and (noise_points or noise_seeds):
+        raise ParameterError("noise_points", "repeats random points: it needs `points`")
+    if points is not None and noise_points > points:
+        raise ParameterError("noise_points", f"must be at most points ({points}), got {noise_points}")
+    if bool(noise_points) != bool(noise_seeds):
+        raise ParameterError("noise_seeds", "and noise_points go together (both 0, or both at least 1)")
     target = Path(out)
     if target.exists() and not overwrite:
         raise ParameterError("out", f"{target} exists (pass `overwrite` to replace it)")
     loaded, _ = load_space(str(space))
     return run_tabulation(loaded, target, storage=Path(storage), name=name, concurrency=concurrency, address=address,
-                          cache_dir=cache_directory(cache_dir), verbose=verbose)
+                          cache_dir=cache_directory(cache_dir), verbose=verbose, points=points,
+                          noise_points=noise_points, noise_seeds=noise_seeds)
 
 
 @dataclass(frozen=True)

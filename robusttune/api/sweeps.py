@@ -93,12 +93,14 @@ def _verdicts(experiment: Path) -> tuple[list[dict[str, Any]], list[str]]:
 def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "runs", name: str | None = None,
           trials: int | None = None, concurrency: int | None = None, seed: int | None = None, address: str | None = None,
           max_failures: int = 0, overwrite: bool = False, cache_dir: str | os.PathLike[str] | None = None,
-          verbose: int = 1, runner: Any = None, loggers: Sequence[str] = (), heartbeat_seconds: float = 30.0) -> SweepResult:
+          verbose: int = 1, runner: Any = None, loggers: Sequence[str] = (), heartbeat_seconds: float = 30.0,
+          warm_start: str | os.PathLike[str] | None = None, warm_top: int | None = None) -> SweepResult:
     """Run a multi-objective search over ``space`` (a built-in name or a YAML file) into ``storage/name``, then
     the baselines. ``runner`` replaces the fine-tuning trials (e.g. ``robusttune.bench.replay.ReplayRunner``).
     ``loggers``: experiment trackers (``wandb``, ``mlflow``, ``tensorboard``); trials report a heartbeat (step, loss,
     images/s, ETA) between evaluations at most every ``heartbeat_seconds``. ``verbose``: 0 quiet, 1 one line per
-    trial event, 2 Ray Tune's tables too."""
+    trial event, 2 Ray Tune's tables too. ``warm_start``: an earlier experiment whose ``warm_top`` best complete
+    trials (default: its Pareto front), mapped onto this space, are the first trials (robusttune.search.warm_start)."""
     from robusttune.search.sweep import SweepOptions, check_runnable, run_sweep
     from robusttune.search.trackers import check_loggers
     from robusttune.search.trainable import TrainingRunner
@@ -113,13 +115,21 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
                            seed=loaded.sampler.seed if seed is None else seed, address=address,
                            max_failures=max_failures, verbose=verbose, loggers=tuple(loggers))
     check_runnable(loaded, options)
+    warm = None
+    if warm_start is not None:
+        from robusttune.search.warm_start import load_warm_start
+
+        warm = load_warm_start(warm_start, loaded, top=warm_top, trials=options.trials)
+    elif warm_top is not None:
+        raise ParameterError("warm_top", "needs warm_start (the experiment to start from)")
     name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new_experiment(Path(storage), name, overwrite=overwrite)
     experiment = new_experiment_dir(Path(storage), name, overwrite=overwrite)
     started = time.perf_counter()
     try:
         with ExperimentLock(experiment, f"robusttune sweep {space}"):
-            run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache, heartbeat_seconds=heartbeat_seconds))
+            run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache, heartbeat_seconds=heartbeat_seconds),
+                      warm_start=warm)
     except BaseException:
         _remove_if_nothing_ran(experiment)
         raise

@@ -62,6 +62,16 @@ def grid_space(space: SearchSpace) -> tuple[SearchSpace, str]:
     return parse(SearchSpace, data, f"grid of space '{space.name}'"), text
 
 
+def random_space(space: SearchSpace, points: int) -> tuple[SearchSpace, str]:
+    """The space as a random sweep of ``points`` trials (its own sampler seed), no early stopping: the points of
+    a continuous benchmark (``robusttune.bench.surrogate``)."""
+    data = space.to_dict()
+    data.update(sampler={"name": "random", "seed": space.sampler.seed}, scheduler={"name": "none"},
+                budget={"trials": points, "concurrency": space.budget.concurrency})
+    text = yaml.safe_dump(data, sort_keys=False)
+    return parse(SearchSpace, data, f"random points of space '{space.name}'"), text
+
+
 @dataclass(frozen=True)
 class Table:
     """A loaded table: ``frame`` (one row per point and evaluation) and ``meta``."""
@@ -82,17 +92,26 @@ class Table:
         """Evaluations in a full learning curve (the unit of the benchmark's budget)."""
         return int(self.meta["evaluations"])
 
+    @property
+    def kind(self) -> str:
+        """``grid`` (every grid point; replays look curves up) or ``points`` (random points and repeated seeds;
+        replays query the surrogate fitted to them)."""
+        return self.meta.get("kind", "grid")
+
     @cached_property
     def curves(self) -> dict[int, list[dict[str, Any]]]:
-        """Grid point -> its evaluations in order (as dicts)."""
+        """Point -> its evaluations in order (as dicts), at seed 0."""
         curves: dict[int, list[dict[str, Any]]] = {}
-        for row in self.frame.sort_values(["point", "evaluation"]).to_dict("records"):
+        frame = self.frame[self.frame["seed"] == 0] if "seed" in self.frame else self.frame
+        for row in frame.sort_values(["point", "evaluation"]).to_dict("records"):
             curves.setdefault(int(row["point"]), []).append(row)
         return curves
 
     def point_of(self, config: dict[str, Any]) -> int:
         """The grid point nearest to a sampled config: categorical values exactly, numeric ones by distance
         (in log space for log-scale parameters)."""
+        if self.kind != "grid":
+            raise DataError("a table of random points has no grid: replays query its surrogate")
         index = 0
         for name, values in self.grid.items():
             value = config[name]
@@ -148,6 +167,52 @@ def table_from_experiment(experiment: Path, space: SearchSpace, space_text: str,
             "evaluations": evaluations, "objective": space.objective.to_dict(),
             "metrics": sorted(metrics_seen), "tabulate_seconds": round(seconds, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "experiment": experiment.name}
+    return frame, meta
+
+
+def points_table_from_experiments(runs: list[tuple[Path, int]], space: SearchSpace, space_text: str,
+                                  seconds: float) -> tuple[Any, dict[str, Any]]:
+    """The records of a random-points tabulation (``runs``: its experiments and their training seeds; the first at
+    seed 0 holds every point) as a table: one row per (point, seed, evaluation), a point numbered by its first
+    appearance in the first experiment's records, a parameter a point does not use (its ``when`` is off) empty."""
+    import pandas as pd
+
+    from robusttune.experiment import is_evaluation, read_records
+
+    names = list(space.parameters)
+    points: dict[str, int] = {}
+    metrics_seen: set[str] = set()
+    rows: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for experiment, seed in runs:
+        for record in read_records(experiment):
+            if not is_evaluation(record):
+                continue
+            sampled = {k: record["sampled"][k] for k in names if k in record.get("sampled", {})}
+            key = json.dumps(sampled, sort_keys=True)
+            if key not in points:
+                if seed != 0:
+                    continue  # a repeated seed of a point the first experiment never reported
+                points[key] = len(points)
+            metrics = {k: v for k, v in record.items() if is_metric(k)}
+            metrics_seen |= set(metrics)
+            point = points[key]
+            rows[(point, seed, int(record["evaluation"]))] = {
+                "point": point, "seed": seed, **{k: sampled.get(k) for k in names},
+                "evaluation": int(record["evaluation"]), "step": int(record["step"]),
+                "epoch": float(record.get("epoch", 0.0)), **metrics, OBJECTIVE: record.get(OBJECTIVE),
+                "time_s": float(record.get("time_total_s", float("nan"))),
+                "status": "complete" if record["step"] >= record.get("total_steps", math.inf) else "running"}
+    if not rows:
+        raise DataError(f"{runs[0][0]}: no evaluations recorded; nothing to tabulate")
+    frame = pd.DataFrame(list(rows.values())).sort_values(["point", "seed", "evaluation"]).reset_index(drop=True)
+    evaluations = int(frame["evaluation"].max())
+    seeds = sorted({seed for _, seed in runs})
+    repeated = int((frame[frame["seed"] > 0].groupby("point")["seed"].nunique() == len(seeds) - 1).sum()) if len(seeds) > 1 else 0
+    meta = {"format": FORMAT, "kind": "points", "space": space.name, "space_yaml": space_text, "grid": None,
+            "points": len(points), "evaluations": evaluations, "objective": space.objective.to_dict(),
+            "metrics": sorted(metrics_seen), "seeds": seeds, "noise_points": repeated,
+            "tabulate_seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "experiment": runs[0][0].name}
     return frame, meta
 
 

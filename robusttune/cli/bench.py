@@ -21,13 +21,14 @@ def cmd_tabulate(args: argparse.Namespace) -> int:
               flush=True)
     done = api.tabulate(args.space, out=args.out, storage=args.storage, name=args.name, concurrency=args.concurrency,
                         address=args.address, overwrite=args.overwrite, cache_dir=args.cache_dir,
-                        verbose=0 if args.json else 1)
+                        verbose=0 if args.json else 1, points=args.points, noise_points=args.noise_points,
+                        noise_seeds=args.noise_seeds)
     payload = {"table": str(done.table), "points": done.points, "full_curves": done.full_curves, "rows": done.rows,
                "evaluations_per_curve": done.evaluations_per_curve, "seconds": done.seconds,
                "experiment": str(done.experiment), "resumed": done.resumed}
 
     def human() -> None:
-        print(f"table {done.table}: {done.full_curves} of {done.points} grid points with full curves "
+        print(f"table {done.table}: {done.full_curves} of {done.points} points with full curves "
               f"({done.evaluations_per_curve} evaluations each), {done.rows} rows, tabulated in {done.seconds:.0f} s")
         if done.full_curves < done.points:
             print(f"  {done.points - done.full_curves} point(s) have no full curve (failed or interrupted); replays treat "
@@ -73,6 +74,11 @@ def register(commands) -> None:
     tabulate.add_argument("--concurrency", type=int, metavar="K", help="trials at a time (default: the space's)")
     tabulate.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: local")
     tabulate.add_argument("--overwrite", action="store_true", help="replace an existing table file")
+    tabulate.add_argument("--points", type=int, metavar="N", help="N random points instead of the grid (a continuous "
+                                                                 "benchmark: replays query a surrogate fitted to them)")
+    tabulate.add_argument("--noise-points", type=int, default=0, metavar="K",
+                          help="with --points: train the first K points again at more seeds, to measure the noise")
+    tabulate.add_argument("--noise-seeds", type=int, default=0, metavar="R", help="seeds 1..R for the noise points")
     tabulate.set_defaults(handler=cmd_tabulate)
 
     replay = bench_commands.add_parser("replay", help="replay searches against a table through Ray Tune + Optuna + scheduler")

@@ -53,7 +53,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = api.sweep(args.space, storage=args.storage, name=args.name, trials=args.trials,
                        concurrency=args.concurrency, seed=args.seed, address=args.address,
                        max_failures=args.max_failures, overwrite=args.overwrite, cache_dir=args.cache_dir,
-                       verbose=verbosity(args), loggers=args.logger or (), heartbeat_seconds=args.heartbeat)
+                       verbose=verbosity(args), loggers=args.logger or (), heartbeat_seconds=args.heartbeat,
+                       warm_start=args.warm_start, warm_top=args.top)
     return _print_result(result, args)
 
 
@@ -148,6 +149,10 @@ def register(commands) -> None:
     sweep.add_argument("--seed", type=int, metavar="S", help="sampler and training seed (default: the space's)")
     sweep.add_argument("--max-failures", type=int, default=0, metavar="N", help="retries of a crashed trial from its checkpoint")
     sweep.add_argument("--overwrite", action="store_true", help="replace an existing experiment of the same name")
+    sweep.add_argument("--warm-start", metavar="EXPDIR", help="first run an earlier experiment's best configurations "
+                                                               "(its Pareto front), mapped onto this space")
+    sweep.add_argument("--top", type=int, metavar="N", help="with --warm-start: its N best complete trials instead of "
+                                                           "its front (by non-dominated rank, then crowding distance)")
     add_loggers(sweep)
     add_verbose(sweep)
     sweep.add_argument("--heartbeat", type=float, default=30.0, metavar="S",

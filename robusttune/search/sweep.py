@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from robusttune.bounds import at_least, check_max_failures, check_seed
 from robusttune.errors import ConfigError, ParameterError, SweepError, storage_error
@@ -25,6 +25,9 @@ from robusttune.experiment import (LOST_BEFORE_SAVE, MANIFEST_FORMAT, append_rec
 from robusttune.search.staging import check_worker_visibility
 from robusttune.search.stopping import StopSignals
 from robusttune.space import Confirm, SearchSpace
+
+if TYPE_CHECKING:
+    from robusttune.search.warm_start import WarmStart
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +201,18 @@ def _tune_trainable(runner: TrialRunner, experiment: Path, space: SearchSpace, s
     return tune.with_resources(stoppable(function) if uses_workers(space) else function, trial_resources(space))
 
 
-def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner):
-    """Run a new sweep into ``experiment`` (already created and empty). Returns Tune's ResultGrid."""
+def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: SweepOptions, runner: TrialRunner,
+              warm_start: WarmStart | None = None):
+    """Run a new sweep into ``experiment`` (already created and empty), its first trials ``warm_start``'s points.
+    Returns Tune's ResultGrid."""
     with StopSignals(experiment) as stop:
         write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
-                       concurrency=options.concurrency, runner=runner.describe(), loggers=list(options.loggers))
+                       concurrency=options.concurrency, runner=runner.describe(), loggers=list(options.loggers),
+                       warm_start=warm_start.describe() if warm_start else None)
+        if warm_start is not None:  # in the study once, before Tune starts: a resume finds them there
+            from robusttune.search.warm_start import enqueue
+
+            enqueue(experiment, space, warm_start)
         return _search(experiment, space, space_text, options, runner, stop, trials=options.trials)
 
 
