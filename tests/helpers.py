@@ -218,3 +218,63 @@ def train_config(**flat):
     from robusttune.config import TrainConfig, with_method
 
     return TrainConfig.model_validate(with_method(flat))
+
+
+# ------------------------------------------------------------------ a synthetic continuous benchmark
+
+SYNTHETIC_EVALUATIONS, SYNTHETIC_NOISE_SD = 3, 0.01
+SYNTHETIC_SPACE = {
+    "name": "synthetic_continuous",
+    "objective": {"metrics": ["id_val_acc", "ood_mean"], "directions": ["max", "max"]},
+    "sampler": {"name": "random", "seed": 0},
+    "parameters": {
+        "method": {"type": "categorical", "choices": ["ft", "l2sp"]},
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "strength": {"type": "float", "low": 1e-3, "high": 1.0, "log": True, "when": {"method": ["l2sp"]}},
+    },
+    "fixed": {"steps": 30, "eval_every": 10},
+    "budget": {"trials": 8, "concurrency": 1},
+    "scheduler": {"name": "none"},
+}
+
+
+def synthetic_truth(config, evaluation):
+    """A known landscape: ID rises with lr and training, OOD falls with lr; L2-SP's strength trades ID for OOD."""
+    import math
+
+    x = (math.log10(config["lr"]) + 4) / 2  # 0..1
+    pull = (math.log10(config["strength"]) + 3) / 3 if config["method"] == "l2sp" else 0.0
+    progress = evaluation / SYNTHETIC_EVALUATIONS
+    return 0.80 + 0.15 * x * progress - 0.05 * pull, 0.85 - 0.20 * x * progress + 0.08 * pull * x
+
+
+def synthetic_points_table(path, points=120, repeated=12, seeds=3):
+    """A points table of the known landscape; the first ``repeated`` points at ``seeds`` seeds, each seed's curve
+    shifted by one N(0, SYNTHETIC_NOISE_SD) offset per metric (fully correlated along the curve)."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from robusttune.bench.surrogate import random_config
+    from robusttune.bench.table import FORMAT, write_table
+    from robusttune.config import parse
+    from robusttune.space import SearchSpace
+
+    space = parse(SearchSpace, SYNTHETIC_SPACE, "synthetic")
+    rng = np.random.default_rng(0)
+    rows = []
+    for point in range(points):
+        config = random_config(space, rng)
+        for seed in range(seeds if point < repeated else 1):
+            offset = rng.normal(0.0, SYNTHETIC_NOISE_SD, size=2)
+            for evaluation in range(1, SYNTHETIC_EVALUATIONS + 1):
+                id_val, ood = synthetic_truth(config, evaluation)
+                rows.append({"point": point, "seed": seed, "method": config["method"], "lr": config["lr"],
+                             "strength": config.get("strength"), "evaluation": evaluation, "step": 10 * evaluation,
+                             "epoch": 0.5 * evaluation, "id_val_acc": id_val + offset[0], "ood_mean": ood + offset[1],
+                             "time_s": 2.0 * evaluation + (1.0 if config["method"] == "l2sp" else 0.0),
+                             "status": "complete" if evaluation == SYNTHETIC_EVALUATIONS else "running"})
+    meta = {"format": FORMAT, "kind": "points", "space": SYNTHETIC_SPACE["name"], "space_yaml": yaml.safe_dump(SYNTHETIC_SPACE),
+            "grid": None, "points": points, "evaluations": SYNTHETIC_EVALUATIONS, "objective": SYNTHETIC_SPACE["objective"],
+            "metrics": ["id_val_acc", "ood_mean"], "seeds": list(range(seeds)), "noise_points": repeated}
+    return write_table(pd.DataFrame(rows), meta, path)

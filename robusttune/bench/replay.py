@@ -51,13 +51,18 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
 
     stored = _table(table)
     space = parse_space_text(space_yaml)
-    point = stored.point_of({**space.fixed, **{k: v for k, v in config.items() if k in space.parameters}})
-    curve = stored.curves.get(point, [])
+    sampled = {k: v for k, v in config.items() if k in space.parameters}
+    if stored.kind == "points":  # a continuous benchmark: the surrogate's curve, with the noise of this seed
+        from robusttune.bench.surrogate import surrogate_of
+
+        point, curve = None, surrogate_of(table, stored).curve(sampled, seed=int(config.get("seed", 0)))
+    else:
+        point = stored.point_of({**space.fixed, **sampled})
+        curve = stored.curves.get(point, [])
     total = int(stored.frame["step"].max())
     files = trial_files(experiment, tune.get_context().get_trial_id())
     progress = files.replay
     if not files.config.is_file():  # what the records show as the trial's config, as a training trial writes it
-        sampled = {k: v for k, v in config.items() if k in space.parameters}
         files.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(files.config, space.trial_config(sampled, seed=int(config.get("seed", 0))).to_dict())
     start = json.loads(progress.read_text())["evaluation"] if progress.is_file() else 0  # resumed after a crash
@@ -71,7 +76,7 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
         atomic_write_json(progress, {"evaluation": int(row["evaluation"])})
         tune.report({**values, OBJECTIVE: space.objective.scalar(values), "step": int(row["step"]),
                      "epoch": float(row["epoch"]), "evaluation": int(row["evaluation"]), "total_steps": total,
-                     "sim_time_s": float(row["time_s"]), "table_point": point,
+                     "sim_time_s": float(row["time_s"]), **({} if point is None else {"table_point": point}),
                      "trial_status": "complete" if int(row["step"]) >= total else "running"})
     if len(curve) < stored.evaluations:
         last = {m: float(curve[-1][m]) for m in metrics if curve and m in curve[-1] and not _missing(curve[-1][m])}
@@ -161,6 +166,8 @@ def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[Search
                           "objective.wise")
     data = table.space.to_dict()
     if arm.sampler == "paper_grid":
+        if table.kind != "grid":
+            raise ConfigError("the paper's grid replays on a grid table (mini_full), not on a continuous benchmark")
         missing = [k for k in ("region", "refill", "mask_threshold", "lr", "w_distill") if k not in table.grid]
         if missing:
             raise ConfigError(f"the paper's grid needs a table that searches {missing}")
@@ -235,7 +242,7 @@ def resolve_table(name_or_path: str) -> Path:
     if shipped.is_file():
         return Path(str(shipped))
     raise ConfigError(f"no table '{name_or_path}': give a .parquet file (from `robusttune bench tabulate`) or a space "
-                      f"with a shipped table (mini_full)")
+                      f"with a shipped table (mini_full, mini_continuous)")
 
 
 @dataclass(frozen=True)
