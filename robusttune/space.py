@@ -152,6 +152,7 @@ class SamplerName(StrEnum):
     TPE = "tpe"
     NSGA2 = "nsga2"
     GP = "gp"
+    BOTORCH = "botorch"  # an extra: robusttune[botorch]
     RANDOM = "random"
     GRID = "grid"
 

@@ -71,7 +71,8 @@ def replay(table: str | os.PathLike[str], *, sampler: str = "tpe", scheduler: st
     """Replay one search per seed of ``sampler`` + ``scheduler`` against ``table`` (a Parquet table, or
     ``mini_full`` for the shipped one) through Ray Tune, Optuna and the scheduler, each spending ``budget`` x the
     evaluations of training the full grid; experiments go to ``storage`` (default: a temporary folder)."""
-    from robusttune.bench.replay import Arm, budget_to_reach, hypervolume_at, resolve_table, run_replay, table_reference
+    from robusttune.bench.compare import budget_to_reach, hypervolume_at
+    from robusttune.bench.replay import Arm, resolve_table, run_replay, table_reference
     from robusttune.bench.table import read_table
 
     seeds = [check_seed(int(s), "seeds") for s in seeds]

@@ -31,6 +31,7 @@ from robusttune.metrics import OBJECTIVE
 from robusttune.pareto import hypervolume_2d, hypervolume_over_trials, worst_point
 from robusttune.search.sweep import SweepOptions, run_sweep
 from robusttune.search.trainable import failure_result
+from robusttune.search.warm_start import WarmStart
 from robusttune.space import SearchSpace
 from robusttune.bench.table import Table, read_table
 
@@ -45,8 +46,10 @@ def _table(path: str) -> Table:
     return _TABLES[path]
 
 
-def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experiment: str, pace: float = 0.0) -> None:
-    """Ray Tune trainable: report the stored curve of the grid point nearest to ``config``."""
+def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experiment: str, pace: float = 0.0,
+                 fidelity: int | None = None) -> None:
+    """Ray Tune trainable: report the stored curve of the grid point nearest to ``config`` (the surrogate's curve
+    on a continuous benchmark), its first ``fidelity`` evaluations only when given (a cheaper, shorter study)."""
     from robusttune.cache import atomic_write_json
 
     stored = _table(table)
@@ -60,6 +63,9 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
         point = stored.point_of({**space.fixed, **sampled})
         curve = stored.curves.get(point, [])
     total = int(stored.frame["step"].max())
+    if fidelity is not None and len(curve) >= fidelity:  # a low-fidelity trial: it ends at its fidelity-th evaluation
+        curve = curve[:fidelity]
+        total = int(curve[-1]["step"])
     files = trial_files(experiment, tune.get_context().get_trial_id())
     progress = files.replay
     if not files.config.is_file():  # what the records show as the trial's config, as a training trial writes it
@@ -78,7 +84,7 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
                      "epoch": float(row["epoch"]), "evaluation": int(row["evaluation"]), "total_steps": total,
                      "sim_time_s": float(row["time_s"]), **({} if point is None else {"table_point": point}),
                      "trial_status": "complete" if int(row["step"]) >= total else "running"})
-    if len(curve) < stored.evaluations:
+    if len(curve) < (fidelity or stored.evaluations):
         last = {m: float(curve[-1][m]) for m in metrics if curve and m in curve[-1] and not _missing(curve[-1][m])}
         tune.report(failure_result(space, last, step=int(curve[-1]["step"]) if curve else 0, evaluation=len(curve),
                                    total_steps=total, failure=f"grid point {point} has no full curve in the table"))
@@ -119,10 +125,11 @@ class ReplayRunner:
     table: str
     pace: float = 0.0  # seconds a replayed evaluation waits (to watch a replay live, or interrupt it)
     max_evaluations: int | None = None
+    fidelity: int | None = None  # evaluations per trial (a low-fidelity study); None: the full curve
 
     def trainable(self, experiment: Path, space: SearchSpace, space_text: str):
         return functools.partial(replay_trial, table=self.table, space_yaml=space_text, experiment=str(experiment),
-                                 pace=self.pace)
+                                 pace=self.pace, fidelity=self.fidelity)
 
     def stopper(self, experiment: Path) -> EvaluationBudget | None:
         return None if self.max_evaluations is None else EvaluationBudget(self.max_evaluations, experiment)
@@ -131,12 +138,13 @@ class ReplayRunner:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "replay", "table": self.table, "pace": self.pace, "max_evaluations": self.max_evaluations}
+        return {"kind": "replay", "table": self.table, "pace": self.pace, "max_evaluations": self.max_evaluations,
+                "fidelity": self.fidelity}
 
     @classmethod
     def from_manifest(cls, runner: dict[str, Any]) -> ReplayRunner:
         return cls(table=str(runner["table"]), pace=float(runner.get("pace") or 0.0),
-                   max_evaluations=runner.get("max_evaluations"))
+                   max_evaluations=runner.get("max_evaluations"), fidelity=runner.get("fidelity"))
 
 
 # ---------------------------------------------------------------------------------------------- arms
@@ -220,14 +228,6 @@ def hypervolume_by_budget(experiment: Path, metrics: list[str], reference: list[
     return list(zip(spent, hypervolume_over_trials(finished, reference)))
 
 
-def hypervolume_at(curve: list[tuple[int, float]], budget: int) -> float:
-    return max([hv for used, hv in curve if used <= budget], default=0.0)
-
-
-def budget_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((used for used, hv in curve if hv >= target), None)
-
-
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -257,15 +257,18 @@ class ReplayRun:
 
 
 def run_replay(table_path: Path, arm: Arm, seed: int, max_evaluations: int, storage: Path, *,
-               pace: float = 0.0, name: str | None = None) -> ReplayRun:
-    """One search of ``arm`` against the table, ``max_evaluations`` at most, as an experiment in ``storage``."""
+               pace: float = 0.0, name: str | None = None, fidelity: int | None = None,
+               warm_start: WarmStart | None = None) -> ReplayRun:
+    """One search of ``arm`` against the table, ``max_evaluations`` at most, as an experiment in ``storage``;
+    trials of ``fidelity`` evaluations (default: full curves), the first ones ``warm_start``'s."""
     table = read_table(table_path)
     space, text = replay_space(table, arm, seed, trials=max_evaluations)
     experiment = new_experiment_dir(storage, name or f"{arm.name}-seed{seed}", overwrite=False)
     options = SweepOptions(trials=space.budget.trials, concurrency=1, seed=seed, verbose=0)
-    runner = ReplayRunner(table=str(Path(table_path).resolve()), pace=pace, max_evaluations=max_evaluations)
+    runner = ReplayRunner(table=str(Path(table_path).resolve()), pace=pace, max_evaluations=max_evaluations,
+                          fidelity=fidelity)
     started = time.perf_counter()
-    run_sweep(experiment, space, text, options, runner)
+    run_sweep(experiment, space, text, options, runner, warm_start=warm_start)
     seconds = time.perf_counter() - started
     reference, _ = table_reference(table)
     curve = hypervolume_by_budget(experiment, list(space.objective.metrics), reference)

@@ -19,8 +19,20 @@ def make_sampler(space: SearchSpace, seed: int):
             return optuna.samplers.NSGAIISampler(seed=seed, **options)
         if name is SamplerName.GP:
             return optuna.samplers.GPSampler(seed=seed, **options)
+        if name is SamplerName.BOTORCH:
+            return _botorch(seed, options)
         if name is SamplerName.RANDOM:
             return optuna.samplers.RandomSampler(seed=seed, **options)
         return optuna.samplers.GridSampler(space.grid(), seed=seed, **options)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"space '{space.name}': sampler.options not accepted by the {name.value} sampler: {error}") from None
+
+
+def _botorch(seed: int, options: dict):
+    """BoTorch's Bayesian optimisation through optuna-integration (qNEHVI for two or three objectives): an extra,
+    ``pip install 'robusttune[botorch]'``."""
+    try:
+        from optuna_integration import BoTorchSampler
+    except ImportError:
+        raise ConfigError("sampler botorch needs optuna-integration and botorch: pip install 'robusttune[botorch]'") from None
+    return BoTorchSampler(seed=seed, **options)
