@@ -30,3 +30,26 @@ def test_data_throughput_times_every_path_on_the_same_images():
     assert set(rates) == {"on_the_fly", "loader_w0", "loader_w1", "loader_w2", "packed_raw", "packed_jpeg"}
     assert per_core["loader_w2"] == pytest.approx(rates["loader_w2"] / 2, rel=1e-3)
     assert figures["packed_over_on_the_fly_per_core"] == pytest.approx(per_core["packed_raw"] / per_core["on_the_fly"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_search_efficiency_on_a_continuous_benchmark_says_its_test_and_keeps_its_replays(tmp_path):
+    from helpers import synthetic_points_table
+
+    table = synthetic_points_table(tmp_path / "synthetic.parquet")
+    args = ["--benchmark", "continuous", "--table", str(table), "--seeds", "2", "--trials", "4", "--arms", "random",
+            "--warm-start", "--proxy-trials", "3", "--warm-top", "1", "--out", str(tmp_path / "replays"),
+            "--figure", str(tmp_path / "hv.png"), "--json"]
+    result = run_script("search_efficiency.py", *args)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.splitlines()[-1])
+    assert figures["arm"] == "random+mo_asha" and figures["seeds"] == 2 and 0.0 <= figures["p_value"] <= 1.0
+    arms = {row["arm"]: row for row in figures["arms"]}
+    assert set(arms) == {"random", "random+mo_asha"}
+    assert figures["hv_ratio_vs_random"] == pytest.approx(arms["random+mo_asha"]["hv_mean"] / arms["random"]["hv_mean"])
+    assert figures["surrogate_quality"]["ood_mean"]["r2"] > 0.5 and len(figures["warm_start"]["warm_by_seed"]) == 2
+    assert (tmp_path / "hv.png").stat().st_size > 10_000
+    kept = sorted(p.name for p in (tmp_path / "replays").iterdir())
+    assert "random-seed0" in kept and "proxy-seed1" in kept and "warm-random+mo_asha-seed1" in kept
+    again = run_script("search_efficiency.py", *args)  # every replay is reused: the same figures
+    assert json.loads(again.stdout.splitlines()[-1])["arms"] == figures["arms"]

@@ -116,3 +116,38 @@ def test_top_without_a_warm_start_or_below_one_is_refused(earlier, tmp_path):
     assert_one_line_exit_2(refused(tmp_path, "--warm-start", earlier[0], "--top", "0"), "must be >= 1")
     assert_one_line_exit_2(refused(tmp_path, "--warm-start", earlier[0], "--top", "9", "--trials", "4"),
                            "pass a smaller --top or more --trials")
+
+
+@pytest.mark.slow
+def test_the_botorch_sampler_searches_after_its_startup_trials(earlier, tmp_path):
+    import optuna
+    from optuna_integration import BoTorchSampler
+
+    from robusttune.experiment import journal
+    from robusttune.search.samplers import make_sampler
+
+    _, table = earlier
+    data = {**SYNTHETIC_SPACE, "sampler": {"name": "botorch", "seed": 0, "options": {"n_startup_trials": 2}}}
+    space = write_space(tmp_path / "botorch.yaml", yaml.safe_load(yaml.safe_dump(data)))
+    assert isinstance(make_sampler(load_space(str(space))[0], 0), BoTorchSampler)
+    result = api.sweep(space, storage=tmp_path / "runs", name="bo", trials=3, concurrency=1, verbose=0,
+                       runner=ReplayRunner(table=str(table)))  # the third trial is BoTorch's (qNEHVI)
+    assert result.counts.get("complete") == 3
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="bo", storage=JournalStorage(JournalFileBackend(str(journal(result.experiment)))))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+def test_the_botorch_sampler_without_its_packages_is_one_line(monkeypatch, tmp_path):
+    import sys
+
+    from robusttune.errors import ConfigError
+    from robusttune.search.samplers import make_sampler
+
+    monkeypatch.setitem(sys.modules, "optuna_integration", None)
+    data = {**SYNTHETIC_SPACE, "sampler": {"name": "botorch", "seed": 0}}
+    space = load_space(str(write_space(tmp_path / "botorch.yaml", yaml.safe_load(yaml.safe_dump(data)))))[0]
+    with pytest.raises(ConfigError, match=r"pip install 'robusttune\[botorch\]'"):
+        make_sampler(space, 0)
