@@ -70,7 +70,7 @@ def replay(table: str | os.PathLike[str], *, sampler: str = "tpe", scheduler: st
            storage: str | os.PathLike[str] | None = None, pace: float = 0.0) -> ReplayResult:
     """Replay one search per seed of ``sampler`` + ``scheduler`` against ``table`` (a Parquet table, or
     ``mini_full`` for the shipped one) through Ray Tune, Optuna and the scheduler, each spending ``budget`` x the
-    evaluations of training the full grid; experiments go to ``storage`` (default: a temporary folder)."""
+    evaluations of training every tabulated point once; experiments go to ``storage`` (default: a temporary folder)."""
     from robusttune.bench.compare import budget_to_reach, hypervolume_at
     from robusttune.bench.replay import Arm, resolve_table, run_replay, table_reference
     from robusttune.bench.table import read_table
@@ -79,7 +79,7 @@ def replay(table: str | os.PathLike[str], *, sampler: str = "tpe", scheduler: st
     if not seeds:
         raise ParameterError("seeds", "names no seed")
     if not 0 < budget <= BUDGET_LIMIT:
-        raise ParameterError("budget", f"is a fraction of the full grid's compute in (0, {BUDGET_LIMIT:g}], got {budget}")
+        raise ParameterError("budget", f"is a fraction of the table's compute (every point trained once) in (0, {BUDGET_LIMIT:g}], got {budget}")
     at_least("pace", pace, 0, " seconds")
     if sampler == "paper_grid" and scheduler != "none":
         raise ParameterError("scheduler", "must be none for the paper's grid (it runs every config in full)")

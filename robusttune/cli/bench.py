@@ -54,7 +54,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def human() -> None:
         print(f"{result.arm} on {result.table.name}: budget {result.budget_evaluations} evaluations ({args.budget:.0%} of "
-              f"the full grid's {result.full_grid_evaluations}); table hypervolume {result.table_hypervolume:.6f}")
+              f"the table's {result.full_grid_evaluations}: every point trained once); table hypervolume {result.table_hypervolume:.6f}")
         print(table(result.runs, ["seed", "trials", "evaluations", "hv", "hv_fraction", "budget_fraction_to_95pct",
                                   "seconds"]))
         print(f"experiments: {result.storage}  (robusttune report <experiment> draws any of them)")
@@ -87,7 +87,7 @@ def register(commands) -> None:
                         help="Optuna sampler, or the paper's 27-config grid (default: tpe)")
     replay.add_argument("--scheduler", default="mo_asha", choices=SCHEDULERS, help="early stopping (default: mo_asha)")
     replay.add_argument("--budget", type=float, default=0.4, metavar="F",
-                        help="evaluations to spend, as a fraction of training the full grid (default 0.4)")
+                        help="evaluations to spend, as a fraction of training every tabulated point once (default 0.4)")
     replay.add_argument("--seeds", default="0", metavar="S,S,...", help="sampler seeds, one search each (default 0)")
     replay.add_argument("--grace-period", type=int, default=1, metavar="N", help="scheduler grace period in evaluations")
     replay.add_argument("--reduction-factor", type=float, default=3.0, metavar="ETA", help="scheduler reduction factor")

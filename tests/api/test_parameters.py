@@ -31,7 +31,7 @@ def bad_calls(tmp_path):
         (lambda: rt.train({}, out=tmp_path / "run", threads=0), "threads", "must be >= 1"),
         (lambda: rt.train({}, out=existing), "out", "exists and is not a folder"),
         (lambda: rt.baselines(out=tmp_path / "b", steps=0), "steps", "must be >= 1"),
-        (lambda: rt.replay("mini_full", budget=0), "budget", "is a fraction of the full grid's compute"),
+        (lambda: rt.replay("mini_full", budget=0), "budget", "is a fraction of the table's compute"),
         (lambda: rt.replay("mini_full", seeds=[]), "seeds", "names no seed"),
         (lambda: rt.replay("mini_full", sampler="paper_grid"), "scheduler", "must be none for the paper's grid"),
         (lambda: rt.tabulate("mini_full", out=existing), "out", "exists (pass `overwrite` to replace it)"),

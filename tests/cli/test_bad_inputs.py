@@ -177,7 +177,7 @@ def test_bench_bad_inputs(tmp_path, cache_dir):
         (["bench", "replay", "nope"], "no table 'nope'"),
         (["bench", "replay", tmp_path / "missing.parquet"], "missing.parquet: no such table file"),
         (["bench", "replay", tmp_path / "plain.parquet"], "not a robusttune table"),
-        (["bench", "replay", "mini_full", "--budget", "0"], "--budget is a fraction of the full grid's compute"),
+        (["bench", "replay", "mini_full", "--budget", "0"], "--budget is a fraction of the table's compute"),
         (["bench", "replay", "mini_full", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
         (["bench", "replay", "mini_full", "--sampler", "paper_grid"], "--scheduler must be none for the paper's grid"),
         (["bench", "tabulate", "demo", "--out", tmp_path / "t.parquet"], "tabulate does not take conditional parameters"),
