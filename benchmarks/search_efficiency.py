@@ -11,8 +11,9 @@ of one trial.
 - ``--benchmark continuous`` (default table ``mini_continuous``): the surrogate fitted to 256 random points
   answers any configuration, with the training noise measured at repeated seeds; each search gets
   ``--trials`` full trials' worth of evaluations; the target is the surrogate's best front (its noiseless
-  predictions at 4,096 random configurations). Arms: random, TPE, NSGA-II and Optuna's GP sampler, each with and
-  without MO-ASHA, and BoTorch's qNEHVI (optuna-integration) with ``--botorch``. ``--warm-start`` also measures a
+  predictions at 4,096 random configurations). Arms: random, TPE (independent, and multivariate with groups: the
+  variant Optuna recommends for conditional spaces), NSGA-II and Optuna's GP sampler, each with and without
+  MO-ASHA, and BoTorch's qNEHVI (optuna-integration) with ``--botorch``. ``--warm-start`` also measures a
   warm start: a cheap low-fidelity study (``--proxy-trials`` trials of ``--proxy-evaluations`` evaluations) whose
   front (``--warm-top``) starts the default arm's search.
 
@@ -44,8 +45,11 @@ from pathlib import Path
 CHECKPOINTS = (0.1, 0.25, 0.5, 1.0)  # budgets (fractions of the search's) of the hypervolume table
 GRID_ARMS = [("random", "none"), ("random", "asha"), ("tpe", "none"), ("tpe", "mo_asha"), ("nsga2", "mo_asha"),
              ("paper_grid", "none")]
-CONTINUOUS_ARMS = [(sampler, scheduler) for sampler in ("random", "tpe", "nsga2", "gp") for scheduler in ("none", "mo_asha")]
-BOTORCH_ARMS = [("botorch", "none"), ("botorch", "mo_asha")]
+# (label, sampler, its options): TPE also as the multivariate, grouped TPE Optuna recommends for conditional spaces
+CONTINUOUS_SAMPLERS = [("random", "random", {}), ("tpe", "tpe", {}), ("tpe_mv", "tpe", {"multivariate": True, "group": True}),
+                       ("nsga2", "nsga2", {}), ("gp", "gp", {})]
+CONTINUOUS_ARMS = [(s, k) for s in CONTINUOUS_SAMPLERS for k in ("none", "mo_asha")]
+BOTORCH_ARMS = [(("botorch", "botorch", {}), k) for k in ("none", "mo_asha")]
 DONE = "search_efficiency.done"  # written into a replay's folder once it finished: a rerun reuses it
 
 
@@ -53,7 +57,7 @@ def demo_scheduler():
     from robusttune.space import load_space
 
     space, _ = load_space("demo")
-    return space.sampler.name.value, space.scheduler
+    return space.sampler.name.value, space.scheduler, dict(space.sampler.options)
 
 
 def replay_once(table, arm, seed, horizon, out: Path, name: str, **options):
@@ -129,12 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         horizon = round(args.horizon * full_grid)
         scale = f"{args.horizon:.0%} of the full grid's {full_grid} evaluations"
     budget = round(args.budget * horizon)
-    demo_sampler, demo_config = demo_scheduler()
+    demo_sampler, demo_config, demo_options = demo_scheduler()
     grace = args.grace_period or demo_config.grace_period
     eta = args.reduction_factor or demo_config.reduction_factor
-    default = Arm.of(demo_sampler, demo_config.name, grace_period=grace, reduction_factor=eta)
-    pairs = (CONTINUOUS_ARMS + (BOTORCH_ARMS if args.botorch else [])) if continuous else GRID_ARMS
-    arms = [Arm.of(s, k, grace_period=grace, reduction_factor=eta) for s, k in pairs]
+    label = next((label for label, sampler, options in CONTINUOUS_SAMPLERS if (sampler, options) == (demo_sampler, demo_options)),
+                 demo_sampler)
+    default = Arm.of(demo_sampler, demo_config.name, grace_period=grace, reduction_factor=eta, options=demo_options,
+                     label=label)
+    if continuous:
+        arms = [Arm.of(sampler, k, grace_period=grace, reduction_factor=eta, options=options, label=label)
+                for (label, sampler, options), k in CONTINUOUS_ARMS + (BOTORCH_ARMS if args.botorch else [])]
+    else:
+        arms = [Arm.of(s, k, grace_period=grace, reduction_factor=eta) for s, k in GRID_ARMS]
     if default.name not in {a.name for a in arms}:
         arms.append(default)
     if args.arms:

@@ -155,16 +155,20 @@ class Arm:
     """One search strategy of the benchmark: an Optuna sampler (or the paper's grid) and a scheduler."""
 
     name: str
-    sampler: str  # random | tpe | nsga2 | gp | paper_grid
+    sampler: str  # random | tpe | nsga2 | gp | botorch | paper_grid
     scheduler: str = "none"  # none | asha | mo_asha
     grace_period: int = 1
     reduction_factor: float = 3.0
+    options: tuple[tuple[str, Any], ...] = ()  # the sampler's options (space.sampler.options)
 
     @classmethod
-    def of(cls, sampler: str, scheduler: str, *, grace_period: int = 1, reduction_factor: float = 3.0) -> Arm:
-        """The arm named ``<sampler>+<scheduler>`` (just ``<sampler>`` without a scheduler)."""
-        return cls(f"{sampler}+{scheduler}" if scheduler != "none" else sampler, sampler, scheduler, grace_period,
-                   reduction_factor)
+    def of(cls, sampler: str, scheduler: str, *, grace_period: int = 1, reduction_factor: float = 3.0,
+           options: dict[str, Any] | None = None, label: str | None = None) -> Arm:
+        """The arm named ``<label>+<scheduler>`` (just ``<label>`` without a scheduler; the label defaults to the
+        sampler's name)."""
+        label = label or sampler
+        return cls(f"{label}+{scheduler}" if scheduler != "none" else label, sampler, scheduler, grace_period,
+                   reduction_factor, tuple(sorted((options or {}).items())))
 
 
 def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[SearchSpace, str]:
@@ -186,7 +190,7 @@ def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[Search
         sampler = {"name": "grid", "seed": seed}
         trials = math.prod(len(table.grid[k]) for k in parameters)
     else:
-        sampler = {"name": arm.sampler, "seed": seed}
+        sampler = {"name": arm.sampler, "seed": seed, "options": dict(arm.options)}
     data.update(sampler=sampler, budget={"trials": trials, "concurrency": 1}, resources={"cpu": 1, "gpu": 0},
                 scheduler={"name": arm.scheduler, "grace_period": arm.grace_period,
                            "reduction_factor": arm.reduction_factor})
