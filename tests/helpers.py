@@ -123,6 +123,32 @@ def kill_9_when_ready(args, env, ready, *, timeout: float, never: str) -> None:
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
+        _wait_until_gone(driver.pid)
+
+
+def _wait_until_gone(group: int, timeout: float = 30.0) -> None:
+    """Wait until every process of the killed group has exited: a forked child (a data loader's worker) shares
+    the driver's open files, its experiment lock included, until it is gone, and a resume started before then is
+    refused as 'in use' (a user reruns once the processes are gone; a test must wait for that too). A zombie has
+    closed its files: it counts as gone (nobody may reap it in a container)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and _live_members(group):
+        time.sleep(0.1)
+
+
+def _live_members(group: int) -> list[int]:
+    """The processes of process group ``group`` that are not zombies (from /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == group and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, ...
+            members.append(int(stat.parent.name))
+    return members
 
 
 def train_run(prepared, config, task=None, **kwargs):
