@@ -33,6 +33,7 @@ class Status:
     confirmation: dict[str, int] = field(default_factory=dict)  # the confirmation's runs recorded (and failed)
     ties: dict[str, list[str]] = field(default_factory=dict)  # front trials within each other's evaluation noise
     merges: dict[str, list[str]] = field(default_factory=dict)  # each recorded merge of the sweep's models: its trials
+    warm_start: dict[str, Any] = field(default_factory=dict)  # where the first trials came from (sweep --warm-start)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ def status(experiment: str | os.PathLike[str]) -> Status:
     running = {r["trial_id"] for r in rows if r["status"] == "running"}
     progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
     return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
-                  status_counts(rows), progress, confirmation_counts(path), front_ties(path), recorded_merges(path))
+                  status_counts(rows), progress, confirmation_counts(path), front_ties(path), recorded_merges(path),
+                  dict(manifest.get("warm_start") or {}))
 
 
 def recorded_merges(experiment: Path) -> dict[str, list[str]]:

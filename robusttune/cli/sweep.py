@@ -85,6 +85,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             confirmed = found.confirmation
             print(f"confirmation: {confirmed['runs']} run(s) recorded ({confirmed['failed']} failed), "
                   f"{confirmed['curve_points']} WiSE-FT point(s)")
+        if found.warm_start:
+            warm = found.warm_start
+            print(f"warm start: its first {len(warm.get('points', []))} trial(s) are configurations of {warm.get('source')}"
+                  + (f" ({len(warm['dropped'])} value(s) outside this space were sampled afresh)" if warm.get("dropped") else ""))
         if found.merges:
             print("merges: " + ", ".join(f"{method} of {len(members)} trial(s)" for method, members in found.merges.items()))
         for trial_id, beat in sorted(found.progress.items()):
@@ -93,7 +97,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{beat.get('images_per_s', 0):.0f} img/s, ETA {duration(beat.get('eta_s') or 0)} (heartbeat {ago:.0f} s ago)")
 
     emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress,
-          "confirmation": found.confirmation, "ties": found.ties, "merges": found.merges},
+          "confirmation": found.confirmation, "ties": found.ties, "merges": found.merges,
+          "warm_start": found.warm_start},
          args.json, human)
     return 0
 

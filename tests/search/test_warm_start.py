@@ -60,6 +60,8 @@ def test_a_warm_started_sweep_first_runs_the_earlier_front(earlier, tmp_path):
     assert len(latest_by_trial(result.experiment)) == trials  # the warm start used the budget's first slots
     manifest = json.loads((result.experiment / "manifest.json").read_text())
     assert manifest["warm_start"]["source"] == str(source) and len(manifest["warm_start"]["points"]) == len(expected)
+    shown = invoke("status", result.experiment)
+    assert f"warm start: its first {len(expected)} trial(s) are configurations of {source}" in shown.stdout
 
 
 def test_top_takes_more_than_the_front_in_rank_order(earlier, tmp_path):
