@@ -154,11 +154,11 @@ def test_plan_on_imagenet_folders_counts_images_without_building_the_head(tmp_pa
 def test_fit_sizes_measures_the_trial_batch_or_fits_a_line(monkeypatch):
     """A launch-bound device (GPU-like) is timed up to the trial's micro-batch; a slow one (a CPU at ViT-B/32) stops
     after two sizes and extrapolates the line through them; a size that does not fit in memory ends the ladder."""
-    import robusttune.search.plan as planning
+    import robusttune.search.calibration as calibration
     from robusttune.training.device import CPU_FP32
 
-    assert planning.ladder(512) == [8, 16, 32, 64, 128, 256, 512] and planning.ladder(6) == [6]
-    assert planning.ladder(100) == [8, 16, 32, 64, 100]
+    assert calibration.ladder(512) == [8, 16, 32, 64, 128, 256, 512] and calibration.ladder(6) == [6]
+    assert calibration.ladder(100) == [8, 16, 32, 64, 100]
     cost = {"seconds": lambda size: 0.0}
     last = {}
 
@@ -166,20 +166,20 @@ def test_fit_sizes_measures_the_trial_batch_or_fits_a_line(monkeypatch):
         call(0)
         return cost["seconds"](last["size"]), cost["seconds"](last["size"])
 
-    monkeypatch.setattr(planning, "_timed", fake_timed)
+    monkeypatch.setattr(calibration, "_timed", fake_timed)
 
     def call(size, i):
         last["size"] = size
 
     cost["seconds"] = lambda size: 0.05 + 1e-4 * size  # launch-bound: 50 ms whatever the size, then linear
-    fit = planning.fit_sizes(call, 512, CPU_FP32)
-    assert fit.measured and fit.sizes == planning.ladder(512) and fit.at(512) == pytest.approx(0.05 + 0.0512)
+    fit = calibration.fit_sizes(call, 512, CPU_FP32)
+    assert fit.measured and fit.sizes == calibration.ladder(512) and fit.at(512) == pytest.approx(0.05 + 0.0512)
     assert fit.describe()["how"] == "measured at the trial's micro-batch"
     # scaling the batch-32 time up, as the plan did before, gives 3.6x the step
     assert cost["seconds"](32) * 16 / fit.at(512) > 3
 
     cost["seconds"] = lambda size: 0.01 + 0.3 * size  # 2.4 s at 8: over the budget, so 16 is the last size timed
-    fit = planning.fit_sizes(call, 512, CPU_FP32)
+    fit = calibration.fit_sizes(call, 512, CPU_FP32)
     assert not fit.measured and fit.sizes == [8, 16] and fit.at(512) == pytest.approx(0.01 + 0.3 * 512)
     assert fit.describe()["how"] == "fit a + b*batch on 8 and 16, extrapolated to 512"
 
@@ -190,7 +190,7 @@ def test_fit_sizes_measures_the_trial_batch_or_fits_a_line(monkeypatch):
 
     cost["seconds"] = lambda size: 0.02 + 1e-3 * size
     released = []
-    fit = planning.fit_sizes(out_of_memory_from_128, 512, CPU_FP32, release=lambda: released.append(True))
+    fit = calibration.fit_sizes(out_of_memory_from_128, 512, CPU_FP32, release=lambda: released.append(True))
     assert fit.sizes == [8, 16, 32, 64] and fit.oom_at == 128 and released and not fit.measured
     assert fit.at(512) == pytest.approx(0.02 + 0.512)
 
@@ -198,7 +198,7 @@ def test_fit_sizes_measures_the_trial_batch_or_fits_a_line(monkeypatch):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError, match="shapes"):
-        planning.fit_sizes(failing, 64, CPU_FP32)
+        calibration.fit_sizes(failing, 64, CPU_FP32)
 
 
 def test_expected_front_size():
@@ -225,18 +225,19 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
     """ImageNet folders that are not here: the datasets' published image counts, the loader "not measured" (no
     bound claimed); a measured loader slower than the device bounds the trial (workers overlap the step, no workers
     add to it). The calibration is stubbed: the arithmetic is what is tested here."""
+    import robusttune.search.calibration as calibration
     import robusttune.search.plan as planning
     from robusttune.training.device import CPU_FP32
 
     space = _missing_paper_space(tmp_path)
-    loader = planning.measure_loader(space, None, None, 512, CPU_FP32, tmp_path)
+    loader = calibration.measure_loader(space, None, None, 512, CPU_FP32, tmp_path)
     assert loader["images_per_s"] is None and loader["status"].startswith("not measured: ")
     assert "does not exist" in loader["status"] and loader["num_workers"] == 8
     mix = planning.method_mix(space)
     step = {name: 2.0 for name in mix} | {"ft": 0.75}
 
     def stub(loader):
-        return lambda space, mix, cache_dir, **_: planning.Calibration(
+        return lambda space, mix, cache_dir, **_: calibration.Calibration(
             "cpu", 2, {name: step[name] for name in mix}, 1e-3, 5.0, 88_000_000, loader=loader)
 
     monkeypatch.setattr(planning, "calibrate", stub(loader))
@@ -286,22 +287,23 @@ def test_a_space_whose_folders_are_missing_is_planned_on_published_sizes(tmp_pat
 def test_data_parallel_trials_are_planned_per_process_in_device_hours(tmp_path, monkeypatch):
     """``resources.workers: 2``: each process calibrates its half of the batch; a trial's hours count both devices,
     the wall time divides by them, and the baselines' tail trains the whole batch on one device (off the fit)."""
+    import robusttune.search.calibration as calibration
     import robusttune.search.plan as planning
 
-    assert planning.step_chunks(train_config(batch_size=512), 10**6, ranks=2) == [256]
-    assert planning.step_chunks(train_config(batch_size=512, accum_steps=2), 10**6, ranks=2) == [128, 128]
-    assert planning.step_chunks(train_config(batch_size=512, accum_steps=2), 10**6) == [256, 256]
-    assert planning.step_chunks(train_config(batch_size=64), 40) == [40]
+    assert calibration.step_chunks(train_config(batch_size=512), 10**6, ranks=2) == [256]
+    assert calibration.step_chunks(train_config(batch_size=512, accum_steps=2), 10**6, ranks=2) == [128, 128]
+    assert calibration.step_chunks(train_config(batch_size=512, accum_steps=2), 10**6) == [256, 256]
+    assert calibration.step_chunks(train_config(batch_size=64), 40) == [40]
     data = _missing_paper_space(tmp_path).to_dict()
     data["resources"] = {**data["resources"], "workers": 2}
     data["scheduler"] = {"name": "none"}  # (MO-)ASHA does not stop multi-worker trials yet
     space = SearchSpace.model_validate(data)
-    fit = planning.Fit(256, [8, 16], [0.1 + 0.01 * 8, 0.1 + 0.01 * 16]).describe()
+    fit = calibration.Fit(256, [8, 16], [0.1 + 0.01 * 8, 0.1 + 0.01 * 16]).describe()
 
     def stub(space, mix, cache_dir, **_):
         fits = {name: {**fit, "update_seconds": 0.05} for name in mix}
         steps = {name: 0.05 + 0.1 + 0.01 * 256 for name in mix}  # one process: 256 images a step
-        return planning.Calibration("cpu", 2, steps, 1e-3, 5.0, 88_000_000, step_fits=fits,
+        return calibration.Calibration("cpu", 2, steps, 1e-3, 5.0, 88_000_000, step_fits=fits,
                                     loader={"images_per_s": None, "status": "not measured: test"})
 
     monkeypatch.setattr(planning, "calibrate", stub)
@@ -318,11 +320,12 @@ def test_data_parallel_trials_are_planned_per_process_in_device_hours(tmp_path, 
 def test_the_confirmation_stage_is_planned_run_by_run(tmp_path, monkeypatch):
     """``confirm: {seeds: 3, top: 5}`` on the paper space (stubbed calibration): 3 x (5 + vanilla FT) + zero-shot
     runs, (5 + 1) x 2 of them trained again, each with its curve except seed 0's of front trials and vanilla FT."""
+    import robusttune.search.calibration as calibration
     import robusttune.search.plan as planning
 
     data = _missing_paper_space(tmp_path).to_dict() | {"confirm": {"seeds": 3, "top": 5}}
     space = SearchSpace.model_validate(data)
-    monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: planning.Calibration(
+    monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: calibration.Calibration(
         "cpu", 2, {name: 2.0 for name in mix} | {"ft": 0.75}, 1e-3, 5.0, 88_000_000))
     found = planning.plan(space, tmp_path)
     plain = planning.plan(_missing_paper_space(tmp_path), tmp_path)
@@ -342,9 +345,10 @@ def test_the_confirmation_stage_is_planned_run_by_run(tmp_path, monkeypatch):
 
 
 def test_a_wise_aware_objective_is_planned_with_one_more_evaluation_per_alpha(tmp_path, monkeypatch):
+    import robusttune.search.calibration as calibration
     import robusttune.search.plan as planning
 
-    monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: planning.Calibration(
+    monkeypatch.setattr(planning, "calibrate", lambda space, mix, cache_dir, **_: calibration.Calibration(
         "cpu", 2, {name: 2.0 for name in mix} | {"ft": 0.75}, 1e-3, 5.0, 88_000_000))
     plain_space = _missing_paper_space(tmp_path)
     data = plain_space.to_dict()
