@@ -122,7 +122,7 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
 
         warm = load_warm_start(warm_start, loaded, top=warm_top, trials=options.trials)
     elif warm_top is not None:
-        raise ParameterError("warm_top", "needs warm_start (the experiment to start from)")
+        raise ParameterError("warm_top", "needs `warm_start` (the experiment to start from)")
     name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new_experiment(Path(storage), name, overwrite=overwrite)
     experiment = new_experiment_dir(Path(storage), name, overwrite=overwrite)

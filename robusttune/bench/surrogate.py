@@ -89,7 +89,7 @@ class Surrogate:
 
     def __init__(self, table: Table):
         if table.kind != "points":
-            raise DataError("a surrogate is fitted to a table of random points (bench tabulate --points)")
+            raise DataError("a surrogate is fitted to a table of random points (tabulated with `points`)")
         self.table = table
         self.space: SearchSpace = table.space
         self.metrics = list(table.meta["objective"]["metrics"])

@@ -22,7 +22,8 @@ class Parser(argparse.ArgumentParser):
 
 
 # API parameters whose flag is not ``--`` + the name with dashes
-FLAGS = {"formats": "--format", "loggers": "--logger", "heartbeat_seconds": "--heartbeat", "finetuned": "FINETUNED"}
+FLAGS = {"formats": "--format", "loggers": "--logger", "heartbeat_seconds": "--heartbeat", "finetuned": "FINETUNED",
+         "warm_top": "--top"}
 
 
 def flag_of(parameter: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robusttune.bounds import at_least
-from robusttune.errors import ConfigError, DataError
+from robusttune.errors import DataError, ParameterError
 from robusttune.experiment import check_experiment, journal, latest_by_trial, load_frozen_space
 from robusttune.pareto import multi_objective_ranking, nondominated_fronts
 from robusttune.space import Parameter, SearchSpace
@@ -86,19 +86,19 @@ def load_warm_start(source: str | Path, space: SearchSpace, *, top: int | None =
     folder, an experiment without a complete trial, a space sharing no parameter with it, and more points than
     ``trials``."""
     if top is not None:
-        at_least("top", top, 1)
+        at_least("warm_top", top, 1)
     try:
         path = check_experiment(Path(source))
     except DataError as error:
-        raise ConfigError(f"--warm-start: {error}") from None
+        raise ParameterError("warm_start", f"names no experiment: {error}") from None
     earlier, _ = load_frozen_space(path)
     shared = [name for name in earlier.parameters if name in space.parameters]
     if not shared:
-        raise ConfigError(f"--warm-start {path}: its space '{earlier.name}' shares no searched parameter with space "
+        raise ParameterError("warm_start", f"{path}: its space '{earlier.name}' shares no searched parameter with space "
                           f"'{space.name}' (it searches {sorted(earlier.parameters)}, this one {sorted(space.parameters)})")
     ranked = ranked_trials(path, earlier)
     if not ranked:
-        raise ConfigError(f"--warm-start {path}: no complete trial to start from")
+        raise ParameterError("warm_start", f"{path}: no complete trial to start from")
     if top is None:
         top = len(nondominated_fronts(_signed(earlier, ranked))[0])
     points: list[dict[str, Any]] = []
@@ -120,10 +120,10 @@ def load_warm_start(source: str | Path, space: SearchSpace, *, top: int | None =
     for line in dropped:
         log.warning("warm start: %s", line)
     if not points:
-        raise ConfigError(f"--warm-start {path}: none of its trials' values fit space '{space.name}'")
+        raise ParameterError("warm_start", f"{path}: none of its trials' values fit space '{space.name}'")
     if trials is not None and len(points) > trials:
-        raise ConfigError(f"--warm-start {path}: {len(points)} configurations to start from but the sweep runs "
-                          f"{trials} trial(s); pass a smaller --top or more --trials")
+        raise ParameterError("warm_start", f"{path}: {len(points)} configurations to start from but the sweep runs "
+                                           f"{trials} trial(s); pass a smaller `warm_top` or more `trials`")
     return WarmStart(path, tuple(points), tuple(dropped))
 
 

@@ -92,6 +92,8 @@ def refused(tmp_path, *args):
 
 
 def test_a_missing_or_non_experiment_folder_is_refused(tmp_path):
+    assert_one_line_exit_2(refused(tmp_path, "--warm-start", tmp_path / "missing"),
+                           "--warm-start names no experiment: ")
     assert_one_line_exit_2(refused(tmp_path, "--warm-start", tmp_path / "missing"), "experiment directory not found")
     (tmp_path / "plain").mkdir()
     assert_one_line_exit_2(refused(tmp_path, "--warm-start", tmp_path / "plain"), "not a robusttune experiment")
@@ -114,8 +116,8 @@ def test_a_space_with_no_shared_parameter_is_refused(earlier, tmp_path):
 
 
 def test_top_without_a_warm_start_or_below_one_is_refused(earlier, tmp_path):
-    assert_one_line_exit_2(refused(tmp_path, "--top", "3"), "needs warm_start")
-    assert_one_line_exit_2(refused(tmp_path, "--warm-start", earlier[0], "--top", "0"), "must be >= 1")
+    assert_one_line_exit_2(refused(tmp_path, "--top", "3"), "--top needs --warm-start")
+    assert_one_line_exit_2(refused(tmp_path, "--warm-start", earlier[0], "--top", "0"), "--top must be >= 1")
     assert_one_line_exit_2(refused(tmp_path, "--warm-start", earlier[0], "--top", "9", "--trials", "4"),
                            "pass a smaller --top or more --trials")
 
