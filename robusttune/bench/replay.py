@@ -47,7 +47,7 @@ def _table(path: str) -> Table:
 
 
 def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experiment: str, pace: float = 0.0,
-                 fidelity: int | None = None) -> None:
+                 fidelity: int | None = None, surrogate: Any = None) -> None:
     """Ray Tune trainable: report the stored curve of the grid point nearest to ``config`` (the surrogate's curve
     on a continuous benchmark), its first ``fidelity`` evaluations only when given (a cheaper, shorter study)."""
     from robusttune.cache import atomic_write_json
@@ -58,7 +58,8 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
     if stored.kind == "points":  # a continuous benchmark: the surrogate's curve, with the noise of this seed
         from robusttune.bench.surrogate import surrogate_of
 
-        point, curve = None, surrogate_of(table, stored).curve(sampled, seed=int(config.get("seed", 0)))
+        model = surrogate or surrogate_of(table, stored)  # fitted by the driver, once per replay (Ray's object store)
+        point, curve = None, model.curve(sampled, seed=int(config.get("seed", 0)))
     else:
         point = stored.point_of({**space.fixed, **sampled})
         curve = stored.curves.get(point, [])
@@ -128,8 +129,15 @@ class ReplayRunner:
     fidelity: int | None = None  # evaluations per trial (a low-fidelity study); None: the full curve
 
     def trainable(self, experiment: Path, space: SearchSpace, space_text: str):
-        return functools.partial(replay_trial, table=self.table, space_yaml=space_text, experiment=str(experiment),
-                                 pace=self.pace, fidelity=self.fidelity)
+        function = functools.partial(replay_trial, table=self.table, space_yaml=space_text, experiment=str(experiment),
+                                     pace=self.pace, fidelity=self.fidelity)
+        stored = _table(self.table)
+        if stored.kind != "points":
+            return function
+        from robusttune.bench.surrogate import surrogate_of
+
+        # the surrogate is fitted here once per process (seconds) and shipped to the trials, not refitted by each
+        return tune.with_parameters(function, surrogate=surrogate_of(self.table, stored))
 
     def stopper(self, experiment: Path) -> EvaluationBudget | None:
         return None if self.max_evaluations is None else EvaluationBudget(self.max_evaluations, experiment)
