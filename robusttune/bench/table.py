@@ -211,6 +211,8 @@ def points_table_from_experiments(runs: list[tuple[Path, int]], space: SearchSpa
     meta = {"format": FORMAT, "kind": "points", "space": space.name, "space_yaml": space_text, "grid": None,
             "points": len(points), "evaluations": evaluations, "objective": space.objective.to_dict(),
             "metrics": sorted(metrics_seen), "seeds": seeds, "noise_points": repeated,
+            # every trial's own wall-clock seconds, summed (one CPU each): what tabulating cost, resumes included
+            "trial_seconds": round(float(frame.groupby(["point", "seed"])["time_s"].max().sum()), 1),
             "tabulate_seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "experiment": runs[0][0].name}
     return frame, meta
