@@ -20,7 +20,7 @@ def make_sampler(space: SearchSpace, seed: int):
         if name is SamplerName.GP:
             return optuna.samplers.GPSampler(seed=seed, **options)
         if name is SamplerName.BOTORCH:
-            return _botorch(seed, options)
+            return _botorch(seed, options, multi_objective=space.multi_objective)
         if name is SamplerName.RANDOM:
             return optuna.samplers.RandomSampler(seed=seed, **options)
         return optuna.samplers.GridSampler(space.grid(), seed=seed, **options)
@@ -28,11 +28,15 @@ def make_sampler(space: SearchSpace, seed: int):
         raise ConfigError(f"space '{space.name}': sampler.options not accepted by the {name.value} sampler: {error}") from None
 
 
-def _botorch(seed: int, options: dict):
-    """BoTorch's Bayesian optimisation through optuna-integration (qNEHVI for two or three objectives): an extra,
-    ``pip install 'robusttune[botorch]'``."""
+def _botorch(seed: int, options: dict, *, multi_objective: bool):
+    """BoTorch's Bayesian optimisation through optuna-integration, an extra (``pip install 'robusttune[botorch]'``).
+    On several objectives it maximises qNEHVI, the noisy expected hypervolume improvement (the integration's default
+    is qEHVI, which takes the evaluations as exact; ours carry the training's noise)."""
     try:
         from optuna_integration import BoTorchSampler
+        from optuna_integration.botorch import qnehvi_candidates_func
     except ImportError:
         raise ConfigError("sampler botorch needs optuna-integration and botorch: pip install 'robusttune[botorch]'") from None
+    if multi_objective:
+        options = {"candidates_func": qnehvi_candidates_func, **options}
     return BoTorchSampler(seed=seed, **options)

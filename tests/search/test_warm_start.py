@@ -133,7 +133,10 @@ def test_the_botorch_sampler_searches_after_its_startup_trials(earlier, tmp_path
     _, table = earlier
     data = {**SYNTHETIC_SPACE, "sampler": {"name": "botorch", "seed": 0, "options": {"n_startup_trials": 2}}}
     space = write_space(tmp_path / "botorch.yaml", yaml.safe_load(yaml.safe_dump(data)))
-    assert isinstance(make_sampler(load_space(str(space))[0], 0), BoTorchSampler)
+    from optuna_integration.botorch import qnehvi_candidates_func
+
+    sampler = make_sampler(load_space(str(space))[0], 0)
+    assert isinstance(sampler, BoTorchSampler) and sampler._candidates_func is qnehvi_candidates_func
     result = api.sweep(space, storage=tmp_path / "runs", name="bo", trials=3, concurrency=1, verbose=0,
                        runner=ReplayRunner(table=str(table)))  # the third trial is BoTorch's (qNEHVI)
     assert result.counts.get("complete") == 3
