@@ -12,7 +12,7 @@ argument is a ``ParameterError`` naming the parameter); the CLI is a thin layer 
 and prints. Heavy libraries (torch, ray, optuna) are imported inside the functions.
 """
 
-from robusttune.api.bench import ReplayResult, replay, tabulate
+from robusttune.api.bench import ReplayResult, SurrogateResult, replay, surrogate, tabulate
 from robusttune.api.cluster import LaunchResult, launch
 from robusttune.api.common import cache_directory, check_out_dir, set_threads, trial_table
 from robusttune.api.data import PackResult, WorldResult, pack, prepare_world, pretrain_world
@@ -22,8 +22,8 @@ from robusttune.api.sweeps import ConfirmResult, DemoResult, Status, SweepResult
 
 __all__ = [  # the commands, then their results, then the helpers the CLI shares
     "train", "wise", "baselines", "sweep", "resume", "confirm", "status", "demo", "plan", "report", "launch", "tabulate",
-    "replay", "prepare_world", "pretrain_world", "pack",
+    "replay", "surrogate", "prepare_world", "pretrain_world", "pack",
     "TrainSummary", "BaselinesResult", "SweepResult", "ConfirmResult", "Status", "DemoResult", "ReportResult", "LaunchResult",
-    "ReplayResult", "WorldResult", "PackResult",
+    "ReplayResult", "SurrogateResult", "WorldResult", "PackResult",
     "cache_directory", "check_out_dir", "set_threads", "trial_table",
 ]

@@ -101,3 +101,42 @@ def replay(table: str | os.PathLike[str], *, sampler: str = "tpe", scheduler: st
                      "budget_fraction_to_95pct": None if reached is None else round(reached / full_grid, 4),
                      "seconds": round(run.seconds, 1), "experiment": str(run.experiment)})
     return ReplayResult(path, arm.name, evaluations, full_grid, table_hv, runs, where)
+
+
+@dataclass(frozen=True)
+class SurrogateResult:
+    """A continuous benchmark's surrogate, fitted to its table: its held-out quality per target, the measured
+    training noise, and the hypervolumes a search is measured against."""
+
+    table: Path
+    points: int
+    rows: int
+    evaluations: int
+    trial_seconds: float | None  # what tabulating the points cost (each trial's seconds, summed)
+    quality: dict[str, dict[str, float]]  # per target: r2, spearman, r2_final, spearman_final
+    noise: dict[str, Any]  # sd per metric and evaluation, correlation per metric, points held at several seeds
+    reference: list[float]
+    table_hypervolume: float  # of the tabulated points' last evaluations
+    front_hypervolume: float  # of the surrogate's noiseless front (the benchmark's best)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "table": str(self.table)}
+
+
+def surrogate(table: str | os.PathLike[str]) -> SurrogateResult:
+    """Fit the surrogate of a table of random points (``tabulate(..., points=N)``, or ``mini_continuous`` for the
+    shipped one) and measure it: held-out R^2 and rank correlation (grouped 5-fold cross-validation), the noise."""
+    from robusttune.bench.replay import resolve_table, table_reference
+    from robusttune.bench.surrogate import Surrogate
+    from robusttune.bench.table import read_table
+    from robusttune.errors import DataError
+
+    path = resolve_table(str(table))
+    stored = read_table(path)
+    if stored.kind != "points":
+        raise DataError(f"{path}: a grid table; a surrogate is fitted to a table of random points (tabulated with `points`)")
+    model = Surrogate(stored)
+    reference, table_hv = table_reference(stored)
+    return SurrogateResult(path, len(stored.curves), len(stored.frame), stored.evaluations,
+                           stored.meta.get("trial_seconds"), model.quality, model.noise.to_dict(), list(reference),
+                           table_hv, model.front_hypervolume(reference))

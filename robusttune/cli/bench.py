@@ -1,4 +1,4 @@
-"""``robusttune bench tabulate`` and ``robusttune bench replay``: the tabular search benchmark (robusttune.bench)."""
+"""``robusttune bench tabulate``, ``bench replay`` and ``bench surrogate``: the search benchmarks (robusttune.bench)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_surrogate(args: argparse.Namespace) -> int:
+    from robusttune import api
+
+    result = api.surrogate(args.table)
+
+    def human() -> None:
+        cost = f", {result.trial_seconds / 3600:.1f} trial-hours to tabulate" if result.trial_seconds else ""
+        print(f"{result.table.name}: {result.points} random points x {result.evaluations} evaluations "
+              f"({result.rows} rows{cost})")
+        print("held-out quality (5-fold cross-validation grouped by point):")
+        print(table([{"target": target, **{k: round(v, 3) for k, v in q.items()}} for target, q in result.quality.items()],
+                    ["target", "r2", "spearman", "r2_final", "spearman_final"]))
+        noise = result.noise
+        print(f"noise over seeds ({noise['points']} points held at several seeds), at the last evaluation: " + ", ".join(
+            f"{m} sd {100 * sd[-1]:.2f} points (correlation between evaluations {noise['correlation'][m]:.2f})"
+            for m, sd in noise["sd"].items()))
+        print(f"hypervolume: the tabulated points {result.table_hypervolume:.6f}; the surrogate's front (the "
+              f"benchmark's best) {result.front_hypervolume:.6f}")
+
+    emit(result.to_dict(), args.json, human)
+    return 0
+
+
 def register(commands) -> None:
     bench_commands = command_group(commands, "bench", help="the tabular search benchmark: tabulate a grid, replay searches on it")
     tabulate = bench_commands.add_parser("tabulate", help="train every grid point of a space; store the learning curves")
@@ -96,3 +119,9 @@ def register(commands) -> None:
                         help="wait this long per replayed evaluation (to watch a replay live, or interrupt it)")
     replay.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     replay.set_defaults(handler=cmd_replay)
+
+    fitted = bench_commands.add_parser("surrogate", help="fit a continuous benchmark's surrogate; its held-out quality "
+                                                         "and the measured noise")
+    fitted.add_argument("table", metavar="TABLE", help="a table of random points, or 'mini_continuous' for the shipped one")
+    fitted.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    fitted.set_defaults(handler=cmd_surrogate)

@@ -77,3 +77,17 @@ def test_a_replay_on_the_continuous_benchmark_is_deterministic_for_a_seed(table_
     assert first == again and len(first) == 12
     assert first != other
     assert runs[0].curve == runs[1].curve
+
+
+def test_bench_surrogate_says_the_fit_and_refuses_a_grid_table(table_path):
+    import json
+
+    from helpers import assert_one_line_exit_2, invoke
+
+    result = invoke("bench", "surrogate", table_path, "--json")
+    assert result.returncode == 0, result.stderr
+    fitted = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fitted["points"] == 120 and fitted["noise"]["points"] == 12
+    assert fitted["quality"]["id_val_acc"]["r2"] > 0.8 and fitted["front_hypervolume"] > 0.9 * fitted["table_hypervolume"]
+    assert_one_line_exit_2(invoke("bench", "surrogate", "mini_full"), "a grid table; a surrogate is fitted to a table of "
+                                                                      "random points (tabulated with --points)")

@@ -55,7 +55,7 @@ SPACE_CASES = [
     ("unknown fixed key", space_with(**{"fixed.stesp": 4}), "unknown parameter 'stesp' (did you mean 'steps'?)"),
     ("wrong type", space_with(**{"budget.trials": "many"}), "budget.trials: Input should be a valid integer"),
     ("out of range", space_with(**{"budget.trials": 0}), "budget.trials: Input should be greater than or equal to 1"),
-    ("unknown sampler", space_with(**{"sampler.name": "bayes"}), "sampler.name: Input should be 'tpe', 'nsga2', 'gp', 'random' or 'grid'"),
+    ("unknown sampler", space_with(**{"sampler.name": "bayes"}), "sampler.name: Input should be 'tpe', 'nsga2', 'gp', 'botorch', 'random' or 'grid'"),
     ("unknown strategy", space_with(**{"parameters.region.choices": ["object", "everywhere"]}),
      "region: Input should be 'object', 'context', 'random' or 'none'"),
     ("conditional without parent", space_with(**{"parameters.region": DELETE}),
