@@ -27,6 +27,9 @@ Friedman's test over all arms' ranks is printed below the table.
 
 The default arm is the sampler and scheduler of the built-in ``demo`` space. ``--out DIR`` keeps every replay
 (``<arm>-seed<s>``): a rerun reuses the finished ones, so an interrupted comparison continues where it stopped.
+``--shard K/N`` (with ``--out``) runs only every N-th replay from the K-th (K = 1..N) and stops without figures:
+N processes (cores, machines sharing DIR) run a comparison side by side, and a last run without ``--shard``
+reuses their replays and prints the figures.
 With --json the last line is a JSON object: ``arm`` (the default), ``hv_ratio_vs_random``, ``p_value`` (default
 > random), ``seeds``, and every arm's figures.
 """
@@ -98,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-evaluations", type=int, default=2, help="evaluations per proxy trial (default 2)")
     parser.add_argument("--warm-top", type=int, default=8, help="proxy trials that start the search (default 8)")
     parser.add_argument("--out", type=Path, help="keep the replays here; finished ones are reused on a rerun")
+    parser.add_argument("--shard", type=shard_of, metavar="K/N",
+                        help="with --out: run only the K-th of N shares of the replays, then stop (no figures)")
     parser.add_argument("--figure", type=Path, help="draw the hypervolume over budget of every arm into this PNG")
     parser.add_argument("--quick", action="store_true", help="3 seeds, a quarter of the budget: a few minutes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.shard and not args.out:
+        parser.error("--shard needs --out (the folder the shards share)")
     if args.quick:
         args.seeds, args.horizon, args.trials = min(args.seeds, 3), min(args.horizon, 0.5), min(args.trials, 16)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -156,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, list] = {}
     facts: dict[str, list] = {}
     started = time.perf_counter()
+    if args.shard:
+        mine = shard_filter(*args.shard)
+        pairs = [(arm, seed) for arm in arms for seed in range(args.seeds)]
+        ran = [replay_once(path, arm, seed, horizon, out, f"{arm.name}-seed{seed}")
+               for i, (arm, seed) in enumerate(pairs) if mine(i)]
+        if continuous and args.warm_start:
+            for seed in filter(mine, range(args.seeds)):
+                warm_replays(args, path, default, horizon, out, seed)
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {len(ran)} of {len(pairs)} searches (and its warm starts) in "
+              f"{out}; run again without --shard for the figures", flush=True)
+        return 0
     for arm in arms:
         runs = [replay_once(path, arm, seed, horizon, out, f"{arm.name}-seed{seed}") for seed in range(args.seeds)]
         curves[arm.name] = [curve for _, curve, _ in runs]
@@ -232,22 +250,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_warm_start(args, path, default, horizon, out: Path, target_hv: float, cold_curves) -> dict:
-    """Per seed: a low-fidelity study (random sampling, short trials), then the default arm's search started from
-    its ``--warm-top`` best; the compute each needs to reach 95% of the target, the proxy's included."""
-    from robusttune.bench import compare
+def shard_of(text: str) -> tuple[int, int]:
+    """``K/N`` (1 <= K <= N) as (K, N)."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes K/N, e.g. 1/2, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def shard_filter(k: int, n: int):
+    """Whether the i-th replay of a comparison is shard ``k``'s of ``n`` (every n-th, from the k-th)."""
+    return lambda i: i % n == k - 1
+
+
+def warm_replays(args, path, default, horizon, out: Path, seed: int):
+    """A seed's low-fidelity study (random sampling, short trials) and the default arm's search started from its
+    ``--warm-top`` best: (the study's facts, the search's curve)."""
     from robusttune.bench.replay import Arm
     from robusttune.experiment import load_frozen_space
     from robusttune.search.warm_start import load_warm_start
 
-    proxy_arm = Arm.of("random", "none")
+    proxy, _, proxy_facts = replay_once(path, Arm.of("random", "none"), 1000 + seed, args.proxy_trials * args.proxy_evaluations,
+                                        out, f"proxy-seed{seed}", fidelity=args.proxy_evaluations)
+    warm = load_warm_start(proxy, load_frozen_space(proxy)[0], top=args.warm_top)
+    _, curve, _ = replay_once(path, default, seed, horizon, out, f"warm-{default.name}-seed{seed}", warm_start=warm)
+    return proxy_facts, curve
+
+
+def measure_warm_start(args, path, default, horizon, out: Path, target_hv: float, cold_curves) -> dict:
+    """Per seed: the compute a warm-started search needs to reach 95% of the target, its low-fidelity study
+    included (``warm_replays``), against the cold search's."""
+    from robusttune.bench import compare
+
     proxy_budget = args.proxy_trials * args.proxy_evaluations
     warm_totals, cold_totals = [], []
     for seed in range(args.seeds):
-        proxy, _, proxy_facts = replay_once(path, proxy_arm, 1000 + seed, proxy_budget, out, f"proxy-seed{seed}",
-                                            fidelity=args.proxy_evaluations)
-        warm = load_warm_start(proxy, load_frozen_space(proxy)[0], top=args.warm_top)
-        _, curve, _ = replay_once(path, default, seed, horizon, out, f"warm-{default.name}-seed{seed}", warm_start=warm)
+        proxy_facts, curve = warm_replays(args, path, default, horizon, out, seed)
         reached = compare.budget_to_reach(curve, 0.95 * target_hv)
         warm_totals.append(float("inf") if reached is None else proxy_facts["used"] + reached)
         cold = compare.budget_to_reach(cold_curves[seed], 0.95 * target_hv)

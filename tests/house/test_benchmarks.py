@@ -37,10 +37,12 @@ def test_search_efficiency_on_a_continuous_benchmark_says_its_test_and_keeps_its
     from helpers import synthetic_points_table
 
     table = synthetic_points_table(tmp_path / "synthetic.parquet")
-    args = ["--benchmark", "continuous", "--table", str(table), "--seeds", "2", "--trials", "4", "--arms", "random",
-            "--warm-start", "--proxy-trials", "3", "--warm-top", "1", "--out", str(tmp_path / "replays"),
-            "--figure", str(tmp_path / "hv.png"), "--json"]
-    result = run_script("search_efficiency.py", *args)
+
+    def args(out, *more):
+        return ["--benchmark", "continuous", "--table", str(table), "--seeds", "2", "--trials", "4", "--arms", "random",
+                "--warm-start", "--proxy-trials", "3", "--warm-top", "1", "--out", str(out), *more]
+
+    result = run_script("search_efficiency.py", *args(tmp_path / "replays", "--figure", str(tmp_path / "hv.png"), "--json"))
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.splitlines()[-1])
     assert figures["arm"] == "random+mo_asha" and figures["seeds"] == 2 and 0.0 <= figures["p_value"] <= 1.0
@@ -51,5 +53,26 @@ def test_search_efficiency_on_a_continuous_benchmark_says_its_test_and_keeps_its
     assert (tmp_path / "hv.png").stat().st_size > 10_000
     kept = sorted(p.name for p in (tmp_path / "replays").iterdir())
     assert "random-seed0" in kept and "proxy-seed1" in kept and "warm-random+mo_asha-seed1" in kept
-    again = run_script("search_efficiency.py", *args)  # every replay is reused: the same figures
-    assert json.loads(again.stdout.splitlines()[-1])["arms"] == figures["arms"]
+
+    # two shards side by side, then a run that only gathers their replays: the same figures as one process
+    sharded = tmp_path / "sharded"
+    for shard in ("1/2", "2/2"):
+        part = run_script("search_efficiency.py", *args(sharded, "--shard", shard))
+        assert part.returncode == 0 and f"shard {shard}: 2 of 4 searches" in part.stdout, part.stderr
+    assert sorted(p.name for p in sharded.iterdir()) == kept
+    gathered = run_script("search_efficiency.py", *args(sharded, "--json"))
+    figures_again = json.loads(gathered.stdout.splitlines()[-1])
+
+    def measured(rows):  # every figure but the wall time the replays took
+        return [{k: v for k, v in row.items() if k != "replay_seconds"} for row in rows]
+
+    assert measured(figures_again["arms"]) == measured(figures["arms"])
+    assert figures_again["warm_start"] == figures["warm_start"]
+
+
+def test_search_efficiency_refuses_a_bad_shard(tmp_path):
+    for bad in ("3/2", "0/2", "two"):
+        result = run_script("search_efficiency.py", "--shard", bad, "--out", str(tmp_path))
+        assert result.returncode == 2 and "--shard" in result.stderr.splitlines()[-1], result.stderr
+    result = run_script("search_efficiency.py", "--shard", "1/2")
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].endswith("--shard needs --out (the folder the shards share)")
