@@ -72,9 +72,13 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
         check_model_name(space.task.imagenet.model)
     if options is None:
         return None
-    from robusttune.search.samplers import make_sampler
+    from robusttune.search.samplers import BLIND_TO_STOPPED, make_sampler
 
     make_sampler(space, options.seed)  # bad sampler options fail here, not after the experiment exists
+    if space.sampler.name in BLIND_TO_STOPPED and space.scheduler.name != "none":
+        log.warning("space '%s': the %s sampler learns from complete trials only; a configuration the %s scheduler "
+                    "stops early stays unknown to it and may be proposed again (prefer scheduler: none with it)",
+                    space.name, space.sampler.name.value, space.scheduler.name)
     at_once = None
     if options.address is None:  # this machine is the whole cluster: a trial must fit on it
         import math
