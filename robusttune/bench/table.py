@@ -133,6 +133,15 @@ class Table:
                 if len(curve) == self.evaluations and curve[-1]["status"] == "complete"]
 
 
+def evaluation_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A table row's columns from one evaluation record: where it is in the curve, every metric, the objective,
+    the trial's wall-clock seconds so far and whether the curve ends there."""
+    return {"evaluation": int(record["evaluation"]), "step": int(record["step"]), "epoch": float(record.get("epoch", 0.0)),
+            **{k: v for k, v in record.items() if is_metric(k)}, OBJECTIVE: record.get(OBJECTIVE),
+            "time_s": float(record.get("time_total_s", float("nan"))),
+            "status": "complete" if record["step"] >= record.get("total_steps", math.inf) else "running"}
+
+
 def table_from_experiment(experiment: Path, space: SearchSpace, space_text: str, seconds: float) -> tuple[Any, dict[str, Any]]:
     """The experiment's records as the table (last report per trial and evaluation wins) and its metadata."""
     import pandas as pd
@@ -151,13 +160,9 @@ def table_from_experiment(experiment: Path, space: SearchSpace, space_text: str,
         key = json.dumps(sampled, sort_keys=True)
         if key not in points:
             continue
-        metrics = {k: v for k, v in record.items() if is_metric(k)}
-        metrics_seen |= set(metrics)
-        rows[(record["trial_id"], int(record["evaluation"]))] = {
-            "point": points[key], **sampled, "evaluation": int(record["evaluation"]), "step": int(record["step"]),
-            "epoch": float(record.get("epoch", 0.0)), **metrics, OBJECTIVE: record.get(OBJECTIVE),
-            "time_s": float(record.get("time_total_s", float("nan"))),
-            "status": "complete" if record["step"] >= record.get("total_steps", math.inf) else "running"}
+        row = evaluation_row(record)
+        metrics_seen |= {k for k in row if is_metric(k)}
+        rows[(record["trial_id"], int(record["evaluation"]))] = {"point": points[key], **sampled, **row}
     if not rows:
         raise DataError(f"{experiment}: no evaluations recorded; nothing to tabulate")
     frame = pd.DataFrame(list(rows.values())).sort_values(["point", "evaluation"]).reset_index(drop=True)
@@ -193,15 +198,11 @@ def points_table_from_experiments(runs: list[tuple[Path, int]], space: SearchSpa
                 if seed != 0:
                     continue  # a repeated seed of a point the first experiment never reported
                 points[key] = len(points)
-            metrics = {k: v for k, v in record.items() if is_metric(k)}
-            metrics_seen |= set(metrics)
+            row = evaluation_row(record)
+            metrics_seen |= {k for k in row if is_metric(k)}
             point = points[key]
-            rows[(point, seed, int(record["evaluation"]))] = {
-                "point": point, "seed": seed, **{k: sampled.get(k) for k in names},
-                "evaluation": int(record["evaluation"]), "step": int(record["step"]),
-                "epoch": float(record.get("epoch", 0.0)), **metrics, OBJECTIVE: record.get(OBJECTIVE),
-                "time_s": float(record.get("time_total_s", float("nan"))),
-                "status": "complete" if record["step"] >= record.get("total_steps", math.inf) else "running"}
+            rows[(point, seed, int(record["evaluation"]))] = {"point": point, "seed": seed,
+                                                              **{k: sampled.get(k) for k in names}, **row}
     if not rows:
         raise DataError(f"{runs[0][0]}: no evaluations recorded; nothing to tabulate")
     frame = pd.DataFrame(list(rows.values())).sort_values(["point", "seed", "evaluation"]).reset_index(drop=True)
