@@ -45,14 +45,14 @@ def test_search_efficiency_on_a_continuous_benchmark_says_its_test_and_keeps_its
     result = run_script("search_efficiency.py", *args(tmp_path / "replays", "--figure", str(tmp_path / "hv.png"), "--json"))
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.splitlines()[-1])
-    assert figures["arm"] == "random+mo_asha" and figures["seeds"] == 2 and 0.0 <= figures["p_value"] <= 1.0
+    assert figures["arm"] == "gp" and figures["seeds"] == 2 and 0.0 <= figures["p_value"] <= 1.0  # demo.yaml's searcher
     arms = {row["arm"]: row for row in figures["arms"]}
-    assert set(arms) == {"random", "random+mo_asha"}
-    assert figures["hv_ratio_vs_random"] == pytest.approx(arms["random+mo_asha"]["hv_mean"] / arms["random"]["hv_mean"])
+    assert set(arms) == {"random", "gp"}
+    assert figures["hv_ratio_vs_random"] == pytest.approx(arms["gp"]["hv_mean"] / arms["random"]["hv_mean"])
     assert figures["surrogate_quality"]["ood_mean"]["r2"] > 0.5 and len(figures["warm_start"]["warm_by_seed"]) == 2
     assert (tmp_path / "hv.png").stat().st_size > 10_000
     kept = sorted(p.name for p in (tmp_path / "replays").iterdir())
-    assert "random-seed0" in kept and "proxy-seed1" in kept and "warm-random+mo_asha-seed1" in kept
+    assert "random-seed0" in kept and "proxy-seed1" in kept and "warm-gp-seed1" in kept
 
     # two shards side by side, then a run that only gathers their replays: the same figures as one process
     sharded = tmp_path / "sharded"

@@ -218,6 +218,8 @@ def _missing_paper_space(tmp_path, **imagenet):
     data = paper.to_dict()
     data["task"]["imagenet"] |= {"train_dir": str(tmp_path / "no" / "train"), "val_dir": str(tmp_path / "no" / "val"),
                                  "ood_dirs": {"imagenet_r": str(tmp_path / "no" / "r")}, **imagenet}
+    # the rungs the arithmetic below expects (paper's default searcher runs without early stopping)
+    data["scheduler"] = {"name": "mo_asha", "grace_period": 3, "reduction_factor": 2}
     return SearchSpace.model_validate(data)
 
 
