@@ -201,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                      "replay_seconds": round(sum(x["seconds"] for x in facts[name]), 1)})
 
     kind = "surrogate's best front" if continuous else "table's"
+    # a points table knows its trials' summed seconds (resumes included); a grid table, its last process's wall time
+    trial_seconds = table.meta.get("trial_seconds")
+    cost = f"{trial_seconds / 3600:.1f} trial-hours" if trial_seconds else f"{table.meta.get('tabulate_seconds')} s"
     print(f"benchmark {path.name} ({table.kind}): {len(table.curves)} points x {table.evaluations} evaluations; "
-          f"tabulated in {table.meta.get('tabulate_seconds')} s; target: 95% of the {kind} hypervolume {target_hv:.6f}")
+          f"tabulated in {cost}; target: 95% of the {kind} hypervolume {target_hv:.6f}")
     if continuous:
         print(f"surrogate (held-out, grouped 5-fold): " + "; ".join(
             f"{m} R^2 {q['r2']:.3f} (last evaluation {q['r2_final']:.3f}), Spearman {q['spearman']:.3f} "
