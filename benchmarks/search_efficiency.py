@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         if continuous and args.warm_start:
             for seed in filter(mine, range(args.seeds)):
                 warm_replays(args, path, default, horizon, out, seed)
-        print(f"shard {args.shard[0]}/{args.shard[1]}: {len(ran)} of {len(pairs)} searches (and its warm starts) in "
-              f"{out}; run again without --shard for the figures", flush=True)
+        warm = " and its seeds' warm starts" if continuous and args.warm_start else ""
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {len(ran)} of {len(pairs)} searches{warm} in {out}; run again "
+              f"without --shard for the figures", flush=True)
         return 0
     for arm in arms:
         runs = [replay_once(path, arm, seed, horizon, out, f"{arm.name}-seed{seed}") for seed in range(args.seeds)]
