@@ -222,8 +222,10 @@ def load_yaml_text(text: str, source: str) -> dict[str, Any]:
 
 def _yaml_error(error: yaml.YAMLError, source: str) -> str:
     mark = getattr(error, "problem_mark", None)
-    where = f" (line {mark.line + 1})" if mark is not None else ""
     problem = getattr(error, "problem", None)
+    if problem and "nesting depth" in problem:  # libyaml >= 0.2.5 stops deep flow nesting itself: state our rule
+        return f"{source}:{f' line {mark.line + 1}:' if mark is not None else ''} {_TOO_DEEP}"
+    where = f" (line {mark.line + 1})" if mark is not None else ""
     context = getattr(error, "context", None)
     if problem:
         detail = f"{context}: {problem}" if context else problem
