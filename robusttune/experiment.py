@@ -222,18 +222,19 @@ def check_experiment_name(name: str) -> str:
     return name
 
 
-def check_new_experiment(storage: Path, name: str, *, overwrite: bool) -> Path:
+def check_new_experiment(storage: Path, name: str, *, overwrite: bool, held: bool = False) -> Path:
     """Where ``storage/name`` would go, checked without touching anything: an existing folder is only replaced
-    with ``overwrite``, and only when it is a robusttune experiment (never any other folder)."""
+    with ``overwrite``, only when it is a robusttune experiment (never any other folder) and only when no other
+    process holds it (``held``: this process does, see ``claim_new_experiment``)."""
     path = Path(storage) / check_experiment_name(name)
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise ConfigError(f"{path}: experiment already exists (use 'robusttune resume {path}', another `name`, or `overwrite`)")
+        holder = None if held or path.is_symlink() or not path.is_dir() else lock_holder(path)
+        if holder:  # before the manifest: a sweep that is starting has its lock before its manifest
+            raise ConfigError(f"{path}: in use by {holder}; not replaced")
         if path.is_symlink() or not path.is_dir() or not _is_experiment(path):
             raise ConfigError(f"{path}: not a robusttune experiment (no valid {MANIFEST}); `overwrite` only replaces experiments")
-        holder = lock_holder(path)
-        if holder:
-            raise ConfigError(f"{path}: in use by {holder}; not replaced")
     return path
 
 
@@ -263,9 +264,83 @@ def new_experiment_dir(storage: Path, name: str, *, overwrite: bool) -> Path:
 LOCK = ".lock"
 
 
+def _holder_text(info: Mapping[str, Any]) -> str:
+    return f"'{info.get('command', '?')}' (pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('since', '?')})"
+
+
+def _read_holder(stream: Any) -> dict[str, Any] | None:
+    """What the lock file says about its holder (written by the holder once it has the lock)."""
+    stream.seek(0)
+    text = stream.read().strip()
+    if not text:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return {"command": text}  # an older robusttune's free text
+    return info if isinstance(info, dict) else None
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _processes_holding(path: Path) -> list[int]:
+    """The processes of this host that have ``path`` open (Linux ``/proc``; empty elsewhere or when unreadable)."""
+    try:
+        target = os.stat(path)
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                here = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (here.st_dev, here.st_ino) == (target.st_dev, target.st_ino):
+                found.append(pid)
+                break
+    return found
+
+
+def _describe_holder(path: Path, info: Mapping[str, Any] | None) -> str:
+    """The refusal's words for whoever holds the lock. A holder named by the file but no longer running on this host
+    is stale: the lock is then held by a process it left behind (a forked child keeps the lock), which we name."""
+    import socket
+
+    if not info:
+        return "another process"
+    text = _holder_text(info)
+    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) and not _pid_alive(info["pid"]):
+        left = [pid for pid in _processes_holding(path) if pid != os.getpid()]
+        which = f"pid {', '.join(map(str, left))}" if left else "a process it left behind"
+        return f"{which}, left behind by {text}, which is no longer running (stop it first)"
+    return text
+
+
 class ExperimentLock:
-    """An exclusive lock on an experiment for the process that runs its sweep (``sweep``, ``resume``): a second
-    process is refused with a one-line error naming the holder. The OS drops the lock when the holder dies."""
+    """An exclusive lock on an experiment for the process that runs it (``sweep``, ``resume``, ``confirm``): a
+    second process is refused with a one-line error naming the holder (command, pid, host, since when).
+
+    ``flock`` on ``<experiment>/.lock``, a file that is never unlinked or replaced while held: releasing only empties
+    it, then closes it (the OS drops the lock when the holder dies, too). Because a folder may still be removed as a
+    whole (a failed sweep that leaves nothing to resume, ``overwrite``), a process that got the lock checks that the
+    file it locked is still the one at the path, else it locked a removed file and tries again. A holder the file
+    names but that is no longer running on this host is reported as stale, with the process that kept the lock."""
 
     def __init__(self, experiment: Path, command: str):
         self.path, self.command, self._stream = Path(experiment) / LOCK, command, None
@@ -274,25 +349,53 @@ class ExperimentLock:
         import fcntl
         import socket
 
-        stream = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        for _ in range(100):  # each round follows a removal by another process; more than a few never happens
+            try:
+                stream = open(self.path, "a+", encoding="utf-8")
+            except FileNotFoundError:
+                raise DataError(f"{self.path.parent}: experiment directory not found (removed by another process?)") from None
+            except OSError as error:
+                raise DataError(f"{self.path}: cannot open the experiment's lock ({error.strerror})") from None
+            try:
+                fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _describe_holder(self.path, _read_holder(stream))
+                stream.close()
+                raise ConfigError(f"{self.path.parent}: in use by {holder}; wait for it or stop it first") from None
+            try:
+                mine, there = os.fstat(stream.fileno()), os.stat(self.path)
+                same = (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+            except OSError:
+                same = False
+            if not same:  # the file we locked was removed (or replaced) meanwhile: its lock guards nothing
+                stream.close()
+                if not self.path.parent.is_dir():
+                    raise DataError(f"{self.path.parent}: experiment directory not found (removed by another process?)")
+                continue
             stream.seek(0)
-            holder = stream.read().strip() or "another process"
-            stream.close()
-            raise ConfigError(f"{self.path.parent}: in use by {holder}; wait for it or stop it first") from None
-        stream.seek(0)
-        stream.truncate()
-        stream.write(f"'{self.command}' (pid {os.getpid()} on {socket.gethostname()}, since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
-        stream.flush()
-        self._stream = stream
-        return self
+            stream.truncate()
+            stream.write(json.dumps({"command": self.command, "pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+            stream.flush()
+            self._stream = stream
+            return self
+        raise DataError(f"{self.path}: the experiment's lock keeps being replaced by another process")
+
+    @property
+    def held(self) -> bool:
+        return self._stream is not None
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
         if self._stream is not None:
-            self.path.unlink(missing_ok=True)  # leave the folder as it was; a waiting process finds no holder
+            try:
+                self._stream.seek(0)
+                self._stream.truncate()  # no holder named any more; the file itself stays (never unlinked)
+                self._stream.flush()
+            except OSError:
+                pass
             self._stream.close()  # closing releases the lock
             self._stream = None
 
@@ -304,14 +407,69 @@ def lock_holder(experiment: Path) -> str | None:
     path = Path(experiment) / LOCK
     if not path.is_file():
         return None
-    with open(path, "a+", encoding="utf-8") as stream:
+    try:
+        stream = open(path, encoding="utf-8")  # read-only: never creates the file
+    except OSError:
+        return None
+    with stream:
         try:
-            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(stream.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            stream.seek(0)
-            return stream.read().strip() or "another process"
+            return _describe_holder(path, _read_holder(stream))
         fcntl.flock(stream.fileno(), fcntl.LOCK_UN)
     return None
+
+
+def claim_new_experiment(storage: Path, name: str, *, overwrite: bool, command: str) -> ExperimentLock:
+    """Create ``storage/name`` and take its lock (the caller releases it), in that order so that no other process
+    runs in it meanwhile: a new folder is made atomically (an existing one is refused unless ``overwrite``); an
+    existing experiment is locked first and only then emptied (all but its lock file), so the loser of two
+    overwrites is refused naming the winner, and never finds its files removed under it."""
+    path = check_new_experiment(storage, name, overwrite=overwrite)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=overwrite)
+    except FileExistsError:
+        raise ConfigError(f"{path}: experiment already exists (use 'robusttune resume {path}', another `name`, or `overwrite`)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot create the experiment directory ({error.strerror})") from None
+    lock = ExperimentLock(path, command).__enter__()
+    try:
+        leftovers = [p for p in path.iterdir() if p.name != LOCK]
+        if leftovers:  # an experiment being overwritten: checked again now that we hold it
+            check_new_experiment(storage, name, overwrite=overwrite, held=True)
+            import shutil
+
+            for entry in leftovers:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def remove_experiment(lock: ExperimentLock) -> None:
+    """Remove the folder of an experiment whose lock ``lock`` holds, lock file last, then release: a process waiting
+    on the removed lock file finds it replaced and never runs in a folder that is gone."""
+    import shutil
+
+    folder = lock.path.parent
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    lock.path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+    lock.release()
 
 
 def check_experiment(path: str | Path) -> Path:
@@ -482,12 +640,13 @@ def end_torn_tail(path: Path) -> int:
 @dataclass(frozen=True)
 class Records:
     rows: list[dict[str, Any]]  # every valid row, in file order
-    skipped: int  # lines that were not a JSON object (a torn write, foreign text)
+    skipped: int  # lines that were not a JSON object of a row's shape (a torn write, foreign text, a hand edit)
 
 
 def load_records(experiment: str | Path) -> Records:
-    """The one reader of ``records.jsonl``: a valid row is a line holding a JSON object; other lines (a torn
-    last line after a crash, invalid UTF-8, foreign text) are skipped and counted, with one warning."""
+    """The one reader of ``records.jsonl``: a valid row is a line holding a JSON object of a row's shape
+    (``_well_typed``); other lines (a torn last line after a crash, invalid UTF-8, foreign text, a row a person or
+    another tool wrote with the wrong types) are skipped and counted, with one warning."""
     path = Path(experiment) / RECORDS
     rows: list[dict[str, Any]] = []
     skipped = 0
@@ -508,18 +667,54 @@ def load_records(experiment: str | Path) -> Records:
             else:
                 skipped += 1
     if skipped:
-        log.warning("%s: skipped %d unreadable row(s)", path, skipped)
+        log.warning("%s: skipped %d unreadable or wrongly shaped row(s)", path, skipped)
     return Records(rows, skipped)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or _number(value)
+
+
+# The shape of a row, key by key: what a reader may rely on once ``load_records`` kept it. Any other key is free.
+_SHAPE: dict[str, Any] = {
+    "step": _number_or_none, "evaluation": _number, "epoch": _number_or_none, "total_steps": _number_or_none,
+    "time": _number_or_none, "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "alpha": _number_or_none, "final": lambda v: isinstance(v, bool), "errored": lambda v: isinstance(v, bool),
+    "retry": lambda v: isinstance(v, bool),
+    "sampled": lambda v: v is None or isinstance(v, dict), "config": lambda v: v is None or isinstance(v, dict),
+    "eval_images": lambda v: isinstance(v, dict), "failure": lambda v: v is None or isinstance(v, str),
+    "kind": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str),
+    "source": lambda v: isinstance(v, str), "config_key": lambda v: isinstance(v, str),
+    "members": lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
+    "status": lambda v: v in STATUSES,
+}
+
+
 def _well_typed(row: dict[str, Any]) -> bool:
-    trial_id = row.get("trial_id")
-    if trial_id is not None and not isinstance(trial_id, str):
-        return False
-    for key in ("step", "evaluation"):
-        if key in row and not (isinstance(row[key], int | float) and not isinstance(row[key], bool)):
+    """A row has the shape readers rely on: a trial row (a non-empty string ``trial_id``) or a reference row (a
+    ``kind``), every known key of its type, every metric a number (or null)."""
+    from robusttune.metrics import WISE_ALPHA, is_accuracy_column
+
+    if "trial_id" in row:
+        if not isinstance(row["trial_id"], str) or not row["trial_id"].strip():
             return False
-    return row.get("status") is None or row["status"] in STATUSES
+    elif not isinstance(row.get("kind"), str):
+        return False  # neither a trial's row nor a reference row: nothing reads it
+    for key, value in row.items():
+        check = _SHAPE.get(key)
+        if check is not None and not check(value):
+            return False
+        if (is_accuracy_column(key) or key == WISE_ALPHA) and not _number_or_none(value):
+            return False
+    if row.get("kind") == CONFIRM_KIND and not (isinstance(row.get("config_key"), str) and "seed" in row):
+        return False
+    if row.get("kind") == MERGE_KIND and not isinstance(row.get("method"), str):
+        return False
+    return True
 
 
 def read_records(experiment: str | Path) -> Iterator[dict[str, Any]]:

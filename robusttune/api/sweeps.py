@@ -11,10 +11,10 @@ from typing import Any
 
 from robusttune.api.common import cache_directory, status_counts, trial_table
 from robusttune.bounds import at_least
-from robusttune.errors import DataError, ParameterError
+from robusttune.errors import DataError, Interrupted, ParameterError
 from robusttune.methods import MergeName
 from robusttune.experiment import (ExperimentLock, check_experiment, check_new_experiment, check_space_unchanged,
-                                   latest_by_trial, load_frozen_space, new_experiment_dir, pareto_trials,
+                                   claim_new_experiment, latest_by_trial, load_frozen_space, pareto_trials,
                                    read_heartbeats, read_manifest)
 from robusttune.space import SearchSpace, load_space
 
@@ -125,27 +125,40 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
         raise ParameterError("warm_top", "needs `warm_start` (the experiment to start from)")
     name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new_experiment(Path(storage), name, overwrite=overwrite)
-    experiment = new_experiment_dir(Path(storage), name, overwrite=overwrite)
+    # made (or emptied, with overwrite) and locked in one step: the loser of two overwrites is refused naming the winner
+    lock = claim_new_experiment(Path(storage), name, overwrite=overwrite, command=f"robusttune sweep {space}")
+    experiment = lock.path.parent
     started = time.perf_counter()
     try:
-        with ExperimentLock(experiment, f"robusttune sweep {space}"):
-            run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache, heartbeat_seconds=heartbeat_seconds),
-                      warm_start=warm)
-    except BaseException:
-        _remove_if_nothing_ran(experiment)
+        run_sweep(experiment, loaded, text, options, runner or TrainingRunner(cache, heartbeat_seconds=heartbeat_seconds),
+                  warm_start=warm)
+    except BaseException as error:
+        if _remove_if_nothing_ran(lock) and isinstance(error, (Interrupted, KeyboardInterrupt)):
+            number = getattr(error, "signal_number", None) or (error.exit_code - 128 if isinstance(error, Interrupted) else 2)
+            raise Interrupted(f"{_signal_name(number)}: stopped before any trial ran; nothing was started "
+                              f"({experiment} removed)", signal_number=number) from None
         raise
+    finally:
+        lock.release()
     return _finished(experiment, loaded, time.perf_counter() - started)
 
 
-def _remove_if_nothing_ran(experiment: Path) -> None:
+def _remove_if_nothing_ran(lock: ExperimentLock) -> bool:
     """A sweep that failed before any trial reported or Tune saved any state leaves nothing to resume: remove the
-    folder this call created, so the name is free again."""
-    import shutil
+    folder this call created (while still holding its lock), so the name is free again. True when removed."""
+    from robusttune.experiment import RECORDS, remove_experiment, tune_dir
 
-    from robusttune.experiment import RECORDS, tune_dir
+    experiment = lock.path.parent
+    if lock.held and not (experiment / RECORDS).exists() and not tune_dir(experiment).exists():
+        remove_experiment(lock)
+        return True
+    return False
 
-    if not (experiment / RECORDS).exists() and not tune_dir(experiment).exists():
-        shutil.rmtree(experiment, ignore_errors=True)
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    return {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}.get(number, f"signal {number}")
 
 
 def resume(experiment: str | os.PathLike[str], *, address: str | None = None, max_failures: int = 0,

@@ -77,7 +77,7 @@ def test_a_second_process_is_refused_with_the_holders_name(experiment, cache_dir
         assert_one_line_exit_2(result, "in use by 'robusttune resume runs/exp' (pid")
         assert_one_line_exit_2(invoke("sweep", "demo", "--storage", experiment.parent, "--name", "exp", "--overwrite",
                             cwd=experiment.parent, cache_dir=cache_dir), "in use by")
-    assert not (experiment / ".lock").exists()  # released and gone: the folder is as it was
+    assert (experiment / ".lock").read_text() == ""  # released: the file stays (never unlinked), naming no holder
     with ExperimentLock(experiment, "again"):  # and free again
         pass
 
