@@ -161,7 +161,8 @@ def pareto_png(frame: pd.DataFrame, path: Path, *, x: str = ID_TEST, y: str = OO
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
         ax.set_title(metric)
-    axes[0][0].legend(fontsize=7, loc="best")
+    if axes[0][0].get_legend_handles_labels()[0]:  # a legend only when something is labelled (else matplotlib warns)
+        axes[0][0].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -16,7 +16,7 @@ from robusttune.cache import atomic_write
 from robusttune import metrics
 from robusttune.metrics import ID_TEST, OBJECTIVE, OOD_MEAN
 from robusttune.errors import DataError
-from robusttune.experiment import RECORDS, is_evaluation, is_reference_row, is_trial_row, read_records
+from robusttune.experiment import MANIFEST, RECORDS, is_evaluation, is_reference_row, is_trial_row, read_records
 
 META_COLUMNS = ("trial_id", "status", "step", "epoch", "time")
 
@@ -24,6 +24,8 @@ META_COLUMNS = ("trial_id", "status", "step", "epoch", "time")
 def _rows(experiment: Path) -> list[dict]:
     """The experiment's trial rows, through the experiment's one records reader."""
     if not (Path(experiment) / RECORDS).is_file():
+        if (Path(experiment) / MANIFEST).is_file():  # a sweep that has not recorded its first evaluation yet
+            return []
         raise DataError(f"{Path(experiment) / RECORDS}: no records (is this a robusttune experiment?)")
     return [row for row in read_records(experiment) if is_trial_row(row)]
 

@@ -643,6 +643,9 @@ class Records:
     skipped: int  # lines that were not a JSON object of a row's shape (a torn write, foreign text, a hand edit)
 
 
+_WARNED: dict[str, int] = {}  # records file -> the skipped rows last warned about
+
+
 def load_records(experiment: str | Path) -> Records:
     """The one reader of ``records.jsonl``: a valid row is a line holding a JSON object of a row's shape
     (``_well_typed``); other lines (a torn last line after a crash, invalid UTF-8, foreign text, a row a person or
@@ -666,7 +669,8 @@ def load_records(experiment: str | Path) -> Records:
                 rows.append(row)
             else:
                 skipped += 1
-    if skipped:
+    if skipped and _WARNED.get(str(path)) != skipped:  # once per process and count: readers read it many times
+        _WARNED[str(path)] = skipped
         log.warning("%s: skipped %d unreadable or wrongly shaped row(s)", path, skipped)
     return Records(rows, skipped)
 
@@ -747,6 +751,23 @@ def latest_by_trial(experiment: str | Path) -> dict[str, dict[str, Any]]:
         if is_trial_row(row):
             latest[row["trial_id"]] = {**latest.get(row["trial_id"], {}), **row}
     return latest
+
+
+def started_trials(experiment: str | Path, latest: Mapping[str, dict[str, Any]],
+                   known: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """``latest`` without the trials this sweep never started: a trial it started is in Tune's saved state
+    (``known``) or wrote its ``checkpoints/<trial>/config.json`` before its first report. A row for any other trial
+    id (appended by hand or by another tool) is ignored with a warning: never resumed, trained or counted."""
+    kept, foreign = {}, []
+    for trial_id, row in latest.items():
+        if trial_id in known or trial_files(experiment, trial_id).config.is_file():
+            kept[trial_id] = row
+        else:
+            foreign.append(trial_id)
+    if foreign:
+        log.warning("%s: ignored the records of %d trial(s) this sweep never started: %s", Path(experiment) / RECORDS,
+                    len(foreign), ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else ""))
+    return kept
 
 
 LOST_BEFORE_SAVE = "interrupted before Ray Tune saved this trial; its budget slot is run again"

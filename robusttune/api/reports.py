@@ -10,7 +10,7 @@ from typing import Any
 
 from robusttune.api.common import cache_directory
 from robusttune.bounds import at_least
-from robusttune.errors import ParameterError
+from robusttune.errors import DataError, ParameterError
 from robusttune.experiment import check_experiment, report_dir
 from robusttune.space import load_space
 
@@ -35,6 +35,7 @@ def report(experiment: str | os.PathLike[str], *, out: str | os.PathLike[str] | 
     if unknown or not formats:
         raise ParameterError("formats", f"must be a comma-separated subset of {','.join(FORMATS)}, got {','.join(formats)!r}")
     target = Path(out) if out else report_dir(path)
+    _check_report_folder(target, given=out is not None)
     galleries: dict[str, str] = {}
     if gallery and ("png" in formats or "html" in formats):
         from robusttune.gallery import write_galleries
@@ -44,6 +45,22 @@ def report(experiment: str | os.PathLike[str], *, out: str | os.PathLike[str] | 
     summary = write_report(path, target, formats, logit_axes=logit_axes)
     files = {**summary["files"], **(galleries if "png" in formats else {})}
     return ReportResult(files, float(summary["seconds"]), {**summary, "files": files})
+
+
+def _check_report_folder(target: Path, *, given: bool) -> None:
+    """The report's folder is, or can be made, a writable folder: checked before any work (bad input, exit 2)."""
+    def bad(problem: str) -> Exception:
+        return ParameterError("out", problem) if given else DataError(problem)
+
+    if target.exists() and not target.is_dir():
+        raise bad(f"{target} exists and is not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise bad(f"{target}: cannot write the report there ({error.strerror or error})") from None
 
 
 def plan(space: str | os.PathLike[str], *, trials: int | None = None, calibrate: bool = False,

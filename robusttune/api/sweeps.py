@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from robusttune.api.common import cache_directory, status_counts, trial_table
-from robusttune.bounds import at_least
+from robusttune.bounds import at_least, at_most
 from robusttune.errors import DataError, Interrupted, ParameterError
 from robusttune.methods import MergeName
 from robusttune.experiment import (ExperimentLock, check_experiment, check_new_experiment, check_space_unchanged,
                                    claim_new_experiment, latest_by_trial, load_frozen_space, pareto_trials,
                                    read_heartbeats, read_manifest)
-from robusttune.space import SearchSpace, load_space
+from robusttune.space import MAX_CONFIRM_SEEDS, MAX_CONFIRM_TOP, SearchSpace, load_space
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
         warm = load_warm_start(warm_start, loaded, top=warm_top, trials=options.trials)
     elif warm_top is not None:
         raise ParameterError("warm_top", "needs `warm_start` (the experiment to start from)")
-    name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"{_plain_name(loaded.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new_experiment(Path(storage), name, overwrite=overwrite)
     # made (or emptied, with overwrite) and locked in one step: the loser of two overwrites is refused naming the winner
     lock = claim_new_experiment(Path(storage), name, overwrite=overwrite, command=f"robusttune sweep {space}")
@@ -141,6 +141,14 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
     finally:
         lock.release()
     return _finished(experiment, loaded, time.perf_counter() - started)
+
+
+def _plain_name(space_name: str) -> str:
+    """A folder name derived from a space's name (a file name may hold spaces or any letter): runs of characters an
+    experiment name cannot hold become one '-' (``robusttune.experiment.check_experiment_name``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", space_name).strip(".-") or "sweep"
 
 
 def _remove_if_nothing_ran(lock: ExperimentLock) -> bool:
@@ -299,8 +307,8 @@ def confirm(experiment: str | os.PathLike[str], *, seeds: int | None = None, top
     if unknown:
         raise ParameterError("merge", f"must be one of {', '.join(MergeName)}, got {unknown[0]!r}")
     settings = defaults.model_copy(update={
-        "seeds": defaults.seeds if seeds is None else at_least("seeds", seeds, 1),
-        "top": defaults.top if top is None else at_least("top", top, 1),
+        "seeds": defaults.seeds if seeds is None else at_most("seeds", at_least("seeds", seeds, 1), MAX_CONFIRM_SEEDS),
+        "top": defaults.top if top is None else at_most("top", at_least("top", top, 1), MAX_CONFIRM_TOP),
         "per_method": defaults.per_method if per_method is None else bool(per_method),
         "merges": defaults.merges if merges is None else tuple(MergeName(m) for m in dict.fromkeys(merges))})
     started = time.perf_counter()

@@ -9,7 +9,7 @@ from typing import Any
 
 from robusttune.cli.output import add_common, add_placement, emit, table, values
 from robusttune.config import CamMethod, DistillKind, MethodName, Preset, Refill, Region, Schedule
-from robusttune.errors import ParameterError, TrainingError
+from robusttune.errors import ConfigError, ParameterError, TrainingError
 from robusttune.metrics import metric_columns
 
 TASK_KEYS = ("world", "imagenet")
@@ -46,7 +46,25 @@ def _train_and_task_config(args: argparse.Namespace):
     if "steps" in given:
         raw.pop("epochs", None)
     common = {k: v for k, v in given.items() if k in TRAIN_KEYS}
-    return parse(TrainConfig, {**raw, **common, "method": {**method, **knobs}}, source), parse(TaskSpec, task_part, source)
+    try:
+        config = parse(TrainConfig, {**raw, **common, "method": {**method, **knobs}}, source)
+    except ConfigError as error:
+        raise _blame_flag(error, source, given) from None
+    return config, parse(TaskSpec, task_part, source)
+
+
+FLAG_NAMES = {"mask_threshold": "--threshold", "mask_ratio": "--ratio"}  # the keys whose flag is not --<key>
+
+
+def _blame_flag(error: ConfigError, source: str, given: dict[str, Any]) -> ConfigError:
+    """A value that came from a flag is the flag's fault, not the config file's: ``--batch-size must ...``."""
+    message = str(error)
+    rest = message[len(source) + 2:] if message.startswith(f"{source}: ") else message
+    where, _, problem = rest.partition(": ")
+    key = where.split(".")[-1].split("[")[0]
+    if problem and key in given:
+        return ConfigError(f"{FLAG_NAMES.get(key, '--' + key.replace('_', '-'))} {given[key]!r}: {problem}")
+    return error
 
 
 def _print_evaluation(row: dict[str, Any]) -> None:

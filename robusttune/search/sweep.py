@@ -21,7 +21,7 @@ from robusttune.errors import ConfigError, ParameterError, SweepError, storage_e
 from robusttune.metrics import OBJECTIVE
 from robusttune.experiment import (LOST_BEFORE_SAVE, MANIFEST_FORMAT, append_record, budget_used, end_torn_tail, journal,
                                    latest_by_trial, load_frozen_space, parse_space_text, read_manifest,
-                                   scheduler_state, tune_dir, write_manifest)
+                                   scheduler_state, started_trials, tune_dir, write_manifest)
 from robusttune.search.staging import check_worker_visibility
 from robusttune.search.stopping import StopSignals
 from robusttune.space import Confirm, SearchSpace
@@ -303,11 +303,11 @@ def _resume(experiment: Path, options: SweepOptions, runner: TrialRunner, stop: 
     if not journal(experiment).is_file():  # the pickled study names the journal the sweep started with: never use it
         raise SweepError(f"{journal(experiment)}: the experiment's Optuna study is missing (a partial copy?); "
                          f"the sweep cannot continue without it; nothing was changed")
-    recorded = latest_by_trial(experiment)
     restored = _saved_trial_ids(saved)
     if restored is None:  # e.g. torn by a full disk: the records, the study and the checkpoints still hold
         log.warning("%s: Ray Tune's saved state is unreadable (torn by a full disk?); continuing from the records", saved)
         return _restart_unsaved(experiment, space, space_text, options, runner, stop, planned=options.trials)
+    recorded = started_trials(experiment, latest_by_trial(experiment), restored)
     if recorded and not restored:
         raise SweepError(f"{experiment}: the saved Tune state has no trials but {len(recorded)} were recorded; "
                          f"refusing to continue as a fresh sweep")
@@ -321,7 +321,8 @@ def _resume(experiment: Path, options: SweepOptions, runner: TrialRunner, stop: 
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
     except Exception as error:
         raise SweepError(f"{experiment}: Ray Tune could not restore the sweep ({type(error).__name__}: {str(error)[:200]})") from None
-    _point_at(tuner, experiment, space, space_text, options, runner, used=budget_used(latest_by_trial(experiment)))
+    _point_at(tuner, experiment, space, space_text, options, runner,
+              used=budget_used({t: r for t, r in latest_by_trial(experiment).items() if t in recorded}))
     results = _fit(tuner, experiment, stop)
     runner.after_trials(experiment, space, space_text)
     return results
@@ -346,10 +347,10 @@ def _restart_unsaved(experiment: Path, space: SearchSpace, space_text: str, opti
     trials, and run the rest of the budget as a fresh Tune run into the same experiment and study."""
     import shutil
 
-    recorded = latest_by_trial(experiment)
+    recorded = started_trials(experiment, latest_by_trial(experiment))
     _close_lost_trials(experiment, recorded, restored=set())
     end_torn_tail(journal(experiment))
-    remaining = max(0, planned - len(budget_used(latest_by_trial(experiment))))
+    remaining = max(0, planned - len(budget_used({t: r for t, r in latest_by_trial(experiment).items() if t in recorded})))
     log.warning("%s: no Ray Tune state to restore; running the %d remaining trial(s) afresh",
                 experiment, remaining)
     if tune_dir(experiment).exists():
