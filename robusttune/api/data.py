@@ -88,17 +88,20 @@ class PackResult:
 
 
 def pack(source: str | os.PathLike[str], out: str | os.PathLike[str], *, kind: str, model: str = "ViT-B-32",
-         encoding: str = "raw", quality: int = 90, shard_size: int = 1024, workers: int = 0,
-         progress: Callable[[int, int], None] | None = None) -> PackResult:
+         encoding: str = "raw", quality: int = 90, shard_size: int = 1024, workers: int | None = None,
+         progress: Callable[[int, int], None] | None = None,
+         cache_dir: str | os.PathLike[str] | None = None) -> PackResult:
     """Resize and centre-crop the ImageNet-style folder ``source`` (``kind``: imagenet, or the OOD set's name) once,
     at ``model``'s input size, into uint8 shards in ``out`` that training reads directly (``raw`` or ``jpeg``);
-    an interrupted pack with the same settings resumes at its first missing shard."""
+    an interrupted pack with the same settings resumes at its first missing shard. ``workers`` decoding processes
+    (default: one per CPU this process may use); the source's listing is kept in the cache's folder index."""
     from robusttune.data.packed import pack_folder
     from robusttune.models.clip import model_image_size, preprocess_for
 
     transform = preprocess_for(model_image_size(model))
+    index_dir = cache_directory(cache_dir)
     started = time.perf_counter()
     done = pack_folder(source, out, kind=kind, transform=transform, encoding=encoding, quality=quality,
-                       shard_size=shard_size, workers=workers, progress=progress)
+                       shard_size=shard_size, workers=workers, progress=progress, index_dir=index_dir)
     return PackResult(done.out, done.images, done.shards, done.bytes, done.resumed_shards,
                       round(time.perf_counter() - started, 2))

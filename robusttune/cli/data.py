@@ -16,7 +16,8 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         packed = api.pack(args.source, args.out, kind=args.kind, model=args.model, encoding=args.encoding,
-                          quality=args.quality, shard_size=args.shard_size, workers=args.workers, progress=advance)
+                          quality=args.quality, shard_size=args.shard_size, workers=args.workers, progress=advance,
+                          cache_dir=args.cache_dir)
 
     def human() -> None:
         resumed = f" ({packed.resumed_shards} shard(s) kept from an earlier run)" if packed.resumed_shards else ""
@@ -33,7 +34,7 @@ def register(commands) -> None:
 
     data = command_group(commands, "data", help="prepare datasets (pack image folders into shards)")
     pack = data.add_parser("pack", help="resize + centre-crop an image folder once into uint8 shards (resumable)")
-    add_common(pack, cache=False)
+    add_common(pack)  # --cache-dir: where the source's folder index is kept
     pack.add_argument("source", metavar="SOURCE", help="an ImageNet-style folder (train, val, or one OOD set)")
     pack.add_argument("out", metavar="OUT", help="the pack folder (new or empty; an interrupted pack resumes)")
     pack.add_argument("--kind", required=True, choices=PACK_KINDS, help="imagenet (train or val) or the OOD set's name")
@@ -43,6 +44,6 @@ def register(commands) -> None:
                            "bytes: use it for GPU runs, README 'Running on GPUs')")
     pack.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality 1..100 (default 90)")
     pack.add_argument("--shard-size", type=int, default=1024, metavar="N", help="images per shard (default 1024)")
-    pack.add_argument("--workers", type=int, default=0, metavar="K",
-                      help="decoding processes (default 0: this one; capped at the CPUs this process can use)")
+    pack.add_argument("--workers", type=int, default=None, metavar="K",
+                      help="decoding processes (default: one per CPU this process can use, at most that; 0: this one)")
     pack.set_defaults(handler=cmd_data_pack)

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from robusttune.cache import atomic_write, atomic_write_json
 from robusttune.data.imagenet import OOD_SETS, ImageFolderSet, Lister, images_in, imagenet_samples, scan_ood_folder
-from robusttune.data.sets import DatasetImages, Loading, LogitProjection, batch_loader
+from robusttune.data.sets import LogitProjection
 from robusttune.bounds import at_least
 from robusttune.config import PACK_KINDS, PackEncoding
 from robusttune.errors import DataError, ParameterError
@@ -54,10 +54,12 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def pack_workers(requested: int) -> int:
-    """The decoding processes a pack uses: ``requested``, at most one per usable CPU (more only compete for the same
-    cores, and each shard starts them all again), with a one-line warning when it is capped."""
+def pack_workers(requested: int | None) -> int:
+    """The decoding processes a pack uses: one per usable CPU by default (``None``), else ``requested``, at most one
+    per usable CPU (more only compete for the same cores), with a one-line warning when it is capped."""
     cpus = usable_cpus()
+    if requested is None:
+        return cpus
     if requested > cpus:
         log.warning("--workers %d is more than the %d CPU(s) this process can use; packing with %d worker(s)",
                     requested, cpus, cpus)
@@ -119,19 +121,31 @@ class PackSummary:
 
 
 def pack_folder(source: str | Path, out: str | Path, *, kind: str, transform: Callable, encoding: str = "raw",
-                quality: int = 90, shard_size: int = 1024, workers: int = 0, progress: Progress | None = None) -> PackSummary:
+                quality: int = 90, shard_size: int = 1024, workers: int | None = None, progress: Progress | None = None,
+                index_dir: Path | None = None) -> PackSummary:
     """Pack ``source`` (a folder of ``kind``) into ``out``; an interrupted pack with the same settings resumes at its
     first missing shard. ``transform`` must give uint8 ``(3, H, W)`` (``robusttune.models.clip.preprocess_for``).
-    ``workers`` above the usable CPUs is capped to them (``pack_workers``)."""
+
+    One ``DataLoader`` reads the whole pack: its ``workers`` processes (default: one per usable CPU, capped to them,
+    ``pack_workers``; 0 decodes in this process) start once and stay for every shard; each decodes, transforms and
+    (for ``jpeg``) encodes chunks of a shard, in order, while this process only writes the shards. The source is listed through
+    the folder index (``robusttune.data.folder_index``; kept in ``index_dir`` when given, so a second pack or a
+    trial reading the same folder lists it from there)."""
+    from robusttune.data.folder_index import FolderIndex
+
     source, out = Path(source), Path(out)
     if encoding not in ENCODINGS:
         raise ParameterError("encoding", f"must be one of {', '.join(ENCODINGS)}, got '{encoding}'")
     if not 1 <= quality <= 100:
         raise ParameterError("quality", f"must lie in 1..100, got {quality}")
     at_least("shard_size", shard_size, 1)
-    at_least("workers", workers, 0)
+    if workers is not None:
+        at_least("workers", workers, 0)
     workers = pack_workers(workers)
-    samples, _, crop = scan_kind(kind, source)
+    index = FolderIndex(source, index_dir) if source.is_dir() else None
+    samples, _, crop = scan_kind(kind, source, index.images_in if index is not None else images_in)
+    if index is not None:
+        index.save()
     if not samples:
         raise DataError(f"{source}: no images found")
     listing = hashlib.sha256("\n".join(f"{s.path.relative_to(source)}\t{s.label}" for s in samples).encode()).hexdigest()
@@ -154,23 +168,26 @@ def pack_folder(source: str | Path, out: str | Path, *, kind: str, transform: Ca
 
     dataset = ImageFolderSet(samples, transform, crop_border=crop, root=source)
     n_shards = -(-len(samples) // shard_size)
-    shards, resumed, shape = [], 0, None
-    for k in range(n_shards):
+    bounds = [(k * shard_size, min((k + 1) * shard_size, len(samples))) for k in range(n_shards)]
+    done = [all((out / f).is_file() for f in _shard_files(k, encoding)) for k in range(n_shards)]
+    images_done = [sum(last - first for (first, last), kept in zip(bounds, done) if kept)]
+
+    def shard_written(k: int) -> None:
+        images_done[0] += bounds[k][1] - bounds[k][0]
+        if progress is not None:
+            progress(images_done[0], len(samples))
+
+    if progress is not None:
+        progress(images_done[0], len(samples))
+    written = _write_shards(out, dataset, [k for k in range(n_shards) if not done[k]], bounds, encoding, quality,
+                            workers, shard_written)
+    shards, shape = [], None
+    for k, (first, last) in enumerate(bounds):
         files = _shard_files(k, encoding)
-        first, last = k * shard_size, min((k + 1) * shard_size, len(samples))
-        if all((out / f).is_file() for f in files):
-            resumed += 1
-        else:
-            images = _load_images(dataset, range(first, last), workers)
-            if encoding == "raw":
-                _save_npy(out / files[0], images.numpy())
-            else:
-                _save_jpeg_shard(out, files, images, quality)
         if shape is None:
             shape = _shard_image_shape(out, files, encoding)
         shards.append({"files": files, "count": last - first, "bytes": [(out / f).stat().st_size for f in files]})
-        if progress is not None:
-            progress(last, len(samples))
+    resumed = n_shards - written
     _save_npy(out / "labels.npy", np.asarray([s.label for s in samples], dtype=np.int64))
     index = {**settings, "image_shape": list(shape), "shards": shards}
     atomic_write_json(out / INDEX_FILE, index)
@@ -192,19 +209,68 @@ def _pack_bytes(out: Path, index: dict[str, Any]) -> int:
     return sum(sum(shard["bytes"]) for shard in index["shards"]) + (out / "labels.npy").stat().st_size
 
 
-def _load_images(dataset: Dataset, positions: range, workers: int) -> torch.Tensor:
-    """The transformed uint8 images at ``positions``, decoded by ``workers`` processes, in order."""
-    batches = [list(positions[i:i + 64]) for i in range(0, len(positions), 64)]
-    return torch.cat([images for images, _ in batch_loader(DatasetImages(dataset), batches, Loading(workers))])
+CHUNK = 64  # images a worker decodes (and encodes) per item: a shard is a few chunks, the workers share it
 
 
-def _save_jpeg_shard(out: Path, files: list[str], images: torch.Tensor, quality: int) -> None:
-    from torchvision.io import encode_jpeg
+class _Chunks(Dataset):
+    """Item ``i``: chunk ``i`` of the shards to write, decoded, transformed and (``jpeg``) encoded where it is read:
+    ``(shard, last chunk of its shard?, uint8 images (n, 3, H, W) or a list of JPEG byte arrays)``."""
 
-    encoded = [encode_jpeg(image, quality=quality).numpy() for image in images]
-    offsets = np.cumsum([0, *(len(e) for e in encoded)]).astype(np.int64)
-    _save_npy(out / files[0], np.concatenate(encoded))
-    _save_npy(out / files[1], offsets)  # last: the shard counts as written once its offsets exist
+    def __init__(self, dataset: Dataset, chunks: list[tuple[int, bool, range]], encoding: str, quality: int):
+        self.dataset, self.chunks, self.encoding, self.quality = dataset, chunks, encoding, quality
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[int, bool, Any]:
+        shard, last, positions = self.chunks[i]
+        images = torch.stack([self.dataset[p][0] for p in positions])
+        if self.encoding == "raw":
+            return shard, last, images
+        from torchvision.io import encode_jpeg
+
+        return shard, last, [encode_jpeg(image, quality=self.quality).numpy() for image in images]
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _write_shards(out: Path, dataset: Dataset, todo: list[int], bounds: list[tuple[int, int]], encoding: str,
+                  quality: int, workers: int, written: Callable[[int], None]) -> int:
+    """Write the shards ``todo`` through one DataLoader (its workers started once for them all); ``written(k)``
+    after each; returns how many were written. Shards are written in order, so an error (a worker's one-line
+    ``DataError``) leaves every shard before it written, and a rerun resumes there."""
+    from robusttune.data.sets import _OneLineErrors
+
+    chunks = [(k, first + CHUNK >= bounds[k][1], range(first, min(first + CHUNK, bounds[k][1])))
+              for k in todo for first in range(bounds[k][0], bounds[k][1], CHUNK)]
+    if not chunks:
+        return 0
+    # one pass over every chunk: the workers start once and live until the last shard (the old code started them
+    # again for each 1,024-image shard and encoded in this process while they idled)
+    loader = DataLoader(_Chunks(dataset, chunks, encoding, quality), batch_size=None, shuffle=False,
+                        num_workers=workers, collate_fn=_as_is, **({"prefetch_factor": 2} if workers > 0 else {}))
+    parts: list[Any] = []
+    count = 0
+    try:
+        for shard, last, payload in _OneLineErrors(loader):
+            parts.append(payload)
+            if not last:
+                continue
+            files = _shard_files(shard, encoding)
+            if encoding == "raw":
+                _save_npy(out / files[0], torch.cat(parts).numpy())
+            else:
+                encoded = [array for part in parts for array in part]
+                offsets = np.cumsum([0, *(len(e) for e in encoded)]).astype(np.int64)
+                _save_npy(out / files[0], np.concatenate(encoded))
+                _save_npy(out / files[1], offsets)  # last: the shard counts as written once its offsets exist
+            parts, count = [], count + 1
+            written(shard)
+    finally:
+        del loader
+    return count
 
 
 def _shard_image_shape(out: Path, files: list[str], encoding: str) -> tuple[int, ...]:
