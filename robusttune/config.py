@@ -335,6 +335,9 @@ class TrainConfig(Frozen):
     preset: Preset | None = Field(None, description="'paper': the official defaults under the config's own values")
     compile: bool = Field(False, description="torch.compile the vision tower's transformer blocks (the passes that run "
                           "them whole: open_clip's forward, the teacher, evaluations); same losses, fewer kernel launches")
+    checkpoint_blocks: bool = Field(False, description="gradient checkpointing of the vision tower's blocks: each keeps "
+                                    "only its input for backward and runs again there (same losses and gradients, "
+                                    "about a third more compute, a fraction of the activations' memory)")
 
     @field_validator("train_subset")
     @classmethod

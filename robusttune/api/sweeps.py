@@ -34,6 +34,7 @@ class Status:
     ties: dict[str, list[str]] = field(default_factory=dict)  # front trials within each other's evaluation noise
     merges: dict[str, list[str]] = field(default_factory=dict)  # each recorded merge of the sweep's models: its trials
     warm_start: dict[str, Any] = field(default_factory=dict)  # where the first trials came from (sweep --warm-start)
+    above_wise: dict[str, Any] = field(default_factory=dict)  # per method: its share above WiSE-FT (analysis.above_wise)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,16 @@ def status(experiment: str | os.PathLike[str]) -> Status:
     progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
     return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
                   status_counts(rows), progress, confirmation_counts(path), front_ties(path), recorded_merges(path),
-                  dict(manifest.get("warm_start") or {}))
+                  dict(manifest.get("warm_start") or {}), share_above_wise(path))
+
+
+def share_above_wise(experiment: Path) -> dict[str, Any]:
+    """Per method, the share of its complete trials above vanilla FT's WiSE-FT curve at equal ID
+    (``robusttune.analysis.above_wise``, with a sentence per method; empty before the first complete trial)."""
+    from robusttune.analysis.above_wise import sentence, share_above_wise as shares
+
+    found = shares(experiment)
+    return found | {"sentences": [sentence(row) for row in found["rows"]]} if found else found
 
 
 def recorded_merges(experiment: Path) -> dict[str, list[str]]:

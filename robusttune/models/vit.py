@@ -6,7 +6,8 @@ hand-written attention that can
 
 * keep the attention probabilities in the autograd graph (for the relevance CAM),
 * keep the last block's ``ln_1`` output tokens in the graph (for Grad-CAM),
-* drop chosen patch tokens from attention as keys (the paper's "no refill": keys masked with -inf).
+* drop chosen patch tokens from attention as keys (the paper's "no refill": keys masked with -inf),
+* checkpoint every block for backward (``checkpoint_blocks: true``; ``checkpointed_blocks``).
 
 ``check_supported`` refuses any vision tower whose structure we do not reproduce exactly, and the
 test suite compares this forward with open_clip's own ``visual(x)`` on the installed version.
@@ -14,12 +15,15 @@ test suite compares this forward with open_clip's own ``visual(x)`` on the insta
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from robusttune.errors import ModelError
 
@@ -82,6 +86,36 @@ def _attention(
     return attn.out_proj(out), probs
 
 
+def _block(block: ResidualAttentionBlock, x: Tensor, key_mask: Tensor | None, keep_probs: bool,
+           keep_ln1: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One residual block as open_clip computes it, with its attention probabilities and ``ln_1`` output if asked."""
+    normed = block.ln_1(x)
+    attended, probs = _attention(block, normed, key_mask, keep_probs=keep_probs)
+    x = x + block.ls_1(attended)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, probs, normed if keep_ln1 else None
+
+
+def checkpointing(visual: VisionTransformer) -> bool:
+    """Whether the tower's blocks are gradient-checkpointed (open_clip's ``grad_checkpointing`` switch)."""
+    return bool(getattr(visual.transformer, "grad_checkpointing", False))
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(*visuals: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Gradient checkpointing of every vision block for the duration (``checkpoint_blocks: true``): each block keeps
+    only its input for backward and runs again there, in open_clip's forward (its own switch) and in ``vit_forward``
+    alike. The same losses and gradients for about one more forward of the blocks; restored on exit."""
+    before = [visual.transformer.grad_checkpointing for visual in visuals]
+    for visual in visuals:
+        visual.transformer.grad_checkpointing = bool(enabled) or visual.transformer.grad_checkpointing
+    try:
+        yield
+    finally:
+        for visual, was in zip(visuals, before):
+            visual.transformer.grad_checkpointing = was
+
+
 def vit_forward(
     visual: VisionTransformer,
     images: Tensor,
@@ -107,15 +141,17 @@ def vit_forward(
     blocks = visual.transformer.resblocks
     attentions: list[Tensor] = []
     last_ln1 = None
+    checkpointed = checkpointing(visual) and torch.is_grad_enabled()
     for index, block in enumerate(blocks):
-        normed = block.ln_1(x)
-        if capture_last_ln1 and index == len(blocks) - 1:
+        keep_ln1 = capture_last_ln1 and index == len(blocks) - 1
+        if checkpointed:  # only the block's input is kept; its insides are recomputed in backward
+            x, probs, normed = checkpoint(_block, block, x, key_mask, capture_attention, keep_ln1, use_reentrant=False)
+        else:
+            x, probs, normed = _block(block, x, key_mask, capture_attention, keep_ln1)
+        if keep_ln1:
             last_ln1 = normed
-        attended, probs = _attention(block, normed, key_mask, keep_probs=capture_attention)
         if probs is not None:
             attentions.append(probs)
-        x = x + block.ls_1(attended)
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
     pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj

@@ -35,6 +35,7 @@ from robusttune.errors import ConfigError
 from robusttune.method.registry import build
 from robusttune.method.step import ALL, MethodStep
 from robusttune.models.classifier import ImageClassifier
+from robusttune.models.vit import checkpointed_blocks
 from robusttune.training.device import CPU_FP32, Placement
 from robusttune.training.distributed import ALONE, Shard
 from robusttune.training.evaluate import Evaluator, subset_evaluator
@@ -309,7 +310,8 @@ def train(
     the evaluation's own evaluator, so on the same images and in a data-parallel run on every rank alike."""
     placement = placement or Placement.of(config.device, config.precision)
     placement.configure()
-    with compiled_blocks(student, teacher, enabled=config.compile):
+    with compiled_blocks(student, teacher, enabled=config.compile), \
+            checkpointed_blocks(student.visual, enabled=config.checkpoint_blocks):
         return _train(config, student, teacher, task, report, save_checkpoint, resume, placement, on_step, shard, probe)
 
 
