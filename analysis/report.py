@@ -18,7 +18,7 @@ from robusttune.cache import atomic_write_text
 from robusttune.metrics import ID_TEST, ID_VAL, OBJECTIVE, OOD_MEAN, is_metric, is_ood_set
 
 from robusttune import pareto
-from robusttune.analysis import effects, figures, results, stats
+from robusttune.analysis import above_wise, effects, figures, results, stats
 
 FORMATS = ("html", "png", "csv")
 
@@ -135,6 +135,9 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     confirmed = confirmation(experiment, front)
     if confirmed:
         summary["confirmation"] = confirmed
+    shares = above_wise.share_above_wise(experiment)
+    if shares:
+        summary["above_wise"] = shares
     merges = figures.merge_rows(refs)
     if merges:
         summary["merges"] = merge_frame(merges).to_dict(orient="records")
@@ -144,6 +147,8 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
         written["front.csv"] = str(results.export(front, out / "front.csv"))
         if confirmed:
             written["confirm.csv"] = str(results.export(stats.verdict_frame(confirmed["verdicts"]), out / "confirm.csv"))
+        if shares.get("rows"):
+            written["above_wise.csv"] = str(results.export(above_wise.frame(shares), out / "above_wise.csv"))
         if merges:
             written["merges.csv"] = str(results.export(merge_frame(merges), out / "merges.csv"))
     curve = summary.get("hypervolume_over_trials", [])
@@ -217,6 +222,32 @@ def _verdict_html(confirmed: dict[str, Any]) -> str:
             f'{html.escape(confirmed["interval"])}. "better" or "worse" only when the gap\'s interval excludes 0.</p>')
 
 
+ABOVE_WISE_TABLE = (("method", "method"), ("with_gap", "trials with a gap"), ("above", "above"),
+                    ("share_above", "share above [95% Wilson]"), ("median_gap", "median ΔOOD [95% bootstrap]"),
+                    ("outside_below", "ID below the curve"), ("outside_above", "ID above the curve"))
+
+
+def _above_wise_html(shares: dict[str, Any]) -> str:
+    """Each method's share of complete trials above vanilla FT's WiSE-FT curve at equal ID, and its median gap."""
+    def cell(row: dict[str, Any], key: str) -> str:
+        if key == "share_above":
+            return "" if pd.isna(row[key]) else f"{100 * row[key]:.0f}% [{100 * row['share_low']:.0f}, {100 * row['share_high']:.0f}]"
+        if key == "median_gap":
+            return "" if pd.isna(row[key]) else f"{100 * row[key]:+.2f} [{100 * row['median_low']:+.2f}, {100 * row['median_high']:+.2f}]"
+        return str(row[key])
+
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in ABOVE_WISE_TABLE)
+    body = "".join("<tr>" + "".join(f'<td data-key="{key}">{html.escape(cell(row, key))}</td>' for key, _ in ABOVE_WISE_TABLE)
+                   + "</tr>" for row in shares["rows"])
+    sentences = "".join(f"<li>{html.escape(above_wise.sentence(r))}</li>" for r in shares["rows"])
+    return (f'<h2>Verdict: share of configurations above WiSE-FT, per method</h2><table class="above-wise"><tr>{head}</tr>'
+            f'{body}</table><ul class="sentences">{sentences}</ul><p class="note">Each method\'s complete trials (one '
+            f'seed each), their OOD mean against vanilla FT\'s WiSE-FT curve of this experiment at the same {ID_TEST}: '
+            f'how many lie above it (share with its 95% Wilson interval) and the median gap in points (95% percentile '
+            f'bootstrap interval, {shares["resamples"]} resamples, seeded). Trials whose {ID_TEST} lies outside the '
+            f'curve\'s range are counted apart, never extrapolated.</p>')
+
+
 def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float],
                 refs: pd.DataFrame | None = None, *, effects_path: Path | None = None, importance: pd.DataFrame | None = None,
                 logit_axes: bool = False) -> Path:
@@ -239,6 +270,8 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
     confirmed = summary.get("confirmation")
     if confirmed:  # the report leads with the verdict
         parts.append(_verdict_html(confirmed))
+    if summary.get("above_wise", {}).get("rows"):
+        parts.append(_above_wise_html(summary["above_wise"]))
     if "reference_point" in summary:
         ref = summary["reference_point"]
         parts.append(f'<p class="note">Hypervolume over ({ID_TEST}, {OOD_MEAN}) with reference point ({_pct(ref[ID_TEST])}, '

@@ -89,6 +89,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             warm = found.warm_start
             print(f"warm start: its first {len(warm.get('points', []))} trial(s) are configurations of {warm.get('source')}"
                   + (f" ({len(warm['dropped'])} value(s) outside this space were sampled afresh)" if warm.get("dropped") else ""))
+        if found.above_wise.get("rows"):
+            print("above vanilla FT's WiSE-FT at equal ID (complete trials; 95% Wilson / bootstrap intervals):")
+            for line in found.above_wise["sentences"]:
+                print("  " + line)
         if found.merges:
             print("merges: " + ", ".join(f"{method} of {len(members)} trial(s)" for method, members in found.merges.items()))
         for trial_id, beat in sorted(found.progress.items()):
@@ -98,7 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress,
           "confirmation": found.confirmation, "ties": found.ties, "merges": found.merges,
-          "warm_start": found.warm_start},
+          "warm_start": found.warm_start, "above_wise": found.above_wise},
          args.json, human)
     return 0
 
