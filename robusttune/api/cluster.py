@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robusttune.bounds import check_max_failures
-from robusttune.errors import ParameterError
+from robusttune.errors import ConfigError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,13 @@ def launch(space: str, *, cluster: str | os.PathLike[str], storage: str, name: s
     """Start (or update) the cluster of ``cluster`` with ``ray up`` and submit a sweep of ``space`` to it as a Ray
     job writing to ``storage`` (an absolute folder every node mounts); ``max_failures`` retries a trial whose node
     dies from its checkpoint. Everything that can be checked here (the space, the cluster file against Ray's
-    schema, each node type's ``/dev/shm``, the name) is checked before anything runs; what is doubtful but not
-    refused (a ``/dev/shm`` smaller than the trials may need) goes to ``on_warning`` first."""
+    schema, its AMI, image, token auth and node types against the space's trials, each node type's ``/dev/shm``,
+    the name) is checked before anything runs: a cluster that cannot run the trials (``latest_dlami``, no robusttune
+    on the nodes, a trial that fits no node, a data-parallel trial that would span nodes without EFA) is refused with
+    a ``ConfigError``; what is doubtful but not refused (a ``/dev/shm`` or GPU smaller than the trials may need, a
+    short idle timeout) goes to ``on_warning`` first."""
     from robusttune.experiment import check_experiment_name
+    from robusttune.search.cluster_check import check_launcher
     from robusttune.search.launch import check_cluster_file, check_shared_memory, execute, plan, render
     from robusttune.search.sweep import check_runnable
     from robusttune.space import load_space
@@ -54,12 +58,19 @@ def launch(space: str, *, cluster: str | os.PathLike[str], storage: str, name: s
     if not storage.startswith("/"):
         raise ParameterError("storage", f"must be an absolute path mounted on every node (shared storage), got {storage!r}")
     cluster_file = Path(cluster)
-    shm = check_shared_memory(loaded, check_cluster_file(cluster_file), source=str(cluster_file))
+    config = check_cluster_file(cluster_file)
+    # what the file must get right before a trial runs (AMI, image, token auth, trials that fit a node, EFA for trials
+    # that span nodes): errors refuse, doubts warn (robusttune.search.cluster_check)
+    findings = check_launcher(config, loaded, token_auth=token_auth, source=str(cluster_file))
+    if findings.errors:
+        raise ConfigError(findings.errors[0])
+    shm = check_shared_memory(loaded, config, source=str(cluster_file))
     name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_experiment_name(name)
     steps = plan(space, cluster_file, name=name, storage=storage, token_auth=token_auth, max_failures=max_failures)
     sizing = [SIZING_RULE, *shm.notes] if shm.notes or shm.warnings else []
-    result = LaunchResult(render(steps, token_auth=token_auth), sizing, list(shm.warnings), executed=not dry_run)
+    result = LaunchResult(render(steps, token_auth=token_auth), sizing, [*findings.warnings, *shm.warnings],
+                          executed=not dry_run)
     for warning in result.warnings:
         on_warning(warning)
     if not dry_run:

@@ -122,26 +122,29 @@ def test_launch_dry_run_checks_each_node_types_shared_memory(tmp_path):
     shipped = dry_run(ROOT / "cluster.yaml", tmp_path)
     assert shipped.returncode == 0 and "warning" not in shipped.stderr, shipped.stderr
     notes = [line for line in shipped.stdout.splitlines() if line.startswith("# node type")]
-    assert len(notes) == 2, shipped.stdout
+    assert len(notes) == 3, shipped.stdout
     assert any("gpu_1x: 1 trial(s)" in line and "--shm-size 12.9 GB" in line for line in notes)
-    assert any("gpu_8x: 8 trial(s)" in line and "= 39.5 GB + Ray's object store 4.0 GB = 43.5 GB" in line for line in notes)
-    # the same file with a 1 GB /dev/shm on the 8-GPU nodes: one warning line naming the node type and the need
+    for eight in ("a100_8x", "h100_8x"):
+        assert any(f"{eight}: 8 trial(s)" in line and "= 39.5 GB + Ray's object store 4.0 GB = 43.5 GB" in line
+                   for line in notes)
+    # the same file with a 1 GB /dev/shm on the A100 nodes: one warning line naming the node type and the need
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    config["available_node_types"]["gpu_8x"]["docker"]["worker_run_options"] = ["--shm-size=1g"]
+    config["available_node_types"]["a100_8x"]["docker"]["worker_run_options"] = ["--shm-size=1g"]
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump(config, sort_keys=False))
     doctored = dry_run(small, tmp_path)
     assert doctored.returncode == 0, doctored.stderr  # a warning, not a refusal
     [warning] = doctored.stderr.strip().splitlines()
-    assert "warning" in warning and "gpu_8x" in warning and "43.5 GB" in warning and "--shm-size is 1.1 GB" in warning
-    assert "gpu_1x" not in warning
-    # the old cluster file (one --shm-size=16g for every node) warns for the 8-GPU type only
-    config["available_node_types"]["gpu_8x"].pop("docker")
-    config["available_node_types"]["gpu_1x"].pop("docker")
+    assert "warning" in warning and "a100_8x" in warning and "43.5 GB" in warning and "--shm-size is 1.1 GB" in warning
+    assert "gpu_1x" not in warning and "h100_8x" not in warning
+    # one --shm-size=16g for every node warns for the 8-GPU types only
+    for name in ("a100_8x", "h100_8x", "gpu_1x"):
+        config["available_node_types"][name].pop("docker")
     config["docker"]["run_options"].append("--shm-size=16g")
     small.write_text(yaml.safe_dump(config, sort_keys=False))
     old = dry_run(small, tmp_path)
-    assert len(old.stderr.strip().splitlines()) == 1 and "gpu_8x" in old.stderr and "17.2 GB" in old.stderr
+    lines = old.stderr.strip().splitlines()
+    assert len(lines) == 2 and all("17.2 GB" in line for line in lines) and "gpu_1x" not in old.stderr
 
 
 def test_cluster_files_give_trials_a_40_gb_gpu_and_their_shared_memory():
@@ -150,14 +153,16 @@ def test_cluster_files_give_trials_a_40_gb_gpu_and_their_shared_memory():
 
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     types = cluster["available_node_types"]
-    # the default single-GPU type is an L40S (48 GB) and the 8-GPU type an 8x A100; ViT-L/14 runs data-parallel there
+    # the default single-GPU type is an L40S (48 GB), the 8-GPU types 8x A100 and 8x H100; ViT-L/14 runs
+    # data-parallel on the H100s (tests/search/test_cluster_files.py checks each type against its trials)
     assert types["gpu_1x"]["node_config"]["InstanceType"] == "g6e.2xlarge" and types["gpu_1x"]["resources"]["GPU"] == 1
-    assert types["gpu_8x"]["node_config"]["InstanceType"] == "p4d.24xlarge"
+    assert types["a100_8x"]["node_config"]["InstanceType"] == "p4d.24xlarge"
+    assert types["h100_8x"]["node_config"]["InstanceType"] == "p5.48xlarge"
     assert "workers: 8" in (ROOT / "cluster.yaml").read_text()
     paper = load_space("paper")[0]
     assert check_shared_memory(paper, cluster).warnings == []
     # worker nodes: the EFS mount, then the node-local copy of the packs, before Ray starts there
-    for name in ("gpu_1x", "gpu_8x"):
+    for name in ("gpu_1x", "a100_8x", "h100_8x"):
         commands = types[name]["initialization_commands"]
         assert commands[0] == cluster["initialization_commands"][0] and "mount" in commands[0]
         assert any("rsync" in c and "/mnt/efs/data/" in c and "/mnt/local/data/" in c for c in commands[1:])
