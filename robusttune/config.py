@@ -381,6 +381,14 @@ class TrainConfig(Frozen):
                              f"({self.accum_steps} x {self.workers})")
         return self
 
+    def in_one_process(self) -> TrainConfig:
+        """The same run trained by one process: ``workers`` data-parallel processes at ``accum_steps`` k train exactly
+        the run one process trains at ``accum_steps`` workers x k (the same global batch, micro-batches, masks and
+        donors; ``robusttune.training.distributed``). Itself when it already trains in one process."""
+        if self.workers == 1:
+            return self
+        return TrainConfig.model_validate({**self.to_dict(), "workers": 1, "accum_steps": self.accum_steps * self.workers})
+
     def run_identity(self) -> dict[str, Any]:
         """What a checkpoint of this run must match to resume it: everything but where it runs."""
         return {k: v for k, v in self.to_dict().items() if k not in PLACEMENT_KEYS}
@@ -437,6 +445,9 @@ class ImageNetTask(Frozen):
 
     model: str = "ViT-B-32"
     pretrained: str | None = "openai"
+    quick_gelu: bool | None = Field(None, description="the weights' activation: true = QuickGELU (OpenAI's weights), "
+                                    "false = GELU; a local weights file of a model that exists with both (ViT-B-32) "
+                                    "must state it, here or by a '-quickgelu' model name (robusttune.models.pretrained)")
     allow_download: bool = False
     train_dir: str
     val_dir: str
@@ -446,6 +457,13 @@ class ImageNetTask(Frozen):
     val_holdout: int = Field(10000, ge=1, description="train images held out as the ID validation split")
     num_workers: int | None = Field(None, ge=0, le=MAX_WORKERS,
                                     description="DataLoader workers; None: min(trial CPUs - 1, 8) (robusttune.data.sets)")
+
+    @model_validator(mode="after")
+    def _one_activation(self) -> ImageNetTask:
+        if self.quick_gelu is False and self.model.endswith("-quickgelu"):
+            raise ValueError(f"quick_gelu: false contradicts the model name {self.model} (QuickGELU); use "
+                             f"{self.model.removesuffix('-quickgelu')} for GELU weights")
+        return self
 
 
 class TaskSpec(Frozen):

@@ -18,7 +18,8 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
       steps: {type: int, low: 50, high: 150, step: 50}
     fixed: {batch_size: 64, steps: 150, eval_every: 50}   # TrainConfig keys (and knobs) held constant
     budget: {trials: 12, concurrency: 1}
-    resources: {cpu: 2, gpu: 0}       # per trial; a fraction of one GPU, or whole GPUs (not 1.5)
+    resources: {cpu: 2, gpu: 0, workers: 1}   # per trial (per worker with workers > 1): a fraction of one GPU, or one
+                                      # GPU (each data-parallel worker: a whole one); more GPUs: more workers
     scheduler: {name: none | asha | mo_asha, grace_period: 1, reduction_factor: 3, max_t: 6, tie_break: eps_net}
                                       # in evaluations; asha: the scalar objective; mo_asha: the objectives
     baselines: {wise_alphas: [0.0, 0.1, ..., 1.0]}   # the WiSE-FT curves' mixing coefficients (one evaluation each)
@@ -329,12 +330,18 @@ class SearchSpace(Frozen):
                 raise ValueError(f"objective metric '{metric}' is not reported by this task{hint}; it reports "
                                  f"{', '.join(reported)}")
         self._check_a_trial()
+        owned = [k for k in ("seed",) if k in self.parameters or k in self.fixed]
+        if owned:
+            where = "searched" if owned[0] in self.parameters else "fixed"
+            raise ValueError(f"'seed' is the sweep's (--seed; the confirmation stage repeats trials with more seeds): a "
+                             f"{where} seed would be overwritten in every trial; remove it")
         if str(self.fixed.get("device", "auto")).startswith("cuda") and self.resources.gpu == 0:
             raise ValueError("device 'cuda' needs a GPU per trial: set resources.gpu (or use device: auto)")
         if "device" in self.parameters:
             raise ValueError("'device' says where trials run, not what they compute: set it in 'fixed', not as a parameter")
         if self.resources.workers > 1 and ("workers" in self.parameters or "workers" in self.fixed):
             raise ValueError("give workers in resources (every trial) or as a fixed/searched value, not both")
+        self._check_gpus()
         if self.sampler.name is SamplerName.GRID:
             points = 1
             for name, parameter in self.parameters.items():
@@ -347,6 +354,18 @@ class SearchSpace(Frozen):
                 raise ValueError(f"the grid sampler's grid must have at most {MAX_GRID_POINTS} points (the product of "
                                  f"the parameters' value counts), got {points}")
         return self
+
+    def _check_gpus(self) -> None:
+        """GPUs a trial can use: one per process (a trial's own, or each data-parallel worker's), never a fraction
+        shared by workers (NCCL refuses two ranks on one GPU)."""
+        gpu, workers = self.resources.gpu, self.max_workers()
+        if gpu > 1:
+            raise ValueError(f"resources.gpu is {gpu:g}, but a trial's process (or each data-parallel worker) uses one "
+                             f"GPU: for {gpu:g} GPUs per trial give resources {{gpu: 1, workers: {gpu:g}}}")
+        if 0 < gpu < 1 and workers > 1:
+            raise ValueError(f"resources.gpu is {gpu:g} with {workers} data-parallel workers: each worker needs a whole "
+                             f"GPU (NCCL refuses two ranks on one GPU); give gpu: 1, or train in one process "
+                             f"(workers: 1)")
 
     def methods(self) -> list[MethodName]:
         """The methods this space's trials can train."""
@@ -384,19 +403,45 @@ class SearchSpace(Frozen):
                 continue
             probe[name] = p.choices[0] if p.type == "categorical" else (int(p.low) if p.type == "int" else p.low)
         try:
-            TrainConfig.model_validate(with_method({**self.fixed, **probe}))
+            TrainConfig.model_validate(with_method(self.trial_settings(probe, seed=0)))  # the rule every trial is built by
         except Exception as error:  # pydantic's ValidationError: report its first problem in one line
             first = error.errors()[0] if hasattr(error, "errors") else {"msg": str(error)}
             message = str(first["msg"]).removeprefix("Value error, ")
             where = ".".join(str(part) for part in first.get("loc", ()))
             message = f"{where}: {message}" if where else message
-            raise ValueError(f"a trial would not be a valid run ({message}); check 'fixed' against the searched "
+            given = "'fixed' and resources.workers" if self.resources.workers > 1 else "'fixed'"
+            raise ValueError(f"a trial would not be a valid run ({message}); check {given} against the searched "
                              f"parameters {sorted(probe)}") from None
 
+    def trial_settings(self, sampled: dict[str, Any], *, seed: int | None = None) -> dict[str, Any]:
+        """One trial's flat settings, by the one rule that builds every trial (and the load-time probe): the
+        resources' ``workers``, then the fixed values, then the sampled ones, then the sweep's ``seed`` (when given)."""
+        settings = {"workers": self.resources.workers, **self.fixed, **sampled}
+        return settings if seed is None else {**settings, "seed": seed}
+
     def trial_config(self, sampled: dict[str, Any], *, seed: int) -> TrainConfig:
-        """The validated TrainConfig of one trial (fixed values, then sampled ones, then the sweep seed)."""
-        return parse(TrainConfig, with_method({"workers": self.resources.workers, **self.fixed, **sampled, "seed": seed}),
+        """The validated TrainConfig of one trial (``trial_settings``)."""
+        return parse(TrainConfig, with_method(self.trial_settings(sampled, seed=seed)),
                      f"trial config of space '{self.name}'")
+
+    def workers(self, sampled: dict[str, Any]) -> int:
+        """How many data-parallel workers the trial with sampled values ``sampled`` trains on (keys that are not
+        parameters of the space, e.g. Tune's ``seed``, are ignored)."""
+        own = {k: v for k, v in sampled.items() if k in self.parameters}
+        return int(self.trial_settings(own).get("workers", 1))
+
+    def max_workers(self) -> int:
+        """The most data-parallel workers any trial of this space trains on (1: every trial trains in one process)."""
+        searched = self.parameters.get("workers")
+        if searched is None:
+            return max(1, self.workers({}))
+        values = searched.choices if searched.type == "categorical" else (searched.high,)
+        return max(1, *(int(v) for v in values or () if v is not None))
+
+    @property
+    def uses_workers(self) -> bool:
+        """Whether some trial of this space may train on several workers."""
+        return self.max_workers() > 1
 
     def check_fixed(self) -> None:
         """Fail early if the fixed values alone are not a valid TrainConfig."""

@@ -63,7 +63,9 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | o
         RunFiles(out).checkpoint.unlink(missing_ok=True)  # a fresh run (overwrite) never continues another's checkpoint
     if config.workers > 1:
         from robusttune.search.data_parallel import train_on_workers
+        from robusttune.training.device import data_parallel_gpus
 
+        data_parallel_gpus(config.workers, config.device)  # N GPUs, or --device cpu said: refused before Ray starts
         train_on_workers(config.to_dict(), spec.to_dict(), str(cache), str(out), threads=threads)
     else:
         from robusttune.training.train_dir import train_into

@@ -59,19 +59,24 @@ def _cached_weights(name: str, tag: str) -> str | None:
     return None
 
 
-def create_clip(name: str, pretrained: str | None, *, allow_download: bool = False) -> tuple[torch.nn.Module, Tokenizer]:
+def create_clip(name: str, pretrained: str | None, *, allow_download: bool = False,
+                quick_gelu: bool | None = None) -> tuple[torch.nn.Module, Tokenizer]:
     """An open_clip CLIP by model name and weights: a local file path, a pretrained tag, or None (random init).
 
-    OpenAI weights use QuickGELU: with a local OpenAI file pass the ``-quickgelu`` model name
-    (e.g. ``ViT-B-32-quickgelu``); with the ``openai`` tag open_clip sets it automatically.
+    OpenAI weights use QuickGELU: a local file must state its activation (the ``-quickgelu`` model name, e.g.
+    ``ViT-B-32-quickgelu``, or ``quick_gelu``; ``robusttune.models.pretrained.check_activation``); with the ``openai``
+    tag open_clip sets it automatically.
     """
+    from robusttune.models.pretrained import check_activation, is_weights_file
+
     check_model_name(name)
+    check_activation(name, pretrained, quick_gelu=quick_gelu)
     tokenizer = open_clip.get_tokenizer(name)
     if pretrained is None or pretrained == "none":
-        return open_clip.create_model(name, pretrained=None), tokenizer
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(quick_gelu)), tokenizer
     path = Path(pretrained).expanduser()
-    if path.suffix or os.sep in pretrained or path.exists():
-        model = open_clip.create_model(name, pretrained=None)
+    if is_weights_file(pretrained):
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(quick_gelu))
         load_clip_weights(model, path)
         return model, tokenizer
     tags = open_clip.list_pretrained_tags_by_model(name)

@@ -33,11 +33,13 @@ def recorded(experiment: Path) -> tuple[set[str], set[tuple[str, float]]]:
 
 def vanilla_config(space, seed: int = 0):
     """Vanilla fine-tuning (method ``ft``) with the space's fixed common settings (not its methods' knobs): the
-    baselines' reference."""
+    baselines' reference. It trains in one process; a data-parallel space's at its trials' global batch and
+    micro-batch (``TrainConfig.in_one_process``)."""
     from robusttune.config import TRAIN_KEYS, TrainConfig, parse
 
-    fixed = {k: v for k, v in space.fixed.items() if k in TRAIN_KEYS}
-    return parse(TrainConfig, {**fixed, "method": {"name": "ft"}, "seed": seed}, "vanilla fine-tuning baseline")
+    fixed = {k: v for k, v in space.trial_settings({}).items() if k in TRAIN_KEYS}
+    return parse(TrainConfig, {**fixed, "method": {"name": "ft"}, "seed": seed},
+                 "vanilla fine-tuning baseline").in_one_process()
 
 
 def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_ids: list[str], threads: int,
@@ -56,6 +58,9 @@ def compute_baselines(experiment: str, space_yaml: str, cache_dir: str, trial_id
     from robusttune.training.tasks import build_task
     from robusttune.training.wise import wise_curve
 
+    from robusttune.search.gpus import check_ray_gpus
+
+    check_ray_gpus("the WiSE-FT baselines")
     torch.set_num_threads(max(1, threads))
     exp = Path(experiment)
     space = parse_space_text(space_yaml)

@@ -48,7 +48,7 @@ WRITE_PROBE_BYTES = 64 * 2**20
 
 def ranks_of(space: SearchSpace) -> int:
     """Data-parallel processes (and devices) per trial."""
-    return max(1, int(getattr(space.resources, "workers", 1) or 1))
+    return space.max_workers()
 
 
 @dataclass

@@ -191,6 +191,9 @@ def confirm_one(experiment: str, space_yaml: str, cache_dir: str, run: dict[str,
     from robusttune.training.tasks import build_task
     from robusttune.training.wise import wise_curve
 
+    from robusttune.search.gpus import check_ray_gpus
+
+    check_ray_gpus(f"confirmation run {run['source']} seed {run['seed']}")
     torch.set_num_threads(max(1, threads))
     exp, space = Path(experiment), parse_space_text(space_yaml)
     this = ConfirmRun(run["source"], dict(run["config"]), int(run["seed"]), bool(run.get("curve", True)))
@@ -198,6 +201,10 @@ def confirm_one(experiment: str, space_yaml: str, cache_dir: str, run: dict[str,
     if not todo:
         return 0
     config = parse(TrainConfig, this.config, f"confirmation run {this.source} seed {this.seed}")
+    trained = config.in_one_process()  # a data-parallel trial's run, in this one process at the same global batch
+    if trained is not config:
+        log.info("confirmation run %s seed %d: trained in one process at accum_steps %d (the trial's %d workers x %d)",
+                 this.source, this.seed, trained.accum_steps, config.workers, config.accum_steps)
     student, task = build_task(space.task, Path(cache_dir), head_folders=[heads_dir(exp)])
     zero_shot = {k: v.detach().clone() for k, v in student.state_dict().items()}
     placement = Placement.of(config.device, config.precision)
@@ -228,7 +235,7 @@ def confirm_one(experiment: str, space_yaml: str, cache_dir: str, run: dict[str,
         else:
             progress = confirm_progress(exp, this.key, this.seed)
             progress.parent.mkdir(parents=True, exist_ok=True)
-            result = prepare_run(config, space.task, Path(cache_dir), checkpoint=progress, built=(student, task),
+            result = prepare_run(trained, space.task, Path(cache_dir), checkpoint=progress, built=(student, task),
                                  placement=placement).train()
             if result.status != "complete":  # recorded as failed (the statistics leave it out and say so)
                 record({"alpha": None, "config": config.to_dict(), "status": FAILED, "failure": result.failure})

@@ -56,13 +56,13 @@ _in_flight: _InFlight | None = None
 
 
 def trial_workers(space: SearchSpace, config: dict[str, Any]) -> int:
-    """How many data-parallel workers the trial with sampled ``config`` trains on."""
-    return int(config.get("workers", space.fixed.get("workers", space.resources.workers)))
+    """How many data-parallel workers the trial with sampled ``config`` trains on (``SearchSpace.workers``)."""
+    return space.workers(config)
 
 
 def uses_workers(space: SearchSpace) -> bool:
-    """Whether some trial of ``space`` may train on several workers."""
-    return space.resources.workers > 1 or "workers" in space.parameters or space.fixed.get("workers", 1) > 1
+    """Whether some trial of ``space`` may train on several workers (``SearchSpace.uses_workers``)."""
+    return space.uses_workers
 
 
 def trial_resources(space: SearchSpace):
@@ -252,7 +252,7 @@ def train_on_workers(config: dict[str, Any], task: dict[str, Any], cache_dir: st
     try:
         cpus = float(ray.cluster_resources().get("CPU", 1))
         per_worker = min(float(threads or cpus), 0.95 * cpus / workers)  # a sliver stays for Ray Train's controller
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if config.get("device", "auto") != "cpu" else 0
         trainer = TorchTrainer(
             _train_worker, train_loop_config={"config": config, "task": task, "cache_dir": cache_dir, "out": out,
                                               "threads": max(1, int(per_worker))},
@@ -271,8 +271,10 @@ def _train_worker(job: dict[str, Any]) -> None:
     import torch
 
     from robusttune.config import TaskSpec, TrainConfig
+    from robusttune.search.gpus import check_ray_gpus
     from robusttune.training.train_dir import train_into
 
+    check_ray_gpus("a data-parallel worker of robusttune train")
     torch.set_num_threads(job["threads"])
     train_into(TrainConfig.model_validate(job["config"]), TaskSpec.model_validate(job["task"]), Path(job["cache_dir"]),
                Path(job["out"]))

@@ -189,7 +189,7 @@ def loader_need(space: SearchSpace) -> LoaderNeed | None:
     from robusttune.models.clip import model_image_size
 
     config = space.trial_config({}, seed=0)
-    ranks = max(1, int(getattr(space.resources, "workers", 1) or 1))  # data-parallel ranks of one trial
+    ranks = space.max_workers()  # data-parallel ranks of one trial
     accum = 1 if "accum_steps" in space.parameters else config.accum_steps
     micro = -(-_largest(space, "batch_size", config.batch_size) // accum)
     eval_batch = _largest(space, "eval_batch_size", config.eval_batch_size)
@@ -227,7 +227,7 @@ def check_shared_memory(space: SearchSpace, cluster: dict, source: str = "cluste
     docker = cluster.get("docker") or {}
     if need is None or not docker:  # in-memory data, or no containers (the host's own /dev/shm)
         return ShmCheck([], [])
-    ranks = max(1, int(getattr(space.resources, "workers", 1) or 1))
+    ranks = space.max_workers()
     # Ray's object store on a worker node, when its start command caps it (else it takes what /dev/shm has left)
     stores = [int(m.group(1)) for command in cluster.get("worker_start_ray_commands") or []
               for m in OBJECT_STORE.finditer(str(command))]

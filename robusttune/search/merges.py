@@ -59,10 +59,12 @@ class MergeBench:
     @classmethod
     def build(cls, space: Any, cache_dir: Path, experiment: Path) -> MergeBench:
         from robusttune.search.baselines import vanilla_config
+        from robusttune.search.gpus import check_ray_gpus
         from robusttune.training.device import Placement
         from robusttune.training.evaluate import Evaluator
         from robusttune.training.tasks import build_task
 
+        check_ray_gpus("a merge's evaluation")
         config = vanilla_config(space)
         student, task = build_task(space.task, cache_dir, head_folders=[heads_dir(experiment)])
         placement = Placement.of(config.device, config.precision)

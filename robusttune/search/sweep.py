@@ -68,8 +68,11 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
     in one warning when that is fewer than the concurrency asked for; None otherwise."""
     if space.task.imagenet is not None:
         from robusttune.models.clip import check_model_name
+        from robusttune.models.pretrained import check_activation
 
         check_model_name(space.task.imagenet.model)
+        imagenet = space.task.imagenet
+        check_activation(imagenet.model, imagenet.pretrained, quick_gelu=imagenet.quick_gelu)  # stated, never guessed
     if options is None:
         return None
     from robusttune.search.samplers import BLIND_TO_STOPPED, make_sampler
@@ -83,7 +86,7 @@ def check_runnable(space: SearchSpace, options: SweepOptions | None = None) -> i
     if options.address is None:  # this machine is the whole cluster: a trial must fit on it
         import math
 
-        ranks = max(1, int(getattr(space.resources, "workers", 1) or 1))  # a data-parallel trial: resources per rank
+        ranks = space.max_workers()  # a data-parallel trial: resources per rank
         per = "per trial" if ranks == 1 else f"per worker ({ranks} per trial)"
         cpus = os.cpu_count() or 1
         if space.resources.cpu * ranks > cpus:

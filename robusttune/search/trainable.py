@@ -70,10 +70,13 @@ def run_trial(config: dict[str, Any], *, space_yaml: str, cache_dir: str, experi
     import ray
     import torch
 
+    from robusttune.search.gpus import check_ray_gpus
+
+    trial_id = tune.get_context().get_trial_id()
+    check_ray_gpus(f"trial {trial_id}")  # GPUs given and unusable: fail now, not after building the task on the CPU
     space = parse_space_text(space_yaml)
     sampled = {k: v for k, v in config.items() if k in space.parameters}
     train_config = space.trial_config(sampled, seed=int(config.get(SEED_KEY, 0)))
-    trial_id = tune.get_context().get_trial_id()
     files = trial_files(experiment, trial_id)
     files.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(files.config, train_config.to_dict())  # built once, here: what every reader of the trial uses
@@ -102,8 +105,10 @@ def trial_worker(job: dict[str, Any]) -> None:
     import torch
 
     from robusttune.search.data_parallel import beat_through, record_worker_group, train_report
+    from robusttune.search.gpus import check_ray_gpus
     from robusttune.training.distributed import Shard
 
+    check_ray_gpus(f"trial {job['trial_id']} (a data-parallel worker)")
     torch.set_num_threads(max(1, int(parse_space_text(job["space_yaml"]).resources.cpu)))
     leader = Shard.current().leader
     if leader:

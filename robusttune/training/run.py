@@ -78,7 +78,9 @@ def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpo
                 placement: Placement | None = None) -> Run:
     """Build the task (or take ``built``; ``head_folders`` keep its zero-shot head) and read ``checkpoint`` if it
     exists; a checkpoint written with another config is refused. ``placement``: the caller's, when it evaluates
-    on it too (default: the config's device and precision)."""
+    on it too (default: the config's device and precision), resolved first: a GPU given and unusable fails before
+    anything is built."""
+    placement = placement or Placement.of(config.device, config.precision)
     student, task = built if built is not None else build_task(spec, cache_dir, head_folders=head_folders)
     task = with_train_subset(task, config)
     resume = None
@@ -86,4 +88,4 @@ def prepare_run(config: TrainConfig, spec: TaskSpec, cache_dir: Path, *, checkpo
         resume = load_checkpoint(checkpoint)
         if not config.resumes(json.loads(resume["config"])):
             raise CheckpointError(f"{checkpoint}: checkpoint was written with a different config; cannot resume")
-    return Run(config, student, task, checkpoint, resume, placement or Placement.of(config.device, config.precision))
+    return Run(config, student, task, checkpoint, resume, placement)

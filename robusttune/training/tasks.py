@@ -19,6 +19,7 @@ from robusttune.errors import DataError
 from robusttune.metrics import ID_TEST, ID_VAL
 from robusttune.models.classifier import ImageClassifier
 from robusttune.models.clip import build_classifier, check_model_name, create_clip, imagenet_classnames_and_templates, imagenet_preprocess
+from robusttune.models.pretrained import check_activation
 
 
 def build_task(spec: TaskSpec, cache_dir: Path, *, head_folders: Sequence[Path] = ()) -> tuple[ImageClassifier, TaskData]:
@@ -79,12 +80,14 @@ def imagenet_task(spec: ImageNetTask, *, seed: int = 0, head_folders: Sequence[P
     """
     # Check everything cheap first: the model name, then every folder, before building the model.
     check_model_name(spec.model)
+    check_activation(spec.model, spec.pretrained, quick_gelu=spec.quick_gelu)  # a local file's activation, stated
     train_set = scan_set("imagenet", spec.train_dir, index_dir)
     if train_set.size <= spec.val_holdout:
         raise DataError(f"{spec.train_dir}: {train_set.size} training images cannot spare a validation holdout of {spec.val_holdout}")
     val_set = scan_set("imagenet", spec.val_dir, index_dir)
     ood_sets = [(name.value, scan_set(name.value, path, index_dir)) for name, path in sorted(spec.ood_dirs.items())]
-    clip, tokenizer = create_clip(spec.model, spec.pretrained, allow_download=spec.allow_download)
+    clip, tokenizer = create_clip(spec.model, spec.pretrained, allow_download=spec.allow_download,
+                                  quick_gelu=spec.quick_gelu)
     transform = imagenet_preprocess(clip)
     classnames, templates = imagenet_classnames_and_templates()
     if spec.templates == "simple":

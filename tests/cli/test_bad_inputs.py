@@ -69,6 +69,19 @@ SPACE_CASES = [
     ("bad fixed value", space_with(**{"fixed.lr": -1}), "lr: Input should be greater than 0"),
     ("bad device", space_with(**{"fixed.device": "gpu"}), "device: must be auto, cpu, cuda or cuda:N"),
     ("cuda without a GPU per trial", space_with(**{"fixed.device": "cuda"}), "device 'cuda' needs a GPU per trial"),
+    # issue 36's measured bugs: refused at load, not by every trial or silently overwritten
+    ("workers that do not divide the batch", space_with(**{"fixed.batch_size": 64, "resources": {"cpu": 1, "workers": 3}}),
+     "a trial would not be a valid run (batch_size (64) must be a multiple of accum_steps x workers (1 x 3)); check "
+     "'fixed' and resources.workers"),
+    ("a fixed seed", space_with(**{"fixed.seed": 7}), "'seed' is the sweep's (--seed;"),
+    ("a searched seed", space_with(**{"parameters.seed": {"type": "int", "low": 0, "high": 3}}),
+     "a searched seed would be overwritten in every trial; remove it"),
+    # GPUs a trial cannot use (issue 34)
+    ("a GPU fraction per data-parallel worker", space_with(resources={"cpu": 1, "gpu": 0.5, "workers": 2}),
+     "resources.gpu is 0.5 with 2 data-parallel workers: each worker needs a whole GPU"),
+    ("two GPUs for one process", space_with(resources={"cpu": 1, "gpu": 2}),
+     "resources.gpu is 2, but a trial's process (or each data-parallel worker) uses one GPU: for 2 GPUs per trial "
+     "give resources {gpu: 1, workers: 2}"),
     ("bad precision", space_with(**{"fixed.precision": "fp8"}), "precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
     ("unknown objective metric", space_with(**{"objective.metrics": ["id_acc", "speed"]}), "unknown objective metric 'speed'"),
     ("objective lengths differ", space_with(**{"objective.directions": ["max"]}), "must have the same, non-zero length"),

@@ -55,7 +55,8 @@ CASES = [  # (case, file content, what the one line says)
     ("trials beyond the bound", BASE + "budget: {trials: 1000000000000000000000000000000}\n",
      "budget.trials: Input should be less than or equal to 100000"),
     ("concurrency beyond the bound", BASE + "budget: {concurrency: 1000000000000}\n", "budget.concurrency: Input should be less than or equal to 10000"),
-    ("huge seed", BASE.replace("steps: 4", "steps: 4, seed: 100000000000000000000000"), "seed: Input should be less than 4294967296"),
+    ("huge seed", BASE + "sampler: {seed: 100000000000000000000000}\n", "sampler.seed: Input should be less than 4294967296"),
+    ("a trial seed (the sweep's)", BASE.replace("steps: 4", "steps: 4, seed: 100000000000000000000000"), "'seed' is the sweep's"),
     ("negative sampler seed", BASE + "sampler: {seed: -5}\n", "sampler.seed: Input should be greater than or equal to 0, got -5"),
     ("huge world image", "task: {world: {image_size: 100000, canvas_size: 100000}}\n", "task.world.image_size: Input should be less than or equal to 224"),
     # bounds on what loading and validating may cost

@@ -41,7 +41,7 @@ def test_local_checkpoint_round_trip(tmp_path: Path):
     model, _ = create_clip("ViT-B-32", None)
     path = tmp_path / "clip.pt"
     torch.save({"state_dict": model.state_dict()}, path)
-    loaded, _ = create_clip("ViT-B-32", str(path))
+    loaded, _ = create_clip("ViT-B-32", str(path), quick_gelu=False)
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
 
@@ -50,9 +50,9 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path: Path):
     corrupt = tmp_path / "broken.pt"
     corrupt.write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="broken.pt"):
-        create_clip("ViT-B-32", str(corrupt))
+        create_clip("ViT-B-32", str(corrupt), quick_gelu=False)
     with pytest.raises(CheckpointError, match="not found"):
-        create_clip("ViT-B-32", str(tmp_path / "missing.pt"))
+        create_clip("ViT-B-32", str(tmp_path / "missing.pt"), quick_gelu=False)
 
 
 def test_uncached_pretrained_tag_fails_fast_with_advice(monkeypatch, tmp_path):

@@ -208,7 +208,7 @@ def test_a_folder_no_worker_node_sees_stops_the_sweep_before_any_trial(fake_clus
     """The check runs where trials run (a 1-CPU worker the autoscaler starts: the head has no CPU)."""
     (tmp_path / "train").mkdir()
     space = {"name": "staged", "objective": {"metrics": ["id_val_acc", "id_acc"], "directions": ["max", "max"]},
-             "task": {"imagenet": {"model": "ViT-B-32", "train_dir": str(tmp_path / "train"),
+             "task": {"imagenet": {"model": "ViT-B-32-quickgelu", "train_dir": str(tmp_path / "train"),
                                    "val_dir": str(tmp_path / "missing-val"),
                                    "pretrained": str(tmp_path / "weights" / "vit_b32.pt")}},
              "parameters": {"w_distill": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},

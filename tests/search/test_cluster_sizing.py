@@ -25,8 +25,10 @@ def test_a_gpu_share_above_one_must_be_whole(tmp_path, cache_dir):
     from robusttune.errors import ConfigError
     from robusttune.space import SearchSpace
 
-    for gpu in (0.25, 0.5, 1, 2, 8):  # a fraction of one GPU, or whole GPUs: what Ray can give
+    for gpu in (0.25, 0.5, 1):  # a fraction of one GPU, or one GPU: what a trial's process uses
         assert parse(SearchSpace, {"resources": {"gpu": gpu}}, "s").resources.gpu == gpu
+    with pytest.raises(ConfigError, match=r"resources.gpu is 2, .* give resources \{gpu: 1, workers: 2\}"):
+        parse(SearchSpace, {"resources": {"gpu": 2}}, "s")  # more GPUs are more workers
     with pytest.raises(ConfigError, match="resources.gpu: above 1 must be a whole number of GPUs"):
         parse(SearchSpace, {"resources": {"gpu": 2.5}}, "s")
     # through the CLI: one line, exit 2, before anything is created

@@ -235,7 +235,7 @@ def test_train_with_two_workers_is_the_run_of_one_worker_with_twice_the_micro_ba
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**config, "accum_steps": 2}))
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}
-    for name, extra in (("one", ["--threads", "1"]), ("two", ["--workers", "2"])):
+    for name, extra in (("one", ["--threads", "1"]), ("two", ["--workers", "2", "--device", "cpu"])):
         done = subprocess.run([sys.executable, "-m", "robusttune.cli", "train", "--config", tmp_path / f"{name}.yaml",
                                "--out", tmp_path / name, "--json", *extra], env=env, capture_output=True, text=True,
                               timeout=600)

@@ -43,7 +43,7 @@ def test_train_vit_b32_on_imagenet_folders(tmp_path, monkeypatch):
     fill(tmp_path / "val", WNIDS, per_folder=1)
     fill(tmp_path / "v2", [str(k) for k in range(1000)], per_folder=1)
     config = {
-        "imagenet": {"model": "ViT-B-32", "pretrained": str(weights), "templates": "simple",
+        "imagenet": {"model": "ViT-B-32", "pretrained": str(weights), "quick_gelu": False, "templates": "simple",
                      "train_dir": str(tmp_path / "train"), "val_dir": str(tmp_path / "val"),
                      "ood_dirs": {"imagenet_v2": str(tmp_path / "v2")}, "val_holdout": 2, "num_workers": 0},
         "steps": 1, "batch_size": 2, "eval_batch_size": 4, "lr": 1e-5,
@@ -102,7 +102,8 @@ def test_every_method_trains_and_resumes_vit_b32_on_imagenet_folders(tmp_path):
     fill(tmp_path / "train", WNIDS, per_folder=4)
     fill(tmp_path / "val", WNIDS, per_folder=1)
     spec = TaskSpec.model_validate({"imagenet": {
-        "model": "ViT-B-32", "pretrained": str(weights), "templates": "simple", "train_dir": str(tmp_path / "train"),
+        "model": "ViT-B-32", "pretrained": str(weights), "quick_gelu": False, "templates": "simple",
+        "train_dir": str(tmp_path / "train"),
         "val_dir": str(tmp_path / "val"), "val_holdout": 2, "num_workers": 0}})
     student, task = build_task(spec, tmp_path / "cache")
 
