@@ -12,6 +12,8 @@
         scheduler.json     MO-ASHA's rungs and decisions (reloaded on resume)
         tune/              Ray Tune's experiment state
         report/            written by ``robusttune report``
+        robusttune.log     what Ray, Ray Tune and other libraries said during a run (``search.console.LibraryLog``)
+        .lock              the lock of the process that runs the experiment (``ExperimentLock``; never removed)
 
 A ``records.jsonl`` row is a JSON object. Trial rows have ``trial_id``, ``status`` (running / complete /
 stopped-early / failed), ``config`` (the full trial config), ``sampled``, ``step``, ``epoch``, ``evaluation``,

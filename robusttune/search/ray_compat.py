@@ -186,7 +186,39 @@ def _optuna_search_keeps_its_state() -> bool:
             and hasattr(searcher, "_storage"))
 
 
+# ------------------------------------------------------------------ Ray's printing of its workers' lines on the driver
+
+WORKER_LINES_HANDLER = "ray_print_logs"  # the name ray.init gives the handler that prints workers' lines, prefixed
+
+
+def worker_lines_dispatcher():
+    """The dispatcher through which the driver hands its workers' stdout/stderr lines (``{"lines", "pid",
+    "task_name"/"actor_name", "is_err"}`` batches) to handlers; ray.init(log_to_driver=True) adds the printing one."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+    return global_worker_stdstream_dispatcher
+
+
+def swap_worker_lines_handler(handler: Callable[[dict], None] | None, previous: list | None = None) -> list:
+    """Replace Ray's printing of worker lines with ``handler`` (None: none); returns what to pass back to restore
+    Ray's own. ``previous``: restore those handlers."""
+    dispatcher = worker_lines_dispatcher()
+    with dispatcher._lock:
+        if previous is not None:
+            dispatcher.handlers = [pair for pair in dispatcher.handlers if pair[0] != "robusttune_worker_lines"] + previous
+            return []
+        kept = [pair for pair in dispatcher.handlers if pair[0] == WORKER_LINES_HANDLER]
+        dispatcher.handlers = [pair for pair in dispatcher.handlers
+                               if pair[0] not in (WORKER_LINES_HANDLER, "robusttune_worker_lines")]
+        if handler is not None:
+            dispatcher.handlers.append(("robusttune_worker_lines", handler))
+        return kept
+
+
 INTERNALS: dict[str, Callable[[], bool]] = {
+    "ray._private.ray_logging.global_worker_stdstream_dispatcher (handlers, _lock; ray_print_logs)":
+        lambda: (hasattr(worker_lines_dispatcher(), "handlers") and hasattr(worker_lines_dispatcher(), "_lock")
+                 and _source_mentions("ray._private.worker", f'"{WORKER_LINES_HANDLER}"')),
     "OptunaSearch._ot_trials/_ot_study/_sampler/_completed_trials/_storage, optuna Trial._trial_id, "
     "Study._storage": _optuna_search_keeps_its_state,
     "ray.tune.Tuner._local_tuner": _sets("ray.tune", "Tuner", "_local_tuner"),

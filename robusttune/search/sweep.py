@@ -137,6 +137,22 @@ def _tune_verbosity(options: SweepOptions) -> int:
     return 1 if options.verbose >= 2 else 0
 
 
+# A busy machine (benchmarks/busy_machine.py): Ray starts its workers at nice 15, so a competing nice-0 process takes
+# their cores almost entirely, and torch's OpenMP threads spin at every barrier waiting for the one that shares a core
+# with it (10-15 images/s beside a one-core hog against ~250 alone on 2 cores). Trials run at the driver's priority and
+# a waiting thread sleeps: the competing process costs its fair share. Set where the user has not set them.
+TRIAL_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # every Ray worker (trials, baselines, confirmation), local or a cluster
+LOCAL_RAY_ENV = {"RAY_worker_niceness": "0"}  # the raylet of a local Ray this driver starts: workers not niced
+
+
+def _library_log(experiment: Path, verbose: int):
+    """Ray's, Tune's and other libraries' words into the experiment's log, off the console (``console.LibraryLog``),
+    unless ``--verbose`` (``verbose`` 2) or ``--debug`` asks for them."""
+    from robusttune.search.console import LibraryLog
+
+    return LibraryLog(experiment, enabled=verbose < 2 and LibraryLog.wanted())
+
+
 def _init_ray(address: str | None, stop: StopSignals, *, log_to_driver: bool = False) -> None:
     """Connect to ``address`` or start a local Ray (which ``stop`` then shuts down when the driver ends)."""
     import ray
@@ -148,17 +164,24 @@ def _init_ray(address: str | None, stop: StopSignals, *, log_to_driver: bool = F
         return
     from robusttune.search.data_parallel import QUIET_RAY
 
+    trial_env = {name: os.environ.get(name, value) for name, value in TRIAL_ENV.items()}  # the user's, when set
+    runtime_env = {**QUIET_RAY, "env_vars": {**QUIET_RAY.get("env_vars", {}), **trial_env}}
     try:
         if address:
-            ray.init(address=address, log_to_driver=log_to_driver, runtime_env=QUIET_RAY)
+            ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
         else:
             # No dashboard. Ray 2.60 binds its GCS, raylet and worker ports to every interface whatever node IP it is
             # given (ray.init maps 127.0.0.1 to the node's address); its default token authentication for local
             # clusters (Ray >= 2.59) is what guards them, so robusttune never turns it off.
             stop.started_ray()
+            for name, value in LOCAL_RAY_ENV.items():  # read by the raylet this ray.init starts
+                os.environ.setdefault(name, value)
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver,
-                     configure_logging=False, runtime_env=QUIET_RAY)
+                     configure_logging=False, runtime_env=runtime_env)
         stop.claim()
+        from robusttune.search.console import LibraryLog
+
+        LibraryLog.after_ray_init()  # ray.init reset its logger and added its printer of workers' lines
     except Exception as error:
         filename = getattr(error, "filename", None)
         translated = storage_error(error, filename or "Ray's session directory")
@@ -212,7 +235,7 @@ def run_sweep(experiment: Path, space: SearchSpace, space_text: str, options: Sw
               warm_start: WarmStart | None = None):
     """Run a new sweep into ``experiment`` (already created and empty), its first trials ``warm_start``'s points.
     Returns Tune's ResultGrid."""
-    with StopSignals(experiment) as stop:
+    with _library_log(experiment, options.verbose), StopSignals(experiment) as stop:
         write_manifest(experiment, space, space_text, seed=options.seed, trials=options.trials,
                        concurrency=options.concurrency, runner=runner.describe(), loggers=list(options.loggers),
                        warm_start=warm_start.describe() if warm_start else None)
@@ -245,11 +268,15 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
         sampler=make_sampler(space, options.seed), storage=storage, study_name=experiment.name,
     )
     searcher.fail_orphans()  # trials a killed driver had asked for (nothing when the study is new)
+    searcher.constraint_names = tuple(c.text for c in objective.bounds)  # Optuna is told each trial's values
     limited = ConcurrencyLimiter(searcher, max_concurrent=options.concurrency)
     callbacks = _callbacks(experiment, space_text, options)
     _init_ray(options.address, stop, log_to_driver=options.verbose > 0)  # trials' warnings reach the console
     if options.address:  # a cluster: can the nodes that run trials see the data and the experiment?
         check_worker_visibility(space, experiment)
+    from robusttune.search.constraints import measure_references_first
+
+    measure_references_first(runner, experiment, space, space_text)  # constraints bounded by zero-shot / vanilla FT
     tuner = tune.Tuner(
         _tune_trainable(runner, experiment, space, space_text),
         param_space={"seed": options.seed},
@@ -288,7 +315,7 @@ def make_scheduler(space: SearchSpace, experiment: Path):
 
 def resume_sweep(experiment: Path, options: SweepOptions, runner: TrialRunner):
     """Continue an interrupted sweep; refuses (SweepError) rather than silently starting a fresh one."""
-    with StopSignals(experiment) as stop:
+    with _library_log(experiment, options.verbose), StopSignals(experiment) as stop:
         return _resume(experiment, options, runner, stop)
 
 
@@ -319,6 +346,9 @@ def _resume(experiment: Path, options: SweepOptions, runner: TrialRunner, stop: 
     _init_ray(options.address, stop, log_to_driver=options.verbose > 0)
     if options.address:
         check_worker_visibility(space, experiment)
+    from robusttune.search.constraints import measure_references_first
+
+    measure_references_first(runner, experiment, space, space_text)  # a kill may have come before they were recorded
     try:
         tuner = tune.Tuner.restore(str(saved), trainable=_tune_trainable(runner, experiment, space, space_text),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
@@ -338,7 +368,7 @@ def confirm_experiment(experiment: Path, space: SearchSpace, space_text: str, ca
     from robusttune.search.confirm import run_confirmation, select_trials
 
     select_trials(space, latest_by_trial(experiment), top=settings.top, trial_ids=trial_ids)  # refuse before Ray starts
-    with StopSignals(experiment) as stop:
+    with _library_log(experiment, 1), StopSignals(experiment) as stop:
         _init_ray(address, stop)
         return run_confirmation(experiment, space, space_text, cache_dir, settings, trial_ids=trial_ids)
 
