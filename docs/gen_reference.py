@@ -77,13 +77,18 @@ with mkdocs_gen_files.open("reference/cli.md", "w") as page:
 # --- the search space -------------------------------------------------------------------------------------------
 
 
+DEFINITIONS: dict[str, Any] = {}  # the $defs of the schema being written: enums are shown by their values
+
+
 def type_of(schema: dict[str, Any] | bool) -> str:
     if not isinstance(schema, dict):  # JSON schema's `true`: any value
         return "any"
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        enum = DEFINITIONS.get(name, {}).get("enum")
+        return ", ".join(f"`{value}`" for value in enum) if enum else name
     if "enum" in schema:
-        return " \\| ".join(f"`{value}`" for value in schema["enum"])
+        return ", ".join(f"`{value}`" for value in schema["enum"])
     if "const" in schema:
         return f"`{schema['const']}`"
     for key in ("anyOf", "oneOf"):
@@ -103,6 +108,13 @@ def bounds(schema: dict[str, Any]) -> str:
     return ", ".join(f"{word} {schema[key]}" for key, word in words.items() if key in schema)
 
 
+def default_of(field: dict[str, Any], required: bool) -> str:
+    if "default" not in field:
+        return "required" if required else ""
+    shown = json.dumps(field["default"])
+    return f"`{shown}`" if len(shown) <= 40 else "see below" if isinstance(field["default"], dict) else f"`{shown[:37]}...`"
+
+
 def model_table(title: str, schema: dict[str, Any], out, level: str = "##") -> None:
     out.write(f"\n{level} {title}\n\n")
     if schema.get("description"):
@@ -115,12 +127,13 @@ def model_table(title: str, schema: dict[str, Any], out, level: str = "##") -> N
         return
     out.write("| key | type | default | bounds | meaning |\n|---|---|---|---|---|\n")
     for key, field in properties.items():
-        default = f"`{json.dumps(field['default'])}`" if "default" in field else ("required" if key in schema.get("required", ()) else "")
+        default = default_of(field, key in schema.get("required", ()))
         out.write(f"| `{key}` | {cell(type_of(field))} | {cell(default)} | {cell(bounds(field))} | "
                   f"{cell(field.get('description', ''))} |\n")
 
 
 space_schema = SearchSpace.model_json_schema()
+DEFINITIONS.update(space_schema.get("$defs", {}))
 with mkdocs_gen_files.open("reference/space.md", "w") as page:
     page.write("# Search-space schema\n\nGenerated from the pydantic models of `robusttune.space` "
                "(`SearchSpace.model_json_schema()`). A space file is YAML or JSON; unknown keys are refused with a "
@@ -140,12 +153,16 @@ with mkdocs_gen_files.open("reference/training.md", "w") as page:
                "declarations in `robusttune.methods`. In a space, every key below is a `fixed:` value or a searched "
                "`parameters:` entry (a method's knobs are written flat, beside the common settings).\n")
     train_schema = TrainConfig.model_json_schema()
+    DEFINITIONS.clear()
+    DEFINITIONS.update(train_schema.get("$defs", {}))
     model_table("Common settings (TrainConfig)", {k: v for k, v in train_schema.items() if k != "$defs"}, page)
     page.write("\n## Methods\n\n| method | what it trains |\n|---|---|\n")
     for name, model in METHODS.items():
         page.write(f"| `{name}` | {cell(inspect.cleandoc(model.__doc__ or ''))} |\n")
     for name, model in METHODS.items():
-        knobs = {k: v for k, v in model.model_json_schema().items() if k != "$defs"}
+        knob_schema = model.model_json_schema()
+        DEFINITIONS.update(knob_schema.get("$defs", {}))
+        knobs = {k: v for k, v in knob_schema.items() if k != "$defs"}
         knobs["properties"] = {k: v for k, v in knobs.get("properties", {}).items() if k != "name"}
         knobs.pop("description", None)
         if knobs["properties"]:

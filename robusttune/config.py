@@ -311,19 +311,19 @@ class TrainConfig(Frozen):
     ``robusttune.methods.METHODS``; default the paper's ``masked_distill``)."""
 
     method: MethodConfig = MaskedDistill()
-    lr: float = Field(3e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
-    steps: int | None = Field(None, ge=0)
-    epochs: float | None = Field(None, gt=0.0)
-    schedule: Schedule = Schedule.COSINE
+    lr: float = Field(3e-4, gt=0.0, le=1.0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW's decoupled weight decay")
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH, description="global batch: images per optimizer step, over every micro-batch and worker")
+    steps: int | None = Field(None, ge=0, description="optimizer steps of the run (or give epochs)")
+    epochs: float | None = Field(None, gt=0.0, description="passes over the training set (or give steps)")
+    schedule: Schedule = Field(Schedule.COSINE, description="learning-rate schedule after the warm-up")
     warmup_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="warm-up share of the steps (OneCycle: pct_start)")
-    grad_clip: float = Field(1.0, ge=0.0)
-    accum_steps: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, ge=0.0, description="clip the gradients' global norm to this (0: no clipping)")
+    accum_steps: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step (same global batch, less memory)")
     workers: int = Field(1, ge=1, le=1024, description="data-parallel processes (Ray Train; one GPU each on GPUs): "
                          "a step's accum_steps x workers micro-batches, accum_steps per process")
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps instead of at each epoch end")
-    eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="images per evaluation batch")
     eval_subset: int | None = Field(None, ge=1, description="intermediate evaluations on a fixed, seeded subset of N "
                                     "images per set (the same for every trial); the last one on the full sets")
     train_subset: float | None = Field(None, gt=0.0, description="train on a fixed, seeded subset: N images per class "

@@ -142,16 +142,16 @@ class MaskedDistill(Frozen):
     distils on the clean images. ``w_distill: 0`` trains as vanilla fine-tuning (method ``ft``)."""
 
     name: Literal[MethodName.MASKED_DISTILL] = MethodName.MASKED_DISTILL
-    region: Region = Region.OBJECT
-    refill: Refill = Refill.SINGLE
-    mask_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    mask_ratio: float | None = Field(None, ge=0.0, le=1.0)
-    cam: CamMethod = CamMethod.RELEVANCE
-    w_task: float = Field(1.0, ge=0.0)
-    w_distill: float = Field(1.0, ge=0.0)
-    distill: DistillKind = DistillKind.FEATURE
-    distill_norm: DistillNorm = DistillNorm.VARIANCE  # feature distillation only
-    kd_temperature: float = Field(10.0, gt=0.0)
+    region: Region = Field(Region.OBJECT, description="which patches to mask: by the CAM (object: high, context: low), random, or none (distil on clean images)")
+    refill: Refill = Field(Refill.SINGLE, description="what fills the masked patches: none (dropped), single (one donor image), multi (a donor per patch)")
+    mask_threshold: float | None = Field(None, ge=0.0, le=1.0, description="the paper's form: mask patches whose max-normalised CAM is above (object) or at most (context) this; random: the masking probability; default the official value per (region, refill)")
+    mask_ratio: float | None = Field(None, ge=0.0, le=1.0, description="mask exactly this share of the patches, ranked by the CAM (comparable across regions); instead of mask_threshold")
+    cam: CamMethod = Field(CamMethod.RELEVANCE, description="class activation map: attention relevance (Chefer et al.) or Grad-CAM on the last block")
+    w_task: float = Field(1.0, ge=0.0, description="weight of the cross-entropy on the clean images")
+    w_distill: float = Field(1.0, ge=0.0, description="weight of the distillation on the counterfactual images (0: vanilla fine-tuning)")
+    distill: DistillKind = Field(DistillKind.FEATURE, description="feature (MSE of image embeddings, the paper's) or logit (KL at kd_temperature)")
+    distill_norm: DistillNorm = Field(DistillNorm.VARIANCE, description="feature distillation only: divide the MSE by the teacher features' variance (one weight means the same on every model) or not")
+    kd_temperature: float = Field(10.0, gt=0.0, description="temperature of logit distillation (the loss is scaled by its square)")
 
     @model_validator(mode="before")
     @classmethod
