@@ -18,7 +18,7 @@ from robusttune.cache import atomic_write_text
 from robusttune.metrics import ID_TEST, ID_VAL, OBJECTIVE, OOD_MEAN, is_metric, is_ood_set
 
 from robusttune import pareto
-from robusttune.analysis import above_wise, effects, figures, results, stats
+from robusttune.analysis import above_wise, costs, effects, feasibility, figures, results, stats
 
 FORMATS = ("html", "png", "csv")
 
@@ -136,6 +136,17 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
     if confirmed:
         summary["confirmation"] = confirmed
     shares = above_wise.share_above_wise(experiment)
+    spent = costs.trial_costs(experiment)
+    if spent:  # each trial's measured cost (robusttune.training.cost): columns cost.* of trials.csv
+        summary["cost"] = costs.totals(spent)
+        frame = costs.cost_frame(frame, spent)
+    feasible = feasibility.feasibility(experiment)
+    if feasible:
+        summary["constraints"] = feasible
+        marks = feasible["trials"]
+    if feasible and not frame.empty:
+        frame = frame.assign(feasible=[marks.get(t, {}).get("feasible") for t in frame["trial_id"]],
+                             constraint_violation=[marks.get(t, {}).get("violation") for t in frame["trial_id"]])
     if shares:
         summary["above_wise"] = shares
     merges = figures.merge_rows(refs)
@@ -162,6 +173,11 @@ def write_report(experiment: Path, out: Path | None = None, formats: tuple[str, 
         written["hypervolume.png"] = str(figures.hypervolume_png(curve, out / "hypervolume.png"))
         if effects_path:
             written["effects.png"] = str(effects_path)
+        if spent:
+            written["cost.png"] = str(costs.cost_png(frame, list(front["trial_id"]) if not front.empty else [],
+                                                     out / "cost.png"))
+        if feasible:
+            written["feasibility.png"] = str(feasibility.feasibility_png(frame, feasible, out / "feasibility.png"))
     importance = effects.importance(frame, params, [ID_VAL, OOD_MEAN]) if not frame.empty and ID_VAL in frame else pd.DataFrame()
     summary["importance"] = importance.round(4).to_dict() if not importance.empty else {}
     summary["importance_method"] = importance.attrs.get("method") or importance.attrs.get("reason", "not computed: no trials")
@@ -248,6 +264,20 @@ def _above_wise_html(shares: dict[str, Any]) -> str:
             f'curve\'s range are counted apart, never extrapolated.</p>')
 
 
+def _constraints_html(feasible: dict[str, Any]) -> str:
+    """The constraints with their resolved bounds, the counts and the best feasible trial."""
+    items = "".join(f"<li>{html.escape(c['constraint'])}" + ("" if pd.isna(c["bound"]) else
+                    f" (bound {100 * c['bound']:.1f}%)") + "</li>" for c in feasible["constraints"])
+    best = feasible.get("best_feasible")
+    said = (f"Best feasible complete trial: {html.escape(str(best['trial_id']))} ("
+            + ", ".join(f"{html.escape(k)} {_pct(v)}%" for k, v in best.items() if k != "trial_id") + ")."
+            if best else "No complete trial is feasible.")
+    return (f'<ul class="constraints">{items}</ul><p>{feasible["feasible"]} feasible and {feasible["infeasible"]} '
+            f'infeasible trial(s). {said}</p><p class="note">Shaded: the region the constraints on the axes allow; '
+            'crosses: infeasible trials (a scheduler ranks them below every feasible one; the sampler is told their '
+            'constraint values).</p>')
+
+
 def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.DataFrame, summary: dict, curve: list[float],
                 refs: pd.DataFrame | None = None, *, effects_path: Path | None = None, importance: pd.DataFrame | None = None,
                 logit_axes: bool = False) -> Path:
@@ -314,6 +344,19 @@ def _write_html(experiment: Path, path: Path, frame: pd.DataFrame, front: pd.Dat
             figs.append(figures.pareto_plotly(frame, x=ID_TEST, y=metric, refs=refs, logit=logit_axes,
                                               confirmed=confirmed if metric == OOD_MEAN else None))
             parts.append(f"<h3>{html.escape(metric)}</h3>" + _figure_script(len(figs) - 1, figs[-1]))
+        if summary.get("cost"):
+            spent = summary["cost"]
+            figs.append(costs.cost_plotly(frame, list(front["trial_id"]) if not front.empty else []))
+            parts.append("<h2>Front against cost</h2>" + _figure_script(len(figs) - 1, figs[-1])
+                         + f'<p class="note">{spent["trials"]} trial(s) measured: {spent["device_s"]:.0f} device-seconds '
+                         f'(start-up {spent["startup_s"]:.0f}, training {spent["train_s"]:.0f}, evaluation '
+                         f'{spent["eval_s"]:.0f}), {spent["images_trained"]} images trained, {spent["images_evaluated"]} '
+                         f'evaluated in {spent["evaluations"]} evaluations, on {html.escape(", ".join(spent["devices"]))} '
+                         f'({html.escape(", ".join(spent["hosts"]))}); per trial in trials.csv (cost.*).</p>')
+        feasible = summary.get("constraints")
+        if feasible:
+            figs.append(feasibility.feasibility_plotly(frame, feasible))
+            parts.append("<h2>Constraints</h2>" + _constraints_html(feasible) + _figure_script(len(figs) - 1, figs[-1]))
         if curve:
             figs.append(figures.hypervolume_plotly(curve))
             parts.append("<h2>Hypervolume after each complete trial</h2>" + _figure_script(len(figs) - 1, figs[-1]))

@@ -10,6 +10,7 @@ Schema (every key optional unless marked; unknown keys are rejected with a sugge
       directions: [max, max]
       scalarization: {kind: weighted_sum | chebyshev, weights: [0.5, 0.5]}   # reported as metric 'objective'
       wise: {alphas: [0.3, 0.5, 0.7]} # score each trial by its own WiSE-FT curve's best point (see WiseObjective)
+      constraints: ["id_val_acc >= zero_shot + 1.0"]   # what a trial must satisfy (robusttune.constraints)
     sampler: {name: tpe | nsga2 | gp | random | grid, seed: 0, options: {...}}  # options go to the Optuna sampler
     parameters:                       # TrainConfig keys, ``method`` and the methods' knobs (robusttune.methods)
       region: {type: categorical, choices: [object, context, random, none]}
@@ -53,6 +54,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from robusttune.bounds import MAX_SEED, check_alphas
+from robusttune.constraints import MAX_CONSTRAINTS, Constraint, parse_constraints
 from robusttune.methods import DEFAULT_METHOD, METHODS, MergeName, MethodName, all_knobs, method_name
 from robusttune.config import (TRAIN_KEYS, Frozen, TaskSpec, TrainConfig, with_method, load_mapping_and_text, load_yaml_text, parse,
                                shorten)
@@ -103,9 +105,13 @@ class Objective(Frozen):
     directions: tuple[Direction, ...] = (Direction.MAX, Direction.MAX)
     scalarization: Scalarization = Scalarization()
     wise: WiseObjective | None = None
+    constraints: tuple[str, ...] = Field((), max_length=MAX_CONSTRAINTS, description=(
+        "what every trial must satisfy: '<metric> >= <bound>' or '<= <bound>', the bound an accuracy (a fraction) or "
+        "zero_shot / vanilla_ft plus or minus points, e.g. 'id_val_acc >= zero_shot + 1.0' (robusttune.constraints)"))
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
+        parse_constraints(self.constraints)  # unknown metric or reference, contradictory bounds: one line
         if not self.metrics or len(self.metrics) != len(self.directions):
             raise ValueError("objective.metrics and objective.directions must have the same, non-zero length")
         for metric in self.metrics:
@@ -118,6 +124,11 @@ class Objective(Frozen):
         if weights is not None and (len(weights) != len(self.metrics) or any(w < 0 for w in weights) or sum(weights) <= 0):
             raise ValueError("objective.scalarization.weights must be one non-negative weight per metric, not all zero")
         return self
+
+    @property
+    def bounds(self) -> tuple[Constraint, ...]:
+        """The constraints, parsed (``robusttune.constraints``)."""
+        return parse_constraints(self.constraints)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -329,6 +340,10 @@ class SearchSpace(Frozen):
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ValueError(f"objective metric '{metric}' is not reported by this task{hint}; it reports "
                                  f"{', '.join(reported)}")
+        for bound in self.objective.bounds:
+            if bound.metric not in reported:
+                raise ValueError(f"constraint '{bound.text}': metric '{bound.metric}' is not reported by this task; it "
+                                 f"reports {', '.join(reported)}")
         self._check_a_trial()
         owned = [k for k in ("seed",) if k in self.parameters or k in self.fixed]
         if owned:

@@ -35,6 +35,7 @@ class Status:
     merges: dict[str, list[str]] = field(default_factory=dict)  # each recorded merge of the sweep's models: its trials
     warm_start: dict[str, Any] = field(default_factory=dict)  # where the first trials came from (sweep --warm-start)
     above_wise: dict[str, Any] = field(default_factory=dict)  # per method: its share above WiSE-FT (analysis.above_wise)
+    cost: dict[str, Any] = field(default_factory=dict)  # each trial's measured cost, the totals, against the plan
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,11 @@ def resume(experiment: str | os.PathLike[str], *, address: str | None = None, ma
     return _finished(path, space, time.perf_counter() - started)
 
 
-def status(experiment: str | os.PathLike[str]) -> Status:
-    """The experiment's trials from its records (works while the sweep runs; never starts Ray)."""
+def status(experiment: str | os.PathLike[str], *, plan: bool = False,
+           cache_dir: str | os.PathLike[str] | None = None) -> Status:
+    """The experiment's trials from its records (works while the sweep runs; never starts Ray). ``plan``: also
+    each trial's measured cost against ``plan``'s prediction for its frozen space (from the calibration cached in
+    ``cache_dir``; measured first when none is)."""
     path = check_experiment(Path(experiment))
     manifest = read_manifest(path)
     rows = trial_table(path)
@@ -206,7 +210,24 @@ def status(experiment: str | os.PathLike[str]) -> Status:
     progress = {t: beat for t, beat in read_heartbeats(path).items() if t in running}
     return Status(path, manifest.get("space"), manifest.get("trials"), list(manifest.get("parameters", [])), rows,
                   status_counts(rows), progress, confirmation_counts(path), front_ties(path), recorded_merges(path),
-                  dict(manifest.get("warm_start") or {}), share_above_wise(path))
+                  dict(manifest.get("warm_start") or {}), share_above_wise(path), measured_cost(path, plan, cache_dir))
+
+
+def measured_cost(experiment: Path, plan: bool, cache_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """``{trials: {id: cost}, total: ..., plan: ...}`` from the records (``robusttune.analysis.costs``); empty when
+    no trial recorded a cost."""
+    from robusttune.analysis.costs import against_plan, totals, trial_costs
+    from robusttune.experiment import SPACE
+
+    costs = trial_costs(experiment)
+    if not costs:
+        return {}
+    found: dict[str, Any] = {"trials": costs, "total": totals(costs)}
+    if plan:
+        from robusttune.api.reports import plan as make_plan
+
+        found["plan"] = against_plan(costs, make_plan(experiment / SPACE, cache_dir=cache_dir).to_dict())
+    return found
 
 
 def share_above_wise(experiment: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from robusttune.config import parse
 from robusttune.errors import ConfigError, DataError
 from robusttune.experiment import (is_evaluation, latest_by_trial, new_experiment_dir, parse_space_text, read_records,
                                    reported_evaluations, trial_files)
-from robusttune.metrics import OBJECTIVE
+from robusttune.constraints import references_needed, score
 from robusttune.pareto import hypervolume_2d, hypervolume_over_trials, worst_point
 from robusttune.search.sweep import SweepOptions, run_sweep
 from robusttune.search.trainable import failure_result
@@ -81,7 +81,7 @@ def replay_trial(config: dict[str, Any], *, table: str, space_yaml: str, experim
             time.sleep(pace)  # lets tests interrupt a replay mid-search
         values = {m: float(row[m]) for m in metrics if m in row and not _missing(row[m])}
         atomic_write_json(progress, {"evaluation": int(row["evaluation"])})
-        tune.report({**values, OBJECTIVE: space.objective.scalar(values), "step": int(row["step"]),
+        tune.report({**values, **score(space.objective, values), "step": int(row["step"]),
                      "epoch": float(row["epoch"]), "evaluation": int(row["evaluation"]), "total_steps": total,
                      "sim_time_s": float(row["time_s"]), **({} if point is None else {"table_point": point}),
                      "trial_status": "complete" if int(row["step"]) >= total else "running"})
@@ -184,6 +184,8 @@ def replay_space(table: Table, arm: Arm, seed: int, trials: int) -> tuple[Search
     if table.space.objective.wise is not None:
         raise ConfigError("a table holds trials' own evaluations, not their WiSE-FT curves: its space cannot set "
                           "objective.wise")
+    if references_needed(table.space.objective.bounds):
+        raise ConfigError("a table holds no zero-shot or vanilla FT run: a replay's constraints are bounded by numbers")
     data = table.space.to_dict()
     if arm.sampler == "paper_grid":
         if table.kind != "grid":

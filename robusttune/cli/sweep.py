@@ -71,7 +71,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from robusttune import api
     from robusttune.progress import duration
 
-    found = api.status(args.experiment)
+    found = api.status(args.experiment, plan=args.plan, cache_dir=args.cache_dir)
 
     def human() -> None:
         print(f"experiment {found.experiment} (space '{found.space}', {found.planned} trials planned)")
@@ -93,6 +93,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("above vanilla FT's WiSE-FT at equal ID (complete trials; 95% Wilson / bootstrap intervals):")
             for line in found.above_wise["sentences"]:
                 print("  " + line)
+        if found.cost:
+            total = found.cost["total"]
+            print(f"cost of {total['trials']} trial(s): {total['device_s']:.0f} device-s (start-up {total['startup_s']:.0f}, "
+                  f"training {total['train_s']:.0f}, evaluation {total['eval_s']:.0f}), {total['images_trained']} images "
+                  f"trained, {total['images_evaluated']} evaluated, on {', '.join(total['devices'])}")
+            for trial_id, row in sorted(found.cost.get("plan", {}).get("trials", {}).items()):
+                print(f"  {trial_id}: {row['device_s']:.1f} device-s measured, {row['planned_device_s']:.1f} planned "
+                      f"(x{row['ratio']}), {row['evaluations']}/{row['planned_evaluations']} evaluations")
         if found.merges:
             print("merges: " + ", ".join(f"{method} of {len(members)} trial(s)" for method, members in found.merges.items()))
         for trial_id, beat in sorted(found.progress.items()):
@@ -102,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     emit({"trials": found.trials, "counts": found.counts, "planned": found.planned, "progress": found.progress,
           "confirmation": found.confirmation, "ties": found.ties, "merges": found.merges,
-          "warm_start": found.warm_start, "above_wise": found.above_wise},
+          "warm_start": found.warm_start, "above_wise": found.above_wise, "cost": found.cost},
          args.json, human)
     return 0
 
@@ -197,7 +205,10 @@ def register(commands) -> None:
 
     status = commands.add_parser("status", help="show an experiment's trials (does not start Ray)")
     status.add_argument("experiment", metavar="EXPDIR")
-    add_common(status, cache=False)
+    status.add_argument("--plan", action="store_true",
+                        help="compare each trial's measured cost with `robusttune plan`'s prediction for the space "
+                             "(calibrates first unless its measurements are cached)")
+    add_common(status)
     status.set_defaults(handler=cmd_status)
 
     demo = commands.add_parser("demo", help="the main job: sweep the built-in 'demo' space on the mini world")

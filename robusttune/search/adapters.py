@@ -14,6 +14,7 @@ from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from robusttune.cache import atomic_write_json
+from robusttune.constraints import CONSTRAINTS, VIOLATION
 from robusttune.experiment import append_record, end_status, heartbeats, trial_checkpoints, trial_files
 from robusttune.metrics import OBJECTIVE, is_metric, is_wise_value
 from robusttune.search import ray_compat as door
@@ -22,7 +23,7 @@ from robusttune.search.trainable import HEARTBEAT_KEYS
 log = logging.getLogger(__name__)
 
 RESULT_KEYS = (OBJECTIVE, "step", "epoch", "evaluation", "total_steps", "node_id", "failure", "loss_task", "loss_distill",
-               "mask_fraction", "lr", "time_total_s", "eval_images", "eval_subset")
+               "mask_fraction", "lr", "time_total_s", "eval_images", "eval_subset", CONSTRAINTS, VIOLATION, "cost")
 
 
 class RobustOptunaSearch(OptunaSearch):
@@ -35,6 +36,8 @@ class RobustOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not result.get("heartbeat"):  # a heartbeat is progress, not an intermediate value
             super().on_trial_result(trial_id, result)
+
+    constraint_names: tuple[str, ...] = ()  # the space's constraints (their text), told to Optuna per trial
 
     budget: int | None = None  # set before a restore: the sweep's planned trials ...
     used_slots: frozenset[str] = frozenset()  # ... and the trials the records hold as ended (see budget_used)
@@ -52,6 +55,10 @@ class RobustOptunaSearch(OptunaSearch):
             door.completed_trials(self).add(trial_id)
             return
         status = "failed" if error else end_status(result or {})
+        if status != "failed":  # before it is told: the samplers read them as the trial's constraints
+            from robusttune.search.constraints import tell_constraints
+
+            tell_constraints(self, trial_id, result)
         if status == "failed":
             result, error = None, True
         elif status == "stopped-early":

@@ -25,6 +25,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from robusttune.cache import atomic_write_json
 from robusttune.errors import ConfigError, DataError
 from robusttune.experiment import SCHEDULER_STATE
+from robusttune.constraints import VIOLATION, infeasible_vector
 from robusttune.pareto import multi_objective_ranking
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class MultiObjectiveASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         level = reached[-1]
         values = [sign * float(result[m]) for sign, m in zip(self.signs, self.metrics)]
+        if float(result.get(VIOLATION) or 0.0) > 0:  # infeasible: below every feasible result, less violation higher
+            values = infeasible_vector(len(values), float(result[VIOLATION]))
         promoted = self.decide(trial.trial_id, level, values)
         return TrialScheduler.CONTINUE if promoted else TrialScheduler.STOP
 

@@ -22,6 +22,7 @@ from ray import tune
 
 from robusttune.cache import atomic_write_json
 from robusttune.config import TrainConfig
+from robusttune.constraints import score
 from robusttune.experiment import heads_dir, parse_space_text, trial_files
 from robusttune.metrics import OBJECTIVE, WISE_CURVE
 from robusttune.space import SearchSpace
@@ -130,9 +131,15 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
 
     space = parse_space_text(job["space_yaml"])
     experiment = job["experiment"]
+    from robusttune.search.constraints import reference_values
+
+    references = reference_values(space, experiment)  # the constraints' bounds that zero-shot / vanilla FT set
     train_config = TrainConfig.model_validate(job["train_config"])  # the one run_trial built
     shard = Shard.current()
     files = trial_files(experiment, job["trial_id"])
+    from robusttune.training.cost import COST, CostMeter
+
+    meter = CostMeter.start(files.folder / "cost.json", workers=train_config.workers)  # what this trial spends
     latest, best, best_meta = files.latest, files.best, files.best_meta
     run = prepare_run(train_config, space.task, Path(job["cache_dir"]), checkpoint=latest,
                       head_folders=[heads_dir(experiment)])
@@ -148,7 +155,8 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
         ``eval_subset``, the subset ones: the last, full evaluation is not compared with them)."""
         nonlocal best_objective, best_subset
         row = json.loads(state["history"])[-1]
-        objective = space.objective.scalar(space.objective.reported(row["metrics"], row.get(WISE_CURVE, ())))
+        objective = score(space.objective, space.objective.reported(row["metrics"], row.get(WISE_CURVE, ())),
+                          references)[OBJECTIVE]  # the best feasible evaluation, else the least infeasible
         subset = "eval_subset" in row
         if best_subset is not None and best_subset != subset:
             return
@@ -157,21 +165,27 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
             save_checkpoint(best, {"model": state["model"], "step": state["step"], "config": state["config"]})
             atomic_write_json(best_meta, {OBJECTIVE: objective, "step": state["step"], "subset": subset})
 
-    def report(row: dict[str, Any]) -> None:
+    def report(row: dict[str, Any], again: bool = False) -> None:
         nonlocal evaluations
         if row.get("status") == "failed":
             if shard.leader:
                 log.warning("trial %s failed: %s", job["trial_id"], row["failure"])  # reaches the console
             report_to(failure_result(space, last, step=row["step"], epoch=row["epoch"], total_steps=total,
-                                     evaluation=evaluations, failure=row["failure"]))
+                                     evaluation=evaluations, failure=row["failure"], cost=meter.to_dict()))
             return
         evaluations += 1
         metrics = space.objective.reported(row["metrics"], row.get(WISE_CURVE, ()))
         last.update(metrics)
+        if not again and shard.leader:  # a re-reported evaluation cost nothing now
+            images = sum((row.get("eval_images") or {}).values()) * (1 + len(row.get(WISE_CURVE) or ()))
+            meter.evaluated(eval_seconds=float(row.get("eval_s", 0.0)), images=images,
+                            trained_images=int(row["step"]) * train_config.batch_size)
+            meter.note_device(run.placement.device)
+            meter.save(files.folder / "cost.json")
         # 'evaluation' (not Tune's iteration counter, which restarts on resume) is the scheduler's time axis
-        report_to({**metrics, OBJECTIVE: space.objective.scalar(metrics), "step": row["step"], "epoch": row["epoch"],
+        report_to({**metrics, **score(space.objective, metrics, references), "step": row["step"], "epoch": row["epoch"],
                    "evaluation": evaluations, "total_steps": total, "node_id": node_id,
-                   **{k: row[k] for k in ("eval_images", "eval_subset") if k in row},
+                   **{k: row[k] for k in ("eval_images", "eval_subset") if k in row}, COST: meter.to_dict(),
                    "trial_status": "complete" if row["step"] >= total else "running"})
 
     if run.resume is not None:
@@ -180,7 +194,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
         # (trial, evaluation) and the scheduler gives a re-reported rung its earlier decision.
         if rereport:
             evaluations -= 1
-            report(run.history[-1])
+            report(run.history[-1], again=True)
         if run.finished or "optimizer" not in run.resume:  # finished, or ended early and kept without optimizer state
             return False
     if not train:
@@ -194,6 +208,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
             beat_to(heartbeat_result(space, last, progress))
 
     wise = space.objective.wise
+    meter.training_starts()
     run.train(report=report, after_save=keep_best if shard.leader else None,
               on_step=heartbeat if beat_to is not None else None, shard=shard,
               probe=WiseProbe(wise.alphas) if wise is not None else None)
@@ -215,6 +230,17 @@ class TrainingRunner:
 
     def stopper(self, experiment: Path) -> None:
         return None
+
+    def before_trials(self, experiment: Path, space: SearchSpace, space_text: str) -> None:
+        """Zero-shot, vanilla FT and its WiSE-FT curve, before any trial (constraints bounded by them need them)."""
+        if not self.baselines:
+            from robusttune.errors import DataError
+
+            raise DataError(f"space '{space.name}': its constraints need zero-shot's or vanilla FT's metrics, and "
+                            "this run measures no baselines: bound them by numbers")
+        from robusttune.search.baselines import run_baselines
+
+        run_baselines(experiment, space_text, self.cache_dir, [], cpu=space.resources.cpu, gpu=space.resources.gpu)
 
     def after_trials(self, experiment: Path, space: SearchSpace, space_text: str) -> None:
         if not self.baselines:

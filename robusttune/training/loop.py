@@ -352,11 +352,13 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
         nonlocal metrics
         computer.method.before_evaluation()
         evaluator = full if step >= total or quick is None else quick  # the last evaluation: always the full sets
+        timed = time.perf_counter()
         metrics = evaluator(student)
+        probed = probe(student, teacher, evaluator) if probe is not None else {}
         row = {"step": step, "epoch": round(step / per_epoch, 4), "metrics": metrics,
                "elapsed": round(elapsed_before + time.perf_counter() - started, 3), "eval_images": dict(evaluator.sizes),
-               **({"eval_subset": config.eval_subset} if evaluator is quick else {}), **loss_parts,
-               **(probe(student, teacher, evaluator) if probe is not None else {})}
+               **({"eval_subset": config.eval_subset} if evaluator is quick else {}), **loss_parts, **probed,
+               "eval_s": round(time.perf_counter() - timed, 4)}  # the evaluation's own seconds (training/cost.py)
         history.append(row)
         if save_checkpoint is not None:
             state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
