@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def _quiet_exit(number: int, frame) -> None:
+    raise SystemExit(128 + number)  # before main: nothing was started, nothing to say (no import traceback)
+
+
+_STARTING = sys.argv[:1] == ["-m"] or Path(sys.argv[0] if sys.argv else "").name == "robusttune"
+if _STARTING:  # run as the command (python -m robusttune.cli, the robusttune script), not imported by a program
+    for _number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_number, _quiet_exit)
 
 from robusttune.cli import bench, data, launch, plan, report, sweep, train, world
 from robusttune.cli.output import Parser, said_with_flags
@@ -43,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from robusttune import progress
 
     progress.show_bars(not getattr(args, "json", False))
+    if signal.getsignal(signal.SIGINT) is _quiet_exit:  # Ctrl-C is a KeyboardInterrupt from here on
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = _stop_signals_interrupt()
     try:
         return int(args.handler(args) or 0)
     except RobustTuneError as error:
@@ -60,6 +74,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + getattr(interrupt, "signal_number", 2)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _stop_signals_interrupt() -> dict:
+    """SIGTERM and SIGHUP from the command's first second on end it as Ctrl-C does (a ``KeyboardInterrupt`` that
+    carries the signal's number: exit 143 / 129, the clean-up on the way runs), not by the default handler's sudden
+    death, which leaves half-made folders (a sweep's own handlers take over once it runs). Returns what to restore."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(number: int, frame) -> None:
+        error = KeyboardInterrupt(signal.Signals(number).name)
+        error.signal_number = number
+        raise error
+
+    return {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
 
 
 __all__ = ["PROG", "build_parser", "main"]
