@@ -430,6 +430,9 @@ def claim_new_experiment(storage: Path, name: str, *, overwrite: bool, command: 
     path = check_new_experiment(storage, name, overwrite=overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where the storage folder should be, a read-only place
+        raise ConfigError(f"{path}: cannot create the experiment directory ({error.strerror})") from None
+    try:
         path.mkdir(exist_ok=overwrite)
     except FileExistsError:
         raise ConfigError(f"{path}: experiment already exists (use 'robusttune resume {path}', another `name`, or `overwrite`)") from None
