@@ -64,7 +64,8 @@ def _check_report_folder(target: Path, *, given: bool) -> None:
 
 
 def plan(space: str | os.PathLike[str], *, trials: int | None = None, calibrate: bool = False,
-         cache_dir: str | os.PathLike[str] | None = None):
+         cache_dir: str | os.PathLike[str] | None = None, gpu_memory: float | None = None,
+         device_type: str | None = None, cluster: str | os.PathLike[str] | None = None):
     """What a sweep of ``space`` will cost (``robusttune.search.plan.Plan``): device-hours per trial and for the
     sweep by term (startup, training, evaluation, checkpoint writes, the serial tail of baselines and WiSE-FT curves)
     and the dominant one, what bounds a trial (device or loader), the evaluation share, storage and the scheduler's

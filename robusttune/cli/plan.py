@@ -22,7 +22,8 @@ def _rate(images_per_s: float | None) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     from robusttune import api
 
-    found = api.plan(args.space, trials=args.trials, calibrate=args.calibrate, cache_dir=args.cache_dir)
+    found = api.plan(args.space, trials=args.trials, calibrate=args.calibrate, cache_dir=args.cache_dir,
+                     gpu_memory=args.gpu_memory, device_type=args.device_type, cluster=args.cluster)
     calibration = found.calibration
 
     def human() -> None:
@@ -68,9 +69,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"scheduler), {_hours(found.wall_hours)} wall at this concurrency, "
               f"{found.storage_bytes / 2**30:.2f} GiB of storage at most")
         print(f"terms: {terms}; dominant: {found.dominant}")
+        memory_lines(found.memory)
 
     emit({**found.to_dict()}, args.json, human)
     return 0
+
+
+def _gb(value: float) -> str:
+    return f"{value / 1e9:.1f} GB"
+
+
+def memory_lines(memory: dict) -> None:
+    """The memory model's table: each method's and baseline's peak next to the GPU's memory."""
+    if not memory:
+        return
+    budget = memory.get("gpu_memory")
+    against = (f"against {memory['gpu']}: {_gb(budget)}, {_gb(budget * memory['usable_fraction'] - memory['context_bytes'])}"
+               f" usable after the CUDA context and fragmentation" if budget else "no GPU memory known (--gpu-memory GB, "
+               "--device-type, --cluster FILE)")
+    print(f"peak device memory per process ({memory['dtype']} activations; {against}):")
+    for row in memory["rows"]:
+        if not row["modelled"]:
+            print(f"  {row['method']:<34} {row['note']}")
+            continue
+        parts = row["parts"]
+        states = parts["weights"] + parts["teacher"] + parts["grads"] + parts["moments"]
+        cam = f" + CAM maps {_gb(parts['cam_maps'])}" if parts["cam_maps"] else ""
+        verdict = "" if not budget else ("  fits" if not row["note"] else "  DOES NOT FIT")
+        print(f"  {row['method']:<34} {_gb(row['peak']):>9} at micro-batch {row['micro_batch']}: weights+teacher+grads"
+              f"+AdamW {_gb(states)}, activations {_gb(parts['activations'])} "
+              f"({row['activations_per_image'] / 2**20:.1f} MiB/image){cam}{verdict}")
 
 
 def register(commands) -> None:
@@ -80,4 +108,9 @@ def register(commands) -> None:
     plan.add_argument("--trials", type=int, metavar="N", help="number of trials (default: the space's budget)")
     plan.add_argument("--calibrate", action="store_true",
                       help="measure the step, evaluation, loader and write costs again on this machine")
+    plan.add_argument("--gpu-memory", type=float, metavar="GB",
+                      help="the trials' GPU memory: each method's and baseline's peak is checked against it")
+    plan.add_argument("--device-type", metavar="NAME", help="the trials' GPU by name (H100, H200, A100-40GB, A100-80GB, "
+                      "L40S, A10G, L4): its memory")
+    plan.add_argument("--cluster", metavar="FILE", help="a Ray cluster file: the smallest GPU of its node types")
     plan.set_defaults(handler=cmd_plan)

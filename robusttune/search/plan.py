@@ -183,6 +183,7 @@ class Plan:
     confirmation: dict[str, Any] = field(default_factory=dict)  # the confirmation stage (none unless the space asks)
     terms: dict[str, float] = field(default_factory=dict)  # the sweep's device-hours by what they pay for
     dominant: str = ""  # the largest term
+    memory: dict[str, Any] = field(default_factory=dict)  # robusttune.search.memory.MemoryPlan: peaks per method
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,10 +234,18 @@ def _eval_images(config: TrainConfig, eval_sizes: dict[str, int], evaluations: i
     return subset * (evaluations - 1) + full, full
 
 
-def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, calibrate_again: bool = False) -> Plan:
+def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, calibrate_again: bool = False,
+         gpu_memory: float | None = None, gpu: str | None = None) -> Plan:
+    """The sweep's plan. ``gpu_memory`` (bytes; ``gpu`` says where it came from): each method's and the baselines'
+    peak memory is checked against it, and a space that cannot fit is refused in one line (naming the
+    ``accum_steps`` that would) before anything is measured."""
+    from robusttune.search.memory import memory_plan, check_fits
     from robusttune.training.loop import total_steps
 
     mix = method_mix(space)
+    memory = memory_plan(space, {**{key: config for key, (config, _) in mix.items()},
+                                 "vanilla FT baseline": vanilla_config(space)}, cache_dir, gpu_memory=gpu_memory, gpu=gpu)
+    check_fits(memory)
     n_train, classes, eval_sizes, sizes_source = _sizes(space, cache_dir)
     config = next(iter(mix.values()))[0]
     n_train = _train_images(config, n_train, classes)
@@ -354,7 +363,7 @@ def plan(space: SearchSpace, cache_dir: Path, *, trials: int | None = None, cali
         method_steps=method_steps, trial_checkpoint_hours=trial_checkpoint_s / 3600,
         checkpoints={"bytes_per_evaluation": per_evaluation, "bytes_at_end": at_end, "write": storage,
                      "seconds_per_evaluation": per_evaluation / write_rate, "trial_seconds": trial_checkpoint_s},
-        tail=tail, terms=terms, dominant=max(terms, key=terms.get), confirmation=confirmation)
+        tail=tail, terms=terms, dominant=max(terms, key=terms.get), confirmation=confirmation, memory=memory.to_dict())
 
 
 def _confirmation(space: SearchSpace, complete: float, front: float, concurrency: int, *, startup: float, run_s: float,
