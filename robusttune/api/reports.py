@@ -75,4 +75,19 @@ def plan(space: str | os.PathLike[str], *, trials: int | None = None, calibrate:
 
     loaded, _ = load_space(str(space))
     at_least("trials", trials, 1)
-    return make_plan(loaded, cache_directory(cache_dir), trials=trials, calibrate_again=calibrate)
+    memory, gpu = _gpu_memory(gpu_memory, device_type, cluster)
+    return make_plan(loaded, cache_directory(cache_dir), trials=trials, calibrate_again=calibrate,
+                     gpu_memory=memory, gpu=gpu)
+
+
+def _gpu_memory(gpu_memory: float | None, device_type: str | None, cluster: str | os.PathLike[str] | None):
+    """The GPU memory (bytes) a plan checks the peaks against, and where it came from: ``gpu_memory`` GB, a named
+    ``device_type``, a cluster file's GPU node types, else this machine's GPU (None without one)."""
+    from robusttune.search.memory import gpu_memory_of
+
+    config = None
+    if cluster is not None:
+        from robusttune.search.launch import check_cluster_file
+
+        config = check_cluster_file(Path(cluster))
+    return gpu_memory_of(gpu_memory_gb=gpu_memory, device=device_type, cluster=config, local=True)
