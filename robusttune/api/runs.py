@@ -56,6 +56,10 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | o
     config = config if isinstance(config, TrainConfig) else parse(TrainConfig, dict(config or {}), "train config")
     spec = task if isinstance(task, TaskSpec) else parse(TaskSpec, dict(task or {}), "task")
     out = Path(out)
+    if config.workers > 1:
+        from robusttune.training.device import data_parallel_gpus
+
+        data_parallel_gpus(config.workers, config.device)  # N GPUs, or device cpu said: refused before anything
     cache = cache_directory(cache_dir)
     check_threads(threads)
     check_out_dir(out, resume=resume, overwrite=overwrite)
@@ -63,9 +67,6 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, *, out: str | o
         RunFiles(out).checkpoint.unlink(missing_ok=True)  # a fresh run (overwrite) never continues another's checkpoint
     if config.workers > 1:
         from robusttune.search.data_parallel import train_on_workers
-        from robusttune.training.device import data_parallel_gpus
-
-        data_parallel_gpus(config.workers, config.device)  # N GPUs, or --device cpu said: refused before Ray starts
         train_on_workers(config.to_dict(), spec.to_dict(), str(cache), str(out), threads=threads)
     else:
         from robusttune.training.train_dir import train_into

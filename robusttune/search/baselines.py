@@ -120,5 +120,7 @@ def run_baselines(experiment: Path, space_text: str, cache_dir: Path, trial_ids:
         import ray
 
         task = ray.remote(num_cpus=cpu, num_gpus=gpu, max_retries=0)(compute_baselines)
-        return sum(int(n) for n in ray.get([task.remote(*job) for job in jobs]))
+        from robusttune.search.remote import ray_get
+
+        return sum(int(n) for n in ray_get([task.remote(*job) for job in jobs]))
     return sum(compute_baselines(*job) for job in jobs)

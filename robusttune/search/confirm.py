@@ -366,10 +366,12 @@ def _run_wave(function, jobs: list[tuple], space: SearchSpace, bar, use_ray: boo
         return written
     import ray
 
+    from robusttune.search.remote import ray_get
+
     task = ray.remote(num_cpus=space.resources.cpu, num_gpus=space.resources.gpu, max_retries=0)(function)
     pending, written = [task.remote(*job) for job in jobs], 0
     while pending:
         finished, pending = ray.wait(pending, num_returns=1)
-        written += int(ray.get(finished[0]))
+        written += int(ray_get(finished[0]))
         bar.update(1)
     return written

@@ -143,5 +143,7 @@ def run_merges(experiment: Path, space_text: str, cache_dir: Path, *, cpu: float
         import ray
 
         task = ray.remote(num_cpus=cpu, num_gpus=gpu, max_retries=0)(compute_merge)
-        return sum(int(n) for n in ray.get([task.remote(*job) for job in jobs]))
+        from robusttune.search.remote import ray_get
+
+        return sum(int(n) for n in ray_get([task.remote(*job) for job in jobs]))
     return sum(compute_merge(*job) for job in jobs)

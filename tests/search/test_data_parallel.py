@@ -293,3 +293,60 @@ def test_ray_still_hands_reports_to_the_tune_session_through_its_queue():
 
     assert callable(getattr(_TrainSession, "_get_or_create_inter_actor_queue", None)), \
         "ray.train._internal.session._TrainSession._get_or_create_inter_actor_queue is gone: heartbeat_queue needs it"
+
+
+# ------------------------------------------------------------------------- after the sweep, in one process
+
+
+def test_the_workers_rule_is_one_and_a_config_trains_alike_in_one_process(tiny_world_config):
+    from robusttune.config import parse
+    from robusttune.search.baselines import vanilla_config
+    from robusttune.search.data_parallel import trial_workers, uses_workers
+    from robusttune.space import SearchSpace
+
+    config = train_config(batch_size=16, accum_steps=2, workers=2)
+    alone_ = config.in_one_process()  # 2 processes x accum 2 = 1 process x accum 4: the same micro-batches
+    assert (alone_.workers, alone_.accum_steps, alone_.batch_size) == (1, 4, 16)
+    assert alone_.to_dict() == {**config.to_dict(), "workers": 1, "accum_steps": 4}
+    assert train_config(batch_size=16).in_one_process() == train_config(batch_size=16)
+    given = parse(SearchSpace, dp_space(tiny_world_config), "s")  # resources: {workers: 2}
+    searched = parse(SearchSpace, dp_space(tiny_world_config, resources={"cpu": 0.9}, parameters={
+        "workers": {"type": "categorical", "choices": [1, 2]}}), "s")
+    fixed = parse(SearchSpace, dp_space(tiny_world_config, resources={"cpu": 0.9},
+                                        fixed={"steps": 24, "batch_size": 16, "workers": 2}), "s")
+    for space, sampled, workers in ((given, {}, 2), (searched, {"workers": 1, "seed": 3}, 1), (searched, {"workers": 2}, 2),
+                                    (fixed, {}, 2)):
+        assert space.workers(sampled) == trial_workers(space, sampled) == workers
+        assert space.trial_config({k: v for k, v in sampled.items() if k != "seed"}, seed=0).workers == workers
+        assert space.max_workers() == 2 and uses_workers(space)
+    for space, accum in ((given, 2), (fixed, 2), (searched, 1)):  # searched: its one-process trials' micro-batch
+        vanilla = vanilla_config(space)  # the baselines' run: one process, the trials' global batch and micro-batch
+        assert (vanilla.workers, vanilla.accum_steps, vanilla.batch_size) == (1, accum, 16)
+    assert parse(SearchSpace, tiny_space(tiny_world_config), "s").max_workers() == 1
+
+
+def test_a_data_parallel_trials_confirmation_trains_its_run_in_one_process(tmp_path, tiny_world_config, tiny_prepared,
+                                                                            cache_dir):
+    """Issue 34: a confirmation seed of a 2-worker trial copied ``workers: 2`` into one process and failed ('this
+    process is one of 1'); it trains the same run at accum_steps 2 (so a merge's members at other seeds do too)."""
+    import yaml
+
+    from robusttune.config import parse
+    from robusttune.experiment import confirm_weights, read_records
+    from robusttune.search.confirm import ConfirmRun, confirm_one
+    from robusttune.space import SearchSpace
+    from robusttune.training.checkpoint import load_checkpoint
+
+    space = dp_space(tiny_world_config, fixed={"steps": 4, "batch_size": 16, "eval_every": 4, "eval_batch_size": 128,
+                                               "lr": 1e-3}, baselines={"wise_alphas": [0.0]})
+    config = parse(SearchSpace, space, "s").trial_config({"w_distill": 3.0, "region": "object"}, seed=5).to_dict()
+    assert config["workers"] == 2
+    run = ConfirmRun("t1", {**config, "seed": 6}, 1, curve=False)  # a merge's member: its own point, no curve
+    assert confirm_one(str(tmp_path), yaml.safe_dump(space), str(cache_dir), run.to_dict(), 1) == 1
+    (row,) = [r for r in read_records(tmp_path) if r.get("kind") == "confirm"]
+    assert row.get("status") != "failed" and row["config"] == run.config and row["config_key"] == run.key, row
+    saved = load_checkpoint(confirm_weights(tmp_path, run.key, 1))
+    single = alone(tiny_prepared, {**run.config, "workers": 1, "accum_steps": 2})
+    assert single["history"][-1]["metrics"]["id_acc"] == row["id_acc"]
+    for key, value in single["state"].items():
+        assert close(saved["model"][key], value), key
