@@ -37,7 +37,8 @@ def replay(table_path: Path, sampler: str, seed: int, trials: int, constraint: s
         data.setdefault("objective", {})["constraints"] = [constraint]
         table = Table(table.frame, {**table.meta, "space_yaml": yaml.safe_dump(data, sort_keys=False)})
     budget = trials * table.evaluations
-    space, text = replay_space(table, Arm.of(sampler, "none"), seed, trials=budget)
+    quiet = {"warn_independent_sampling": False} if sampler in ("tpe", "gp") else {}  # conditional parameters
+    space, text = replay_space(table, Arm.of(sampler, "none", options=quiet), seed, trials=budget)
     name = f"{sampler}-{'constrained' if constraint else 'free'}-seed{seed}"
     experiment = new_experiment_dir(storage, name, overwrite=True)
     runner = ReplayRunner(table=str(Path(table_path).resolve()), max_evaluations=budget)
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     from robusttune.constraints import parse_constraint
 
     try:
-        parse_constraint(args.constraint)
+        if parse_constraint(args.constraint).reference is not None:
+            raise ValueError(f"constraint '{args.constraint}': a benchmark table holds no zero-shot or vanilla FT run; "
+                             "bound it by a number")
     except ValueError as error:
         print(f"constraints_replay: {error}", file=sys.stderr)
         return 2

@@ -85,3 +85,14 @@ def test_the_study_stores_each_trials_constraint_values_and_its_samplers_see_the
     assert stored[2][1] == pytest.approx(-0.2)  # a stopped trial keeps the values of its last report
     # Optuna's own reading: trial 0 has the best OOD, but it is infeasible
     assert study.best_trial.number == 1
+
+
+def test_the_replay_comparison_refuses_a_bad_constraint_in_one_line():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "constraints_replay.py"), "--constraint",
+                             "id_val_acc >= zero_shoot"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert_one_line_exit_2(result, "constraints_replay: constraint 'id_val_acc >= zero_shoot': unknown reference")
