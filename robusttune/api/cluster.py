@@ -65,6 +65,11 @@ def launch(space: str, *, cluster: str | os.PathLike[str], storage: str, name: s
     if findings.errors:
         raise ConfigError(findings.errors[0])
     shm = check_shared_memory(loaded, config, source=str(cluster_file))
+    from robusttune.api.common import cache_directory
+    from robusttune.search.memory import check_space_fits, gpu_memory_of
+
+    gpu_memory, gpu = gpu_memory_of(cluster=config)  # the smallest GPU of the file's node types
+    check_space_fits(loaded, cache_directory(None), gpu_memory=gpu_memory, gpu=gpu)
     name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_experiment_name(name)
     steps = plan(space, cluster_file, name=name, storage=storage, token_auth=token_auth, max_failures=max_failures)

@@ -118,6 +118,11 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
                            seed=loaded.sampler.seed if seed is None else seed, address=address,
                            max_failures=max_failures, verbose=verbose, loggers=tuple(loggers))
     check_runnable(loaded, options)
+    if runner is None and address is None:  # trials that train here: their peaks against this machine's GPU, if any
+        from robusttune.search.memory import check_space_fits, gpu_memory_of
+
+        gpu_memory, gpu = gpu_memory_of(local=True)
+        check_space_fits(loaded, cache, gpu_memory=gpu_memory, gpu=gpu)
     warm = None
     if warm_start is not None:
         from robusttune.search.warm_start import load_warm_start
