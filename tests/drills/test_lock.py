@@ -133,3 +133,28 @@ def test_a_stale_holder_is_named_with_the_process_that_kept_the_lock(tmp_path):
         except ConfigError:
             assert time.monotonic() < deadline, "the leftover process never let the lock go"
             os.sched_yield()
+
+
+def test_the_loser_of_two_overwrites_names_the_winner_and_removes_nothing(tmp_path, monkeypatch):
+    """Both checked the folder while it was free; the winner took it first: the loser, at its claim, is refused
+    naming the winner, and the winner's files stay (it used to fail with ``latest.pt: No such file or directory``)."""
+    from robusttune import experiment as layout
+    from robusttune.experiment import claim_new_experiment, write_manifest
+    from robusttune.space import load_space
+
+    space, text = load_space("demo")
+    folder = tmp_path / "runs" / "exp"
+    folder.mkdir(parents=True)
+    write_manifest(folder, space, text, seed=0, trials=2, concurrency=1, runner={"kind": "train"})
+    winner = claim_new_experiment(tmp_path / "runs", "exp", overwrite=True, command="robusttune sweep demo (winner)")
+    try:
+        write_manifest(folder, space, text, seed=0, trials=2, concurrency=1, runner={"kind": "train"})
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "latest.pt").write_bytes(b"the winner's")
+        monkeypatch.setattr(layout, "lock_holder", lambda path: None)  # the loser's early check saw it free
+        with pytest.raises(ConfigError) as refused:
+            claim_new_experiment(tmp_path / "runs", "exp", overwrite=True, command="robusttune sweep demo (loser)")
+        assert "in use by 'robusttune sweep demo (winner)' (pid" in str(refused.value)
+        assert (folder / "checkpoints" / "latest.pt").read_bytes() == b"the winner's"
+    finally:
+        winner.release()
