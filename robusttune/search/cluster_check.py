@@ -17,8 +17,9 @@ Errors (a cluster that cannot run the space's trials as written):
 - KubeRay: a worker pod without a memory ``emptyDir`` at ``/dev/shm`` (the container default is 64 MB).
 
 Warnings (doubtful, not refused): every node start pip-installing the stack; ``/dev/shm`` below what the loaders keep
-there (``launch.check_shared_memory``); GPUs with less memory than the trial's coarse estimate; an idle timeout
-shorter than a node's start, so that nodes are released between the trials and the tail (baselines, merges).
+there (``launch.check_shared_memory``); an idle timeout shorter than a node's start, so that nodes are released
+between the trials and the tail (baselines, merges). GPU memory is the memory model's (``robusttune.search.memory``,
+which ``launch`` runs against the smallest GPU among the node types that can start).
 """
 
 from __future__ import annotations
@@ -46,16 +47,6 @@ INSTANCES: dict[str, tuple[int, int, int, int]] = {
     "p5en.48xlarge": (192, 8, 141, 2048),
 }
 
-# A coarse GPU memory estimate for one rank of the counterfactual method (the most memory-hungry method), bf16
-# autocast: fp32 weights, gradients and AdamW states (16 B per parameter) plus the bytes saved for backward per image
-# (DESIGN figures measured with saved-tensor hooks on the CPU: ViT-B/32 about 30 MB per image for the method,
-# ViT-L/14 2 x 255 MB + 100 MB of the CAM's fp32 attention maps; ViT-B/16 scaled by its 4x tokens), times 1.5 for
-# transients and the allocator. A replacement for a measured model, not a measurement: it only warns.
-MODEL_MEMORY: dict[str, tuple[float, float]] = {  # model: (parameters in millions, MB saved per image)
-    "ViT-B-32": (151, 30), "ViT-B-32-quickgelu": (151, 30), "ViT-B-16": (150, 120), "ViT-B-16-quickgelu": (150, 120),
-    "ViT-L-14": (428, 610), "ViT-L-14-quickgelu": (428, 610),
-}
-MEMORY_MARGIN = 1.5
 
 
 @dataclass
@@ -107,14 +98,6 @@ def trial_shape(space: SearchSpace) -> TrialShape:
                       spec.model if spec is not None else None, need.train_batch if need is not None else None)
 
 
-def gpu_memory_need_gb(model: str, micro_batch: int) -> float | None:
-    """The coarse estimate above, in GB per GPU; None for a model it does not know."""
-    if model not in MODEL_MEMORY:
-        return None
-    params_m, per_image_mb = MODEL_MEMORY[model]
-    return (params_m * 16 / 1000 + per_image_mb * micro_batch / 1000) * MEMORY_MARGIN
-
-
 def fits(cpus: float, gpus: float, cpu: float, gpu: float) -> int:
     """How many requests of ``cpu``/``gpu`` a node of ``cpus``/``gpus`` holds."""
     counts = [math.floor(cpus / cpu + 1e-9)] if cpu > 0 else []
@@ -147,7 +130,7 @@ def has_efa(node: dict, docker: dict) -> bool:
 def check_launcher(config: dict, space: SearchSpace | None = None, *, token_auth: bool = True,
                    source: str = "cluster file") -> Findings:
     """The launcher config's AMI, image, installs, authentication and idle timeout, and, given a space, whether its
-    node types hold the space's trials (CPUs, GPUs, GPU memory, EFA for trials that span nodes)."""
+    node types hold the space's trials (CPUs, GPUs, EFA for trials that span nodes)."""
     found = Findings()
     types: dict[str, dict] = config.get("available_node_types") or {}
     head = config.get("head_node_type")
@@ -215,17 +198,6 @@ def check_fit(space: SearchSpace, nodes: dict[str, tuple[float, float, str | Non
                 f"spread its ranks over several nodes, and {', '.join(without)} has no EFA: NCCL would all-reduce over "
                 f"TCP (as slow as the step itself, or slower); add a node type that holds the whole trial (e.g. "
                 f"p5.48xlarge) or EFA (docs/guides/cluster.md: multi-node trials)")
-    if shape.model and shape.micro_batch and shape.gpu > 0:
-        need = gpu_memory_need_gb(shape.model, shape.micro_batch)
-        for name, (_, _, instance, _) in sorted(runs_rank.items()):
-            if need is None or instance not in INSTANCES or INSTANCES[instance][1] == 0:
-                continue
-            per_gpu = INSTANCES[instance][2] * min(1.0, shape.gpu)  # a fraction of a GPU shares its memory
-            if per_gpu < need:
-                found.warnings.append(
-                    f"space '{space.name}': node type {name} ({instance}) gives a rank {per_gpu:g} GB of GPU memory; "
-                    f"{shape.model} at {shape.micro_batch} images per rank needs about {need:.0f} GB (coarse estimate): "
-                    f"expect out-of-memory errors; use a larger GPU, more workers, or accum_steps")
     for name, (cpus, gpus, instance, _) in sorted(nodes.items()):
         if instance in INSTANCES:
             vcpus, real_gpus, _, _ = INSTANCES[instance]

@@ -83,8 +83,8 @@ def cluster_gpus(cluster: dict) -> dict[str, str]:
     """``{node type: GPU}`` of a cluster file's worker node types that have GPUs and a known instance type."""
     found = {}
     for name, node in (cluster.get("available_node_types") or {}).items():
-        if float((node.get("resources") or {}).get("GPU", 0)) <= 0:
-            continue
+        if float((node.get("resources") or {}).get("GPU", 0)) <= 0 or node.get("max_workers") == 0:
+            continue  # no GPU, or a type taken out of this cluster (max_workers: 0)
         gpu = instance_gpu((node.get("node_config") or {}).get("InstanceType", ""))
         if gpu is not None:
             found[name] = gpu
