@@ -16,14 +16,15 @@ from robusttune.api.bench import ReplayResult, SurrogateResult, replay, surrogat
 from robusttune.api.cluster import LaunchResult, launch
 from robusttune.api.common import cache_directory, check_out_dir, set_threads, trial_table
 from robusttune.api.data import PackResult, WorldResult, pack, prepare_world, pretrain_world
+from robusttune.api.doctor import DoctorResult, doctor
 from robusttune.api.reports import ReportResult, plan, report
 from robusttune.api.runs import BaselinesResult, TrainSummary, baselines, train, wise
 from robusttune.api.sweeps import ConfirmResult, DemoResult, Status, SweepResult, confirm, demo, resume, status, sweep
 
 __all__ = [  # the commands, then their results, then the helpers the CLI shares
-    "train", "wise", "baselines", "sweep", "resume", "confirm", "status", "demo", "plan", "report", "launch", "tabulate",
+    "train", "wise", "baselines", "sweep", "resume", "confirm", "status", "demo", "plan", "doctor", "report", "launch", "tabulate",
     "replay", "surrogate", "prepare_world", "pretrain_world", "pack",
-    "TrainSummary", "BaselinesResult", "SweepResult", "ConfirmResult", "Status", "DemoResult", "ReportResult", "LaunchResult",
+    "TrainSummary", "BaselinesResult", "SweepResult", "ConfirmResult", "Status", "DemoResult", "ReportResult", "DoctorResult", "LaunchResult",
     "ReplayResult", "SurrogateResult", "WorldResult", "PackResult",
     "cache_directory", "check_out_dir", "set_threads", "trial_table",
 ]

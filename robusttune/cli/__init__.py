@@ -25,12 +25,12 @@ if _STARTING:  # run as the command (python -m robusttune.cli, the robusttune sc
     for _number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(_number, _quiet_exit)
 
-from robusttune.cli import bench, data, launch, plan, report, sweep, train, world
+from robusttune.cli import bench, data, doctor, launch, plan, report, sweep, train, world
 from robusttune.cli.output import Parser, said_with_flags
 from robusttune.errors import RobustTuneError, storage_error
 
 PROG = "robusttune"
-COMMAND_GROUPS = (world, data, train, sweep, plan, report, launch, bench)  # each registers its commands, in this order
+COMMAND_GROUPS = (world, data, train, sweep, plan, doctor, report, launch, bench)  # each registers its commands, in this order
 
 
 def build_parser() -> argparse.ArgumentParser:
