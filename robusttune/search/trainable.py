@@ -141,8 +141,10 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
 
     meter = CostMeter.start(files.folder / "cost.json", workers=train_config.workers)  # what this trial spends
     latest, best, best_meta = files.latest, files.best, files.best_meta
-    run = prepare_run(train_config, space.task, Path(job["cache_dir"]), checkpoint=latest,
-                      head_folders=[heads_dir(experiment)])
+    # the waiting process of a data-parallel trial re-reports from the checkpoint alone, never building the task (the
+    # zero-shot head: hours on its one thread); its workers build it where they train
+    run = (None if train else Resumed.read(train_config, latest)) or prepare_run(
+        train_config, space.task, Path(job["cache_dir"]), checkpoint=latest, head_folders=[heads_dir(experiment)])
     node_id, heartbeat_seconds = job["node_id"], float(job["heartbeat_seconds"])
     total = run.total_steps
     best_saved = json.loads(best_meta.read_text()) if best_meta.is_file() else {}
@@ -213,6 +215,37 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
               on_step=heartbeat if beat_to is not None else None, shard=shard,
               probe=WiseProbe(wise.alphas) if wise is not None else None)
     return False
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a data-parallel trial's waiting process needs of its run (``train_trial(train=False)``): the checkpoint it
+    resumes from and the run's length as the loop recorded it in the checkpoint; never the task."""
+
+    resume: dict[str, Any] | None
+    total_steps: int = 0
+    placement: Any = None  # a re-reported evaluation measures nothing here
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return json.loads(self.resume["history"]) if self.resume is not None else []
+
+    @property
+    def finished(self) -> bool:
+        return self.resume is not None and int(self.resume["step"]) >= self.total_steps
+
+    @classmethod
+    def read(cls, config: TrainConfig, checkpoint: Path) -> Resumed | None:
+        """The run as ``checkpoint`` holds it (resume None: no checkpoint yet); None when only the task can tell (a
+        checkpoint written before it recorded its length, or with another config: ``prepare_run`` says why)."""
+        from robusttune.training.checkpoint import load_checkpoint
+
+        if not checkpoint.is_file():
+            return cls(None)
+        state = load_checkpoint(checkpoint)
+        if "total_steps" not in state or not config.resumes(json.loads(state["config"])):
+            return None
+        return cls(state, int(state["total_steps"]))
 
 
 @dataclass(frozen=True)

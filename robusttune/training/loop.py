@@ -362,8 +362,9 @@ def _train(config: TrainConfig, student: ImageClassifier, teacher: ImageClassifi
         history.append(row)
         if save_checkpoint is not None:
             state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                     "step": step, "history": json.dumps(history), "config": json.dumps(config.to_dict()),
-                     "elapsed": row["elapsed"], **({"method_state": own.state_dict()} if own is not None else {})}
+                     "step": step, "total_steps": total, "history": json.dumps(history),
+                     "config": json.dumps(config.to_dict()), "elapsed": row["elapsed"],
+                     **({"method_state": own.state_dict()} if own is not None else {})}
             save_checkpoint({**state, "scaler": scaler.state_dict()} if scaler.is_enabled() else state)
         if report is not None:
             report({**row, **metrics})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import invoke, train_config
+from helpers import invoke, train_config, train_run
 from helpers import records, tiny_space, write_space
 
 CONFIG = {"steps": 20, "batch_size": 16, "eval_every": 10, "eval_batch_size": 64, "lr": 1e-3, "seed": 3,
@@ -350,3 +350,42 @@ def test_a_data_parallel_trials_confirmation_trains_its_run_in_one_process(tmp_p
     assert single["history"][-1]["metrics"]["id_acc"] == row["id_acc"]
     for key, value in single["state"].items():
         assert close(saved["model"][key], value), key
+
+
+def test_the_waiting_process_of_a_data_parallel_trial_builds_no_task(tmp_path, tiny_world_config, tiny_prepared,
+                                                                     monkeypatch):
+    """The Tune trial's own process (0.01 CPU: one thread, no GPU) re-reports the resumed checkpoint's evaluation from
+    the checkpoint alone: building the task there (the zero-shot head) took hours on a new ImageNet experiment."""
+    import yaml
+
+    from robusttune.config import parse
+    from robusttune.experiment import trial_files
+    from robusttune.search.trainable import train_trial
+    from robusttune.space import SearchSpace
+    from robusttune.training import run as run_module
+    from robusttune.training.checkpoint import save_checkpoint
+
+    space = tiny_space(tiny_world_config)  # steps 4, an evaluation every 2
+    config = parse(SearchSpace, space, "s").trial_config({"w_distill": 3.0, "region": "object"}, seed=0)
+    files = trial_files(tmp_path, "t1")
+    files.folder.mkdir(parents=True)
+    job = {"space_yaml": yaml.safe_dump(space), "experiment": str(tmp_path), "train_config": config.to_dict(),
+           "trial_id": "t1", "cache_dir": "/nonexistent", "node_id": "n", "heartbeat_seconds": 30.0}
+
+    def nowhere(*args, **kwargs):
+        raise AssertionError("the waiting process built the task")
+
+    monkeypatch.setattr(run_module, "build_task", nowhere)
+    reports: list[dict] = []
+    assert train_trial(job, report_to=reports.append, train=False) is True and reports == []  # nothing to resume yet
+    seen = []
+
+    def save(state):  # each checkpoint the run writes, as a restarted waiting process would find it
+        save_checkpoint(files.latest, state)
+        reports.clear()
+        left = train_trial(job, report_to=reports.append, train=False)
+        (row,) = reports
+        seen.append((left, row["step"], row["total_steps"], row["trial_status"], row["evaluation"]))
+
+    train_run(tiny_prepared, config, save_checkpoint=save)
+    assert seen == [(True, 2, 4, "running", 1), (False, 4, 4, "complete", 2)]
