@@ -166,7 +166,7 @@ def register(commands) -> None:
     train.add_argument("--seed", type=int, metavar="S")
     train.add_argument("--threads", type=int, metavar="K", help="torch threads (default: all cores)")
     train.add_argument("--workers", type=int, metavar="N",
-                       help="data-parallel workers on a local Ray (Ray Train; one GPU each where there are enough)")
+                       help="data-parallel workers on a local Ray (Ray Train): one GPU each; on CPUs (gloo) only with --device cpu")
     add_placement(train)
     train.add_argument("--out", metavar="DIR", help="run directory (default: runs/train-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
