@@ -4,6 +4,7 @@ exactly as a node with too old a driver does. The test starts its own Ray head a
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,6 +85,7 @@ def fake_gpu_ray():
             deadline = time.time() + 10
             while time.time() < deadline and any(_alive(p) for p in ours):
                 time.sleep(0.2)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_trial_given_a_gpu_torch_cannot_use_fails_in_one_line_and_trains_nothing(fake_gpu_ray, tmp_path,
