@@ -66,7 +66,8 @@ def launch(space: str, *, cluster: str | os.PathLike[str], storage: str, name: s
         raise ConfigError(findings.errors[0])
     shm = check_shared_memory(loaded, config, source=str(cluster_file))
     from robusttune.api.common import cache_directory
-    from robusttune.search.memory import check_space_fits, gpu_memory_of
+    from robusttune.search.memory import gpu_memory_of
+    from robusttune.search.plan import check_space_fits
 
     gpu_memory, gpu = gpu_memory_of(cluster=config)  # the smallest GPU of the file's node types
     check_space_fits(loaded, cache_directory(None), gpu_memory=gpu_memory, gpu=gpu)

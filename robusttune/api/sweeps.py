@@ -119,7 +119,8 @@ def sweep(space: str | os.PathLike[str], *, storage: str | os.PathLike[str] = "r
                            max_failures=max_failures, verbose=verbose, loggers=tuple(loggers))
     check_runnable(loaded, options)
     if runner is None and address is None:  # trials that train here: their peaks against this machine's GPU, if any
-        from robusttune.search.memory import check_space_fits, gpu_memory_of
+        from robusttune.search.memory import gpu_memory_of
+        from robusttune.search.plan import check_space_fits
 
         gpu_memory, gpu = gpu_memory_of(local=True)
         check_space_fits(loaded, cache, gpu_memory=gpu_memory, gpu=gpu)

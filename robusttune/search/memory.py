@@ -476,16 +476,3 @@ def space_memory(space, configs: dict[str, TrainConfig], cache_dir: Path | None,
     if refuse:
         check_fits(found)
     return found
-
-
-def check_space_fits(space, cache_dir: Path | None, *, gpu_memory: float | None, gpu: str | None) -> MemoryPlan | None:
-    """For ``sweep`` and ``launch``: refuse (one line) a space whose trials or vanilla FT baseline cannot fit in
-    ``gpu_memory`` bytes; nothing when no GPU memory is known."""
-    if gpu_memory is None:
-        return None
-    from robusttune.search.baselines import vanilla_config
-    from robusttune.search.plan import method_mix
-
-    configs = {key: config for key, (config, _) in method_mix(space).items()}
-    configs["vanilla FT baseline"] = vanilla_config(space)
-    return space_memory(space, configs, cache_dir, gpu_memory=gpu_memory, gpu=gpu, refuse=True)

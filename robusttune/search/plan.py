@@ -393,3 +393,15 @@ def _confirmation(space: SearchSpace, complete: float, front: float, concurrency
     longest = startup + max(run_s, vanilla_s) + alphas * full_eval_s
     return {"seeds": seeds, "top": top, "runs": runs, "trained_runs": trained, "curves": curves,
             "merges": len(members), "seconds": seconds, "wall_seconds": max(longest, seconds / max(1, concurrency))}
+
+
+def check_space_fits(space, cache_dir: Path | None, *, gpu_memory: float | None, gpu: str | None) -> Any:
+    """For ``sweep`` and ``launch``: refuse (one line) a space whose trials or vanilla FT baseline cannot fit in
+    ``gpu_memory`` bytes; nothing when no GPU memory is known."""
+    if gpu_memory is None:
+        return None
+    from robusttune.search.memory import space_memory
+
+    configs = {key: config for key, (config, _) in method_mix(space).items()}
+    configs["vanilla FT baseline"] = vanilla_config(space)
+    return space_memory(space, configs, cache_dir, gpu_memory=gpu_memory, gpu=gpu, refuse=True)
