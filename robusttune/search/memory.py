@@ -42,7 +42,7 @@ import torch
 
 from robusttune.cache import atomic_write_json, stable_hash
 from robusttune.config import Precision, TrainConfig
-from robusttune.errors import ConfigError
+from robusttune.errors import ConfigError, ParameterError
 
 MEMORY_VERSION = 1  # part of the counts' cache key
 COUNT_SIZE = 23  # the micro-batch counted: a prime that divides no model dimension (tokens, widths, classes)
@@ -71,7 +71,7 @@ def device_type(name: str) -> dict[str, float]:
     for known, figures in DEVICE_TYPES.items():
         if known.lower() == str(name).lower():
             return {"name": known, **figures}
-    raise ConfigError(f"--device-type must be one of {', '.join(DEVICE_TYPES)}, got '{name}'")
+    raise ParameterError("device_type", f"must be one of {', '.join(DEVICE_TYPES)}, got '{name}'")
 
 
 def instance_gpu(instance_type: str) -> str | None:
@@ -453,7 +453,7 @@ def gpu_memory_of(*, gpu_memory_gb: float | None = None, device: str | None = No
     ``(None, None)`` when none is known."""
     if gpu_memory_gb is not None:
         if not gpu_memory_gb > 0:
-            raise ConfigError(f"--gpu-memory must be > 0 GB, got {gpu_memory_gb}")
+            raise ParameterError("gpu_memory", f"must be > 0 GB, got {gpu_memory_gb}")
         return gpu_memory_gb * GB, f"--gpu-memory {gpu_memory_gb:g}"
     if device is not None:
         figures = device_type(device)

@@ -125,7 +125,7 @@ def test_every_command_is_an_api_function_the_cli_calls():
     from robusttune import api
 
     commands = dict(_commands(build_parser()))
-    assert len(commands) == 17, sorted(commands)
+    assert len(commands) == 18, sorted(commands)
     for path, handler in commands.items():
         called = set(re.findall(r"\bapi\.(\w+)\(", inspect.getsource(handler)))
         assert called, f"robusttune {' '.join(path)} calls no API function"
