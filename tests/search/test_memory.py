@@ -130,3 +130,15 @@ def test_gpu_memory_comes_from_a_flag_a_device_type_or_a_cluster_file():
     cluster = check_cluster_file(Path(__file__).resolve().parents[2] / "cluster.yaml")
     memory, where = gpu_memory_of(cluster=cluster)
     assert memory == 40e9 and "A100-40GB" in where  # the smallest: p4d's 40 GB A100s beside g6e's 48 GB L40S
+
+
+def test_plan_prints_each_peak_next_to_the_gpu(cache_dir, capsys):
+    from robusttune.cli.plan import memory_lines
+    from robusttune.search.baselines import vanilla_config
+
+    space = l14_space()
+    found = memory_plan(space, {"vanilla FT baseline": vanilla_config(space)}, cache_dir, gpu_memory=141e9, gpu="H200")
+    memory_lines(found.to_dict())
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("peak device memory per process (bfloat16 activations; against H200: 141.0 GB")
+    assert "vanilla FT baseline" in out[1] and "at micro-batch 512" in out[1] and out[1].endswith("fits")
