@@ -134,6 +134,18 @@ class _QuietFileHandler(logging.FileHandler):
         except OSError:
             pass
 
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            super().close()  # flushes: on a full disk that raises, and the record is dropped as any other
+        except OSError:
+            pass
+
     def handleError(self, record) -> None:  # noqa: N802 (logging's name)
         pass
 

@@ -195,6 +195,20 @@ def _first_line(error: BaseException) -> str:
     return lines[0][:300] if lines else type(error).__name__
 
 
+def _after_trials(runner: TrialRunner, experiment: Path, space: SearchSpace, space_text: str) -> None:
+    """The runner's work after the trials (baselines, merges, confirmation); a full or read-only experiment directory
+    said in one line naming it (a Ray task's error carries the OSError only in its text)."""
+    try:
+        runner.after_trials(experiment, space, space_text)
+    except SweepError:
+        raise
+    except Exception as error:
+        translated = storage_error(error, experiment)
+        if translated is None:
+            raise
+        raise translated from None
+
+
 def _fit(tuner, experiment: Path, stop: StopSignals):
     """``tuner.fit()`` with the stop signals' safe point; a full or read-only experiment directory said in one line."""
     try:
@@ -290,7 +304,7 @@ def _search(experiment: Path, space: SearchSpace, space_text: str, options: Swee
         ),
     )
     results = _fit(tuner, experiment, stop)
-    runner.after_trials(experiment, space, space_text)
+    _after_trials(runner, experiment, space, space_text)
     return results
 
 
@@ -357,7 +371,7 @@ def _resume(experiment: Path, options: SweepOptions, runner: TrialRunner, stop: 
     _point_at(tuner, experiment, space, space_text, options, runner,
               used=budget_used({t: r for t, r in latest_by_trial(experiment).items() if t in recorded}))
     results = _fit(tuner, experiment, stop)
-    runner.after_trials(experiment, space, space_text)
+    _after_trials(runner, experiment, space, space_text)
     return results
 
 
@@ -389,7 +403,7 @@ def _restart_unsaved(experiment: Path, space: SearchSpace, space_text: str, opti
     if tune_dir(experiment).exists():
         shutil.rmtree(tune_dir(experiment))  # never saved, or unreadable: nothing in it can be restored
     if remaining == 0:
-        runner.after_trials(experiment, space, space_text)
+        _after_trials(runner, experiment, space, space_text)
         return None
     return _search(experiment, space, space_text, options, runner, stop, trials=remaining)
 

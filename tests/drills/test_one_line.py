@@ -63,6 +63,27 @@ def test_planted_library_words_go_to_the_log_not_the_console(tmp_path, capfd):
         door.worker_lines_dispatcher().remove_handler(door.WORKER_LINES_HANDLER)
 
 
+class FullStream:
+    """A file on a full disk: buffered writes succeed, flushing raises ENOSPC (no file name)."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        raise OSError(28, "No space left on device")
+
+    def close(self):
+        self.flush()
+
+
+def test_a_log_whose_disk_fills_while_open_stays_silent(tmp_path, capfd):
+    with LibraryLog(tmp_path) as routed:
+        logging.getLogger("ray.tune").warning("first")  # opens the file
+        routed._handler.stream = FullStream()  # then the disk fills
+        logging.getLogger("ray.tune").error("boom")
+    assert capfd.readouterr().err == ""
+
+
 def test_a_log_on_a_full_disk_stays_silent(tmp_path, capfd, monkeypatch):
     """The log lives in the experiment, which may be the full place: a record it cannot write is dropped quietly."""
     import builtins
