@@ -127,11 +127,17 @@ def test_a_failed_report_carries_every_metric_the_searcher_and_scheduler_need():
     assert later["id_val_acc"] == 0.9 and math.isnan(later["objective"])
 
 
-def test_report_before_the_first_record_is_a_one_line_error(experiment, tmp_path, cache_dir):
+def test_report_before_the_first_record_writes_an_empty_report(experiment, tmp_path, cache_dir):
+    """A running sweep that has not recorded its first evaluation yet is a robusttune experiment: its report says
+    there are no trials yet (a folder without a manifest is still refused)."""
     shutil.copytree(experiment, tmp_path / "empty")
     (tmp_path / "empty" / "records.jsonl").unlink()
     result = invoke("report", tmp_path / "empty", "--no-gallery", cwd=tmp_path, cache_dir=cache_dir)
-    assert_one_line_exit_2(result, "no records")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "empty" / "report" / "index.html").is_file()
+    (tmp_path / "empty" / "manifest.json").unlink()
+    assert_one_line_exit_2(invoke("report", tmp_path / "empty", "--no-gallery", cwd=tmp_path, cache_dir=cache_dir),
+                           "not a robusttune experiment")
 
 
 def test_a_torn_journal_tail_is_cut_at_the_last_complete_line(tmp_path):
