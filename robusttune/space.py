@@ -224,8 +224,8 @@ CHOICE_TYPES = (str, int, float, type(None))  # bool is an int
 
 
 class Budget(Frozen):
-    trials: int = Field(12, ge=1, le=MAX_TRIALS)
-    concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY)
+    trials: int = Field(12, ge=1, le=MAX_TRIALS, description="trials the sweep runs in all (failed ones included)")
+    concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY, description="trials at a time (the machine or cluster may run fewer)")
 
 
 class Resources(Frozen):
@@ -298,18 +298,18 @@ class Confirm(Frozen):
 
 
 class SearchSpace(Frozen):
-    name: str = "space"
-    description: str = ""
-    task: TaskSpec = TaskSpec()
-    objective: Objective = Objective()
-    sampler: Sampler = Sampler()
-    parameters: dict[str, Parameter] = {}
-    fixed: dict[str, Any] = {}
-    budget: Budget = Budget()
-    resources: Resources = Resources()
-    scheduler: Scheduler = Scheduler()
-    baselines: Baselines = Baselines()
-    confirm: Confirm | None = None  # no confirmation stage unless the space asks for one
+    name: str = Field("space", description="the experiment's default name (runs/<name>)")
+    description: str = Field("", description="free text, shown by status and the report")
+    task: TaskSpec = Field(TaskSpec(), description="the data: the mini world (default) or ImageNet and its OOD sets")
+    objective: Objective = Field(Objective(), description="the metrics the search optimises and their directions")
+    sampler: Sampler = Field(Sampler(), description="the Optuna sampler that proposes configurations")
+    parameters: dict[str, Parameter] = Field({}, description="the searched training settings and method knobs, by name")
+    fixed: dict[str, Any] = Field({}, description="training settings and method knobs every trial shares")
+    budget: Budget = Field(Budget(), description="how many trials, and how many at a time")
+    resources: Resources = Field(Resources(), description="CPUs, GPUs and data-parallel workers per trial")
+    scheduler: Scheduler = Field(Scheduler(), description="early stopping of unpromising trials between evaluations")
+    baselines: Baselines = Field(Baselines(), description="the reference runs after the trials (zero-shot, vanilla FT, WiSE-FT)")
+    confirm: Confirm | None = Field(None, description="the confirmation stage at more seeds (none unless the space asks)")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:

@@ -171,7 +171,7 @@ def train_trial(job: dict[str, Any], *, report_to, train: bool = True, rereport:
         nonlocal evaluations
         if row.get("status") == "failed":
             if shard.leader:
-                log.warning("trial %s failed: %s", job["trial_id"], row["failure"])  # reaches the console
+                log.warning("trial %s failed: %s", job["trial_id"], row["failure"])  # reaches the experiment's robusttune.log
             report_to(failure_result(space, last, step=row["step"], epoch=row["epoch"], total_steps=total,
                                      evaluation=evaluations, failure=row["failure"], cost=meter.to_dict()))
             return
