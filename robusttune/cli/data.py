@@ -41,7 +41,7 @@ def register(commands) -> None:
     pack.add_argument("--model", default="ViT-B-32", help="open_clip model whose input size the images get (default ViT-B-32)")
     pack.add_argument("--encoding", choices=values(PackEncoding), default=PackEncoding.RAW.value,
                       help="raw uint8 (lossless; the default, for CPU runs and small sets) or jpeg (about a fifth of the "
-                           "bytes: use it for GPU runs, README 'Running on GPUs')")
+                           "bytes: use it for GPU runs, docs/guides/running-on-gpus.md)")
     pack.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality 1..100 (default 90)")
     pack.add_argument("--shard-size", type=int, default=1024, metavar="N", help="images per shard (default 1024)")
     pack.add_argument("--workers", type=int, default=None, metavar="K",

@@ -48,7 +48,7 @@ def normalise(images_u8: Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (images_u8.float() / 255.0 - m) / s
 
 
-AUTO_WORKERS_CAP = 8  # JPEG-pack workers that feed one GPU (README: Running on GPUs); the trial keeps one CPU itself
+AUTO_WORKERS_CAP = 8  # JPEG-pack workers that feed one GPU (docs/guides/running-on-gpus.md); the trial keeps one CPU itself
 
 
 def loader_workers(requested: int | None, cpus: int | None = None) -> int:

@@ -254,7 +254,7 @@ def check_shared_memory(space: SearchSpace, cluster: dict, source: str = "cluste
             notes.append(f"{line}; no --shm-size, so Ray sizes /dev/shm to about 30% of the node's memory")
         elif size < wanted:
             warnings.append(f"{source}: {line}, but its --shm-size is {size / 1e9:.1f} GB: DataLoader workers would "
-                            f"fail with bus errors; raise --shm-size (README: Running on a cluster)")
+                            f"fail with bus errors; raise --shm-size (docs/guides/clusters.md)")
         else:
             notes.append(f"{line}; --shm-size {size / 1e9:.1f} GB")
     return ShmCheck(notes, warnings)

@@ -7,7 +7,7 @@ from robusttune.space import SamplerName, SearchSpace
 
 # Samplers that model complete trials only: a trial a scheduler stops early (told PRUNED) stays unknown to them, so
 # they may propose it again and again (measured: GP + MO-ASHA re-proposed one stopped configuration 106 times in a
-# 117-trial replay; README: Search efficiency)
+# 117-trial replay; docs/results/search-efficiency.md)
 BLIND_TO_STOPPED = frozenset({SamplerName.GP, SamplerName.BOTORCH})
 
 

@@ -90,4 +90,4 @@ def check_worker_visibility(space: SearchSpace, experiment: Path) -> None:
         probe.unlink(missing_ok=True)
     if missing:
         raise SweepError(f"not visible from worker node {node[:12]}: {'; '.join(missing)} (every node must mount them: "
-                         f"see 'Running on a cluster' in the README)")
+                         f"see docs/guides/clusters.md)")
