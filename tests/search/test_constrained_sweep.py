@@ -1,9 +1,10 @@
-"""A constrained sweep on the tiny world (real Ray Tune, Optuna journal, ASHA): zero-shot and vanilla FT run before
-the first trial, every evaluation carries its constraint values against them, Optuna's study holds them, an
-infeasible evaluation's scalar objective lies below every feasible one's, and the report marks them; each trial's
-final row carries its measured cost."""
+"""A constrained sweep on the tiny world (real Ray Tune, Optuna journal, ASHA), killed with -9 after its first
+trial and resumed: zero-shot and vanilla FT run before the first trial, every evaluation carries its constraint values
+against them, Optuna's study holds them once per trial, an infeasible evaluation's scalar objective lies below every
+feasible one's, and the report marks them; each trial's final row carries its measured cost."""
 
 import json
+import os
 
 import pytest
 
@@ -15,7 +16,7 @@ CONSTRAINT = "id_val_acc >= zero_shot + 0.5"
 
 
 def test_a_constrained_sweep_measures_its_references_first_and_tells_optuna(tmp_path, tiny_world_config, tiny_prepared,
-                                                                          cache_dir):
+                                                                          cache_dir, kill_9_when):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -24,8 +25,16 @@ def test_a_constrained_sweep_measures_its_references_first_and_tells_optuna(tmp_
                                                       "constraints": [CONSTRAINT]},
                        sampler={"name": "tpe", "seed": 0}, scheduler={"name": "asha", "grace_period": 1, "max_t": 2},
                        baselines={"wise_alphas": [0.0, 1.0]})
-    result = invoke("sweep", write_space(tmp_path / "c.yaml", space), "--storage", tmp_path, "--name", "c", "--json",
-                    cache_dir=cache_dir)
+    experiment = tmp_path / "c"
+
+    def a_trial_finished() -> bool:  # the references are measured by then: the kill lands between trials' work
+        return (experiment / "records.jsonl").exists() and any(
+            r.get("final") for r in records(experiment, trials_only=False) if "trial_id" in r)
+
+    kill_9_when(["sweep", write_space(tmp_path / "c.yaml", space), "--storage", tmp_path, "--name", "c"],
+                {**os.environ, "ROBUSTTUNE_CACHE_DIR": str(cache_dir)}, a_trial_finished, timeout=600,
+                never="the constrained sweep never finished a trial")
+    result = invoke("resume", experiment, "--json", cache_dir=cache_dir)  # a constrained sweep resumes exactly once
     assert result.returncode == 0, result.stderr[-3000:]
     rows = records(tmp_path / "c", trials_only=False)
     first_trial = next(i for i, r in enumerate(rows) if "trial_id" in r)
