@@ -389,3 +389,30 @@ def test_the_waiting_process_of_a_data_parallel_trial_builds_no_task(tmp_path, t
 
     train_run(tiny_prepared, config, save_checkpoint=save)
     assert seen == [(True, 2, 4, "running", 1), (False, 4, 4, "complete", 2)]
+
+
+@pytest.mark.slow
+def test_a_two_worker_sweep_confirms_its_front_and_its_merge_at_every_seed(tmp_path, tiny_world_config, tiny_prepared,
+                                                                             cache_dir, ray_local):
+    """Issue 34's done-when: a 2-worker gloo sweep with ``confirm: {seeds: 2, top: 1}`` and a merge records every
+    confirmation row (the trial, its merge and vanilla FT at both seeds), trained in one process at the same global
+    batch instead of failing with 'this process is one of 1'."""
+    from collections import Counter
+
+    from robusttune.experiment import is_confirm_row
+
+    space = dp_space(tiny_world_config, confirm={"seeds": 2, "top": 1, "merges": ["uniform_soup"]})
+    result = invoke("sweep", write_space(tmp_path / "dpc.yaml", space), "--storage", tmp_path / "runs", "--name", "dpc",
+                    "--json", env={"ROBUSTTUNE_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "runs" / "dpc"
+    assert {r["config"]["workers"] for r in records(experiment) if r.get("final")} == {2}  # the trials: data-parallel
+    rows = [r for r in records(experiment, trials_only=False) if is_confirm_row(r)]
+    assert not [r for r in rows if r.get("status") == "failed"], [r.get("failure") for r in rows]
+    points = Counter((r["source"], r["seed"]) for r in rows if r["alpha"] is None)
+    trials = {r["trial_id"] for r in records(experiment) if r.get("final")}
+    sources = {source for source, _ in points} - {"zero-shot"}
+    assert {"vanilla-ft", "uniform_soup"} <= sources and sources - {"vanilla-ft", "uniform_soup"} <= trials
+    assert sources & trials  # the top trial (and the merge's members, trained again at seed 1)
+    for source in sources:
+        assert points[(source, 0)] == points[(source, 1)] == 1, (source, points)
