@@ -348,7 +348,7 @@ class SearchSpace(Frozen):
         owned = [k for k in ("seed",) if k in self.parameters or k in self.fixed]
         if owned:
             where = "searched" if owned[0] in self.parameters else "fixed"
-            raise ValueError(f"'seed' is the sweep's (--seed; the confirmation stage repeats trials with more seeds): a "
+            raise ValueError(f"'seed' is the sweep's own (its seed; the confirmation stage repeats trials with more seeds): a "
                              f"{where} seed would be overwritten in every trial; remove it")
         if str(self.fixed.get("device", "auto")).startswith("cuda") and self.resources.gpu == 0:
             raise ValueError("device 'cuda' needs a GPU per trial: set resources.gpu (or use device: auto)")

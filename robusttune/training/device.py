@@ -112,7 +112,7 @@ def data_parallel_gpus(workers: int, device: str) -> bool:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if visible < workers:
         raise ConfigError(f"workers {workers}: each data-parallel worker trains on its own GPU, but torch sees "
-                          f"{visible} GPU(s) here; give device cpu (--device cpu) to train them on CPUs (gloo), or "
+                          f"{visible} GPU(s) here; set `device` to cpu to train them on CPUs (gloo), or "
                           f"train in one process with accum_steps x {workers} (the same global batch)")
     return True
 

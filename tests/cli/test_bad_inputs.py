@@ -73,7 +73,7 @@ SPACE_CASES = [
     ("workers that do not divide the batch", space_with(**{"fixed.batch_size": 64, "resources": {"cpu": 1, "workers": 3}}),
      "a trial would not be a valid run (batch_size (64) must be a multiple of accum_steps x workers (1 x 3)); check "
      "'fixed' and resources.workers"),
-    ("a fixed seed", space_with(**{"fixed.seed": 7}), "'seed' is the sweep's (--seed;"),
+    ("a fixed seed", space_with(**{"fixed.seed": 7}), "'seed' is the sweep's own (its seed;"),
     ("a searched seed", space_with(**{"parameters.seed": {"type": "int", "low": 0, "high": 3}}),
      "a searched seed would be overwritten in every trial; remove it"),
     # GPUs a trial cannot use (issue 34)

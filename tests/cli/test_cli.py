@@ -41,7 +41,7 @@ def bad_inputs(tmp_path, config):
         (["train", "--config", broken], "not valid YAML"),
         (["train", "--config", typo], "unknown key 'mask_ratoi' (did you mean 'method.mask_ratio'?)"),
         (["train", "--config", tmp_path / "nope.yaml"], "config file not found"),
-        (["train", "--config", config, "--lr", "-1"], "lr: Input should be greater than 0"),
+        (["train", "--config", config, "--lr", "-1"], "--lr -1.0: Input should be greater than 0"),
         (["train", "--config", config, "--region", "none", "--refill", "multi"], "refill needs a masking region"),
         (["train", "--config", config, "--out", full], "is not empty (pass --resume to continue it or --overwrite to replace it)"),
         (["wise", corrupt], "corrupt or not a weights-only checkpoint"),

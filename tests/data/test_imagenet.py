@@ -109,7 +109,7 @@ def test_imagenet_id_folders_sorted_wnids(tmp_path):
 
 
 def test_folder_index_lists_each_folder_once_and_rescans_what_changed(tmp_path, monkeypatch):
-    from robusttune.data import imagenet
+    from robusttune.data import folder_index
     from robusttune.data.folder_index import FolderIndex
 
     root = tmp_path / "train"
@@ -124,9 +124,9 @@ def test_folder_index_lists_each_folder_once_and_rescans_what_changed(tmp_path, 
     first.save()
     assert first.listed == 3 and len(listed) == 6
 
-    real = imagenet.images_in
+    real = folder_index.list_folder
     calls = []
-    monkeypatch.setattr(imagenet, "images_in", lambda folder: calls.append(folder.name) or real(folder))
+    monkeypatch.setattr(folder_index, "list_folder", lambda folder: calls.append(folder.name) or real(folder))
     again = FolderIndex(root, cache)
     assert [p for k in range(3) for p in again.images_in(root / f"n{k:08d}")] == listed and calls == []  # read back
     import os

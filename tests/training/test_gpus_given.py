@@ -67,7 +67,7 @@ def test_the_line_names_rays_ids_and_the_drivers_versions(monkeypatch, tmp_path)
 def test_train_with_workers_needs_as_many_gpus_unless_told_cpu(tmp_path, cache_dir):
     assert data_parallel_gpus(1, "auto") is False and data_parallel_gpus(2, "cpu") is False
     with pytest.raises(ConfigError, match=r"^workers 2: each data-parallel worker trains on its own GPU, but torch sees "
-                                          r"0 GPU\(s\) here; give device cpu \(--device cpu\)"):
+                                          r"0 GPU\(s\) here; set `device` to cpu to train them on CPUs"):
         data_parallel_gpus(2, "auto")
     out = tmp_path / "out"
     result = invoke("train", "--workers", "2", "--steps", "2", "--out", out, cache_dir=cache_dir)
