@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robusttune.errors import ConfigError, DataError
+from robusttune.errors import ConfigError, DataError, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +356,9 @@ class ExperimentLock:
                 stream = open(self.path, "a+", encoding="utf-8")
             except FileNotFoundError:
                 raise DataError(f"{self.path.parent}: experiment directory not found (removed by another process?)") from None
-            except OSError as error:
-                raise DataError(f"{self.path}: cannot open the experiment's lock ({error.strerror})") from None
+            except OSError as error:  # a read-only or full place is said as every command says it
+                raise storage_error(error, self.path.parent) or DataError(
+                    f"{self.path}: cannot open the experiment's lock ({error.strerror})") from None
             try:
                 fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -585,7 +586,6 @@ def parse_space_text(text: str, source: str = "frozen search space"):
 def append_record(experiment: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk. A crash loses at most the line being written: a torn last line
     left by an earlier crash is ended first, so it never swallows this record."""
-    from robusttune.errors import storage_error
 
     line = json.dumps({"time": round(time.time(), 3), **row}, sort_keys=True, default=float) + "\n"
     try:

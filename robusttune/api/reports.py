@@ -10,7 +10,7 @@ from typing import Any
 
 from robusttune.api.common import cache_directory
 from robusttune.bounds import at_least
-from robusttune.errors import DataError, ParameterError
+from robusttune.errors import DataError, ParameterError, storage_error
 from robusttune.experiment import check_experiment, report_dir
 from robusttune.space import load_space
 
@@ -59,8 +59,9 @@ def _check_report_folder(target: Path, *, given: bool) -> None:
         probe = target / ".write-test"
         probe.write_text("")
         probe.unlink()
-    except OSError as error:
-        raise bad(f"{target}: cannot write the report there ({error.strerror or error})") from None
+    except OSError as error:  # a read-only or full place is said as every command says it
+        said = storage_error(error, target)
+        raise bad(str(said) if said else f"{target}: cannot write the report there ({error.strerror or error})") from None
 
 
 def plan(space: str | os.PathLike[str], *, trials: int | None = None, calibrate: bool = False,
