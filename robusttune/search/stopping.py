@@ -65,6 +65,10 @@ class StopSignals:
         for number in self._previous:
             signal.signal(number, self._on_signal)
 
+    def signalled(self, number: int) -> None:
+        """A stop signal that another handler caught first (ray.init's own SIGTERM handler), taken as ours."""
+        self._on_signal(number, None)
+
     def _on_signal(self, number: int, frame) -> None:
         first = self.received is None
         if first:

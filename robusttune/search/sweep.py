@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -182,6 +183,10 @@ def _init_ray(address: str | None, stop: StopSignals, *, log_to_driver: bool = F
         from robusttune.search.console import LibraryLog
 
         LibraryLog.after_ray_init()  # ray.init reset its logger and added its printer of workers' lines
+    except SystemExit as exit_:  # ray.init's own SIGTERM handler (sys.exit(15)) rules until claim() takes it back
+        if exit_.code != signal.SIGTERM:
+            raise
+        stop.signalled(signal.SIGTERM)  # ends as any stop signal does: said in one line, Ray shut down, nothing left
     except Exception as error:
         filename = getattr(error, "filename", None)
         translated = storage_error(error, filename or "Ray's session directory")
