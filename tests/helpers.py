@@ -304,3 +304,37 @@ def synthetic_points_table(path, points=120, repeated=12, seeds=3):
             "grid": None, "points": points, "evaluations": SYNTHETIC_EVALUATIONS, "objective": SYNTHETIC_SPACE["objective"],
             "metrics": ["id_val_acc", "ood_mean"], "seeds": list(range(seeds)), "noise_points": repeated}
     return write_table(pd.DataFrame(rows), meta, path)
+
+
+def processes_of(marker: str) -> list[int]:
+    """The processes whose command line names ``marker`` (e.g. a Ray head's own temp dir), and their descendants:
+    what a test that started a cluster must see gone once it stopped it."""
+    parents, roots = {}, []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                parents[int(entry)] = int(stream.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                if marker.encode() in stream.read():
+                    roots.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, changed = set(roots), True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                changed = True
+    return sorted(found)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; it only waits for its parent to read its status)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

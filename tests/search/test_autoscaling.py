@@ -12,6 +12,7 @@ import time
 
 import pytest
 import yaml
+from helpers import processes_of, running
 
 pytestmark = pytest.mark.slow
 
@@ -38,41 +39,6 @@ print("NODES=" + json.dumps([{"id": n["NodeID"], "alive": n["Alive"], "cpu": n["
 """
 
 
-def _ours(marker: str) -> list[int]:
-    """PIDs of our cluster's processes: those whose command line names its own temp dir, and their descendants
-    (Ray's agents rename themselves). Never anyone else's Ray."""
-    parents, roots = {}, []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stream:
-                parents[int(entry)] = int(stream.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as stream:
-                if marker.encode() in stream.read():
-                    roots.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    found = set(roots)
-    changed = True
-    while changed:
-        changed = False
-        for pid, parent in parents.items():
-            if parent in found and pid not in found:
-                found.add(pid)
-                changed = True
-    return sorted(found)
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie has exited; it only waits for its parent to read its status)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def fake_cluster(tmp_path_factory):
     """One fake cluster for this module's tests (the first ends with its workers released, as the second starts)."""
@@ -92,16 +58,16 @@ def fake_cluster(tmp_path_factory):
     try:
         yield env
     finally:  # stop only the processes of the cluster this test started
-        ours = _ours(temp_dir)  # collected before killing: orphans get re-parented
+        ours = processes_of(temp_dir)  # collected before killing: orphans get re-parented
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in ours + _ours(temp_dir):
+            for pid in ours + processes_of(temp_dir):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             time.sleep(2)
         deadline = time.time() + 20  # a SIGKILLed process lingers until its parent (or init) reaps it
-        while time.time() < deadline and (left := [pid for pid in ours + _ours(temp_dir) if _running(pid)]):
+        while time.time() < deadline and (left := [pid for pid in ours + processes_of(temp_dir) if running(pid)]):
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -179,7 +145,7 @@ def test_a_killed_worker_node_costs_at_most_one_evaluation(fake_cluster, tmp_pat
             if len(running) >= 2:
                 victim = running[-1]
         assert victim is not None, "the trial never reported"
-        raylets = _ours("--node_id=" + victim["node_id"])  # that node's raylet and its workers
+        raylets = processes_of("--node_id=" + victim["node_id"])  # that node's raylet and its workers
         assert raylets, "no raylet found for the trial's node"
         for pid in raylets:
             os.kill(pid, signal.SIGKILL)  # the worker node dies mid-trial

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import pytest
+from helpers import processes_of, running
 import torch
 import yaml
 from helpers import records, tiny_space
@@ -29,38 +30,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ours(marker: str) -> list[int]:
-    """Our head's processes: those whose command line names its own temp dir, and their descendants."""
-    parents, roots = {}, []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stream:
-                parents[int(entry)] = int(stream.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as stream:
-                if marker.encode() in stream.read():
-                    roots.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, changed = set(roots), True
-    while changed:
-        changed = False
-        for pid, parent in parents.items():
-            if parent in found and pid not in found:
-                found.add(pid)
-                changed = True
-    return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.fixture()
 def fake_gpu_ray():
     """A local Ray head that believes it has one GPU (and 2 CPUs); yields its address; stops only it."""
@@ -75,15 +44,15 @@ def fake_gpu_ray():
         assert start.returncode == 0, start.stderr[-2000:]
         yield f"127.0.0.1:{port}", env
     finally:
-        ours = _ours(temp_dir)
+        ours = processes_of(temp_dir)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in ours + _ours(temp_dir):
+            for pid in ours + processes_of(temp_dir):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.time() + 10
-            while time.time() < deadline and any(_alive(p) for p in ours):
+            while time.time() < deadline and any(running(p) for p in ours):
                 time.sleep(0.2)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
