@@ -133,10 +133,9 @@ def test_data_pack_with_far_more_workers_than_cpus_packs_with_the_cpus(tmp_path,
     from helpers import invoke
 
     seen = []
-    real = packed._load_images
+    real = packed._write_shards
     monkeypatch.setattr(packed, "usable_cpus", lambda: 1)
-    monkeypatch.setattr(packed, "_load_images", lambda dataset, positions, workers: seen.append(workers)
-                        or real(dataset, positions, workers))
+    monkeypatch.setattr(packed, "_write_shards", lambda *args: seen.append(args[6]) or real(*args))  # args[6]: workers
     with caplog.at_level(logging.WARNING, logger="robusttune.data.packed"):
         result = invoke("data", "pack", str(v2_folder(tmp_path / "v2")), str(tmp_path / "pack"), "--kind", "imagenet_v2",
                         "--workers", "64", "--json")
