@@ -77,7 +77,8 @@ def assert_one_line_exit_2(result, expected: str) -> None:
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` and its bytes (to assert that a refused command touched nothing)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    # the experiment's lock file stays once made (never unlinked, so that it excludes): it is not a change
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def _with_faults(env: dict[str, str]) -> dict[str, str]:
