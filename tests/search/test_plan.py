@@ -314,7 +314,8 @@ def test_data_parallel_trials_are_planned_per_process_in_device_hours(tmp_path, 
     full = 10_000 + 50_000 + 30_000
     assert found.ranks == 2
     assert found.trial_hours * 3600 == pytest.approx(2 * 5.0 + 2 * 10 * per_epoch * 2.71 + 10 * full * 1e-3)
-    assert found.tail["vanilla_train_s"] == pytest.approx(10 * per_epoch * (0.05 + 0.1 + 0.01 * 512))
+    # vanilla FT trains like the trials, in one process: the same global batch as 2 micro-batches of 256
+    assert found.tail["vanilla_train_s"] == pytest.approx(10 * per_epoch * (0.05 + 2 * (0.1 + 0.01 * 256)))
     assert found.wall_hours == pytest.approx((found.sweep_hours - found.terms["tail"]) / 16
                                              + found.tail["wall_hours"])
 

@@ -143,7 +143,8 @@ def test_resume_refuses_what_it_cannot_restore(tmp_path, cache_dir):
     (tmp_path / "exp" / "manifest.json").write_text("{}")  # a manifest that says nothing of how its trials ran
     result = invoke("resume", tmp_path / "exp", cache_dir=cache_dir)
     assert_one_line_exit_2(result, "manifest names no trial runner robusttune knows")
-    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["manifest.json", "space.yaml"]
+    # nothing made but the lock file, which stays once made (it is never unlinked, so that it excludes)
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [".lock", "manifest.json", "space.yaml"]
 
 
 def test_asha_stops_trials_early_and_records_say_so(tmp_path, tiny_world_config, tiny_prepared, cache_dir, ray_local):
