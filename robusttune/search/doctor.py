@@ -56,7 +56,7 @@ def shared_memory_bytes(path: str = SHM_PATH) -> int | None:
 # ------------------------------------------------------------------------------------------------ GPUs
 
 
-def check_cuda(space, assigned: list[str]) -> Check:
+def check_cuda(space, assigned: list[str], source: str = "CUDA_VISIBLE_DEVICES") -> Check:
     import torch
 
     from robusttune.training.device import gpu_failure
@@ -67,20 +67,10 @@ def check_cuda(space, assigned: list[str]) -> Check:
         return Check("cuda", OK, f"{torch.cuda.device_count()} GPU(s) usable by torch {torch.__version__}: "
                                  f"{', '.join(names)}" + (f" (assigned {','.join(assigned)})" if assigned else ""))
     if assigned:
-        return Check("cuda", BLOCKER, gpu_failure("doctor", assigned=assigned, source="Ray"
-                                                  if os.environ.get("RAY_ADDRESS") or _in_ray() else "CUDA_VISIBLE_DEVICES"))
+        return Check("cuda", BLOCKER, gpu_failure("doctor", assigned=assigned, source=source))
     if wanted:
         return Check("cuda", BLOCKER, gpu_failure(f"the space's trials (resources.gpu: {space.resources.gpu:g})"))
     return Check("cuda", SKIP, "the space's trials use no GPU (resources.gpu: 0): they train on the CPU")
-
-
-def _in_ray() -> bool:
-    try:
-        import ray
-
-        return ray.is_initialized()
-    except ImportError:
-        return False
 
 
 def check_driver() -> Check:
@@ -301,8 +291,9 @@ def run_checks(space, cache_dir: Path, *, storage: Path, shm_path: str = SHM_PAT
     """Every check on this machine (or in this Ray task: ``assigned`` are Ray's GPU ids)."""
     from robusttune.training.device import visible_gpu_ids
 
+    source = "CUDA_VISIBLE_DEVICES" if assigned is None else "Ray"  # who gave this process its GPUs
     assigned = list(visible_gpu_ids()) if assigned is None else assigned
-    checks = [check_cuda(space, assigned), check_driver()]
+    checks = [check_cuda(space, assigned, source), check_driver()]
     memory, found = check_memory(space, cache_dir, gpu_memory)
     checks.append(memory)
     checks.append(check_all_reduce(Path(cache_dir)) if all_reduce else Check("all-reduce", SKIP, "not asked"))

@@ -1,6 +1,7 @@
 """``robusttune doctor``: each planted failure is a blocker in one line; a healthy setup passes; through Ray too."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -72,20 +73,28 @@ def test_two_gloo_ranks_all_reduce(tmp_path):
 
 @pytest.mark.slow  # a local Ray with a fake GPU, the checks in its task
 def test_through_ray_a_fake_gpu_is_a_blocker(tmp_path, cache_dir):
-    """Ray started with one GPU on a machine without one hands the task GPU id 0, which torch cannot use."""
-    import ray
+    """Ray started with one GPU on a machine without one hands the task GPU id 0, which torch cannot use. In a
+    process of its own: the session's Ray (no GPU) must not be the one the checks run on."""
+    import subprocess
+    import sys
 
-    import robusttune as rt
-
-    ray.init(num_cpus=3, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        path = space_file(tmp_path)
-        text = yaml.safe_load(path.read_text())
-        text["resources"]["gpu"] = 1
-        path.write_text(yaml.safe_dump(text))
-        found = rt.doctor(path, address="auto", storage=tmp_path / "runs", cache_dir=cache_dir, all_reduce=False)
-    finally:
-        ray.shutdown()
-    cuda = next(c for c in found.checks if c["name"] == "cuda")
+    path = space_file(tmp_path)
+    text = yaml.safe_load(path.read_text())
+    text["resources"]["gpu"] = 1
+    path.write_text(yaml.safe_dump(text))
+    script = (
+        "import json, sys, ray, robusttune as rt\n"
+        "ray.init(num_cpus=3, num_gpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "try:\n"
+        f"    found = rt.doctor({str(path)!r}, address='auto', storage={str(tmp_path / 'runs')!r},"
+        f" cache_dir={str(cache_dir)!r}, all_reduce=False)\n"
+        "finally:\n"
+        "    ray.shutdown()\n"
+        "print(json.dumps({'checks': found.checks, 'blockers': found.blockers, 'where': found.where}))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "CUDA_VISIBLE_DEVICES")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    cuda = next(c for c in found["checks"] if c["name"] == "cuda")
     assert cuda["status"] == "blocker" and "Ray assigned GPU(s) 0" in cuda["detail"] and cuda["node"]
-    assert found.blockers >= 1 and found.where.startswith("the Ray cluster")
+    assert found["blockers"] >= 1 and found["where"].startswith("the Ray cluster")
