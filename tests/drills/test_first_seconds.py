@@ -71,7 +71,9 @@ def test_a_signal_in_the_first_seconds_is_safe(moment, tmp_path, tiny_world_conf
         else:
             assert "nothing was started" in last or last == "robusttune: interrupted", where
             assert not experiment.exists() or not any(p.name != ".lock" for p in experiment.iterdir()), where
-        assert wait_for_no_process(driver.pid, grace=30) == [], where
+        # Ray's dashboard and runtime-env agents of a Ray stopped while it was starting end on their own once they
+        # lose its GCS (about 60 s under load): not yet shut down with it (issue 38, open), never left for good
+        assert wait_for_no_process(driver.pid, grace=120) == [], where
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
